@@ -1,0 +1,1 @@
+"""DSPy and LangChain adapters onto the radixlm engine."""

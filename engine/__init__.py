@@ -1,0 +1,1 @@
+"""The radixlm engine: model, KV pool, radix cache, scheduler (imports torch)."""

@@ -1,0 +1,1 @@
+"""Attention backends over the KV pool; each reads the per-step ForwardContext."""

@@ -1,0 +1,201 @@
+"""The in-process Engine: add requests, step, collect results. The ZeroMQ server and the benches
+drive it; one step is one scheduled forward pass (extend or decode) over the paged KV pool."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from .kv_manager import KVManager
+from .kv_pool import KVPool, ReqToTokenPool
+from .loader import LoadedModel, load_model
+from .model.context import ForwardContext, ForwardMode, use_context
+from .model.llama import LlamaModel
+from .policy import POLICIES
+from .radix_cache import NoRadixCache, RadixCache
+from .request import GenerationResult, Request, ReqStatus, SamplingParams
+from .scheduler import Batch, Scheduler, SchedulerConfig
+from .stats import EngineStats
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """User-facing engine options (the `radixlm serve` flags)."""
+
+    kv_cache_tokens: int = 32768
+    max_running_requests: int = 128
+    chunk_size: int = 1024
+    policy: str = "lpm"
+    radix_cache: bool = True
+    max_context: int | None = None
+    reserve_clip: int = 256
+    dedup_min_shared: int = 32
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        for name in ("kv_cache_tokens", "max_running_requests", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Engine:
+    """Continuous-batching engine over one model, one KV pool and one radix cache."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        config: EngineConfig = EngineConfig(),
+        eos_token_ids: Iterable[int] = (),
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        config.validate()
+        self.model, self.config, self.tokenizer = model, config, tokenizer
+        mcfg = model.cfg
+        max_context = min(config.max_context or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
+        pool = KVPool(config.kv_cache_tokens + 1, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim,
+                      dtype=model.dtype, device=model.device)
+        rows = ReqToTokenPool(config.max_running_requests + 2, max_context + 1, device=model.device)
+        cache = RadixCache(pool.allocator) if config.radix_cache else NoRadixCache(pool.allocator)
+        self.kv = KVManager(pool, rows, cache)
+        sched_cfg = SchedulerConfig(config.policy, config.chunk_size, config.max_running_requests,
+                                    max_context, config.reserve_clip, config.dedup_min_shared)
+        self.scheduler = Scheduler(self.kv, sched_cfg, frozenset(eos_token_ids))
+        self.stats = EngineStats()
+        self.max_context = max_context
+
+    @classmethod
+    def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
+        """Load a model by alias or path and build an engine on it."""
+        loaded: LoadedModel = load_model(name)
+        return cls(loaded.model, config, loaded.eos_token_ids, loaded.tokenizer)
+
+    def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
+                    rid: str | None = None) -> Request:
+        """Queue a request; raises ValueError naming the problem for invalid input."""
+        params.validate()
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise ValueError("prompt is empty")
+        vocab = self.model.cfg.vocab_size
+        if any(t < 0 or t >= vocab for t in ids):
+            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab})")
+        if len(ids) >= self.max_context:
+            raise ValueError(f"prompt is {len(ids)} tokens; the context holds {self.max_context}")
+        if len(ids) + 1 > self.kv.pool.allocator.capacity:
+            raise ValueError(f"prompt is {len(ids)} tokens; the KV pool holds {self.kv.pool.allocator.capacity}")
+        req = Request(ids, params) if rid is None else Request(ids, params, rid=rid)
+        self.scheduler.add(req)
+        return req
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def abort(self, rid: str) -> GenerationResult | None:
+        req = self.scheduler.abort(rid)
+        return self._result(req) if req else None
+
+    def step(self) -> list[GenerationResult]:
+        """Run one scheduled forward pass; return the requests that finished in it."""
+        batch = self.scheduler.next_batch()
+        if batch is None:
+            if self.has_work():
+                raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")
+            return []
+        start = time.perf_counter()
+        logits = self._forward(batch)
+        next_tokens = logits.argmax(dim=-1).tolist() if logits.numel() else []
+        now = time.perf_counter()
+        for req in batch.sampling:
+            if req.first_token_time is None:
+                req.first_token_time = now
+        finished = self.scheduler.finish_step(batch, next_tokens)
+        self._count(batch, len(next_tokens), now - start)
+        return [self._result(r) for r in finished]
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        table, pool = self.kv.table, self.kv.pool
+        if batch.mode is ForwardMode.EXTEND:
+            reqs = batch.reqs + batch.ghosts
+            lens = batch.extend_lens + [1] * len(batch.ghosts)
+            ids, positions, seq_slots, logit_rows = [], [], [], []
+            offset = 0
+            for req, n in zip(reqs, lens):
+                ids.extend(req.fill_ids[req.kv_len : req.kv_len + n])
+                positions.append(torch.arange(req.kv_len, req.kv_len + n))
+                seq_slots.append(table[req.row, : req.kv_len + n])
+                offset += n
+                if req.kv_len + n == req.fill_len and req.status is not ReqStatus.FINISHED:
+                    logit_rows.append(offset - 1)
+            ctx = ForwardContext.for_extend(pool, seq_slots, [r.kv_len for r in reqs], torch.tensor(logit_rows))
+            ids_t, pos_t = torch.tensor(ids), torch.cat(positions)
+        else:
+            reqs = batch.reqs + batch.ghosts
+            kv_lens = torch.tensor([r.kv_len + 1 for r in reqs])
+            rows = torch.tensor([r.row for r in reqs])
+            kv_index = table[rows, : int(kv_lens.max())]
+            ctx = ForwardContext.for_decode(pool, kv_index, kv_lens)
+            ctx.logit_rows = ctx.logit_rows[: len(batch.reqs)]
+            ids_t = torch.tensor([r.fill_ids[r.kv_len] for r in reqs])
+            pos_t = kv_lens - 1
+        with use_context(ctx):
+            return self.model(ids_t, pos_t)
+
+    def _count(self, batch: Batch, sampled: int, seconds: float) -> None:
+        s = self.stats
+        s.busy_seconds += seconds
+        s.generated_tokens += sampled
+        if batch.mode is ForwardMode.EXTEND:
+            s.extend_passes += 1
+            s.computed_tokens += sum(batch.extend_lens) + len(batch.ghosts)
+        else:
+            s.decode_passes += 1
+            s.computed_tokens += len(batch.reqs) + len(batch.ghosts)
+        s.evicted_tokens = self.kv.evicted_tokens
+        s.retractions = self.scheduler.retractions
+
+    def _result(self, req: Request) -> GenerationResult:
+        self.stats.requests_finished += 1
+        self.stats.prompt_tokens += len(req.prompt_ids)
+        self.stats.cached_tokens += req.cached_tokens or 0
+        text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+        return req.result(text)
+
+    def run(self) -> list[GenerationResult]:
+        """Step until every queued request finished; results in finishing order."""
+        done: list[GenerationResult] = []
+        while self.has_work():
+            done.extend(self.step())
+        return done
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams()) -> list[GenerationResult]:
+        """Run a list of prompts to completion together; results in prompt order."""
+        reqs = [self.add_request(p, params) for p in prompts]
+        by_rid = {r.rid: r for r in self.run()}
+        return [by_rid[r.rid] for r in reqs]
+
+    def stats_dict(self) -> dict:
+        """Counters plus pool use and queue lengths right now."""
+        cache = self.kv.cache
+        return self.stats.as_dict(
+            pool_capacity=self.kv.pool.allocator.capacity,
+            pool_free=self.kv.pool.allocator.available,
+            cache_evictable=cache.evictable_size,
+            cache_protected=cache.protected_size,
+            waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running),
+        )
+
+    def check_integrity(self) -> None:
+        """Raise IntegrityError if any KV slot is owned twice or lost, or the tree is inconsistent."""
+        self.kv.check_integrity(self.scheduler.live())
+
+    def flush_cache(self) -> None:
+        """Drop every cached prefix (only when idle)."""
+        if self.has_work():
+            raise RuntimeError("cannot flush the cache while requests are running")
+        self.kv.cache.reset()

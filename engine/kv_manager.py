@@ -1,0 +1,114 @@
+"""KV ownership of requests: prefix matching, slot allocation with eviction, and handing a request's
+KV over to the radix cache when it pauses (chunked prefill), is retracted, or finishes.
+
+Invariant kept here: every allocatable slot is in exactly one of the allocator's free list, the radix
+tree, or one live request's private range `req_to_token[row, prefix_len:kv_len]`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Union
+
+import torch
+
+from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
+from .radix_cache import IntegrityError, NoRadixCache, RadixCache
+from .request import Request
+
+PrefixCache = Union[RadixCache, NoRadixCache]
+
+
+class KVManager:
+    """Owns the pool, the request rows and the prefix cache; moves slots between them."""
+
+    def __init__(self, pool: KVPool, rows: ReqToTokenPool, cache: PrefixCache) -> None:
+        self.pool, self.rows, self.cache = pool, rows, cache
+        self.evicted_tokens = 0
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.rows.table
+
+    def available(self) -> int:
+        """Slots obtainable now: free plus evictable."""
+        return self.pool.allocator.available + self.cache.evictable_size
+
+    def alloc(self, n: int) -> torch.Tensor:
+        """Allocate `n` slots, evicting LRU cache leaves first if the free list is short."""
+        short = n - self.pool.allocator.available
+        if short > 0:
+            self.evicted_tokens += self.cache.evict(short)
+        return self.pool.allocator.alloc(n)
+
+    def match_and_lock(self, req: Request) -> None:
+        """Point the request at its longest cached prefix (always leaving one token to compute) and lock it."""
+        ids = req.fill_ids
+        match = self.cache.match_prefix(ids[: len(ids) - 1])
+        self.cache.lock(match.node)
+        req.prefix_node, req.prefix_len, req.kv_len = match.node, match.length, match.length
+        if req.row is None:
+            req.row = self.rows.alloc()
+        self.table[req.row, : match.length] = match.slots
+
+    def abandon(self, req: Request) -> None:
+        """Undo `match_and_lock` for a request that is not admitted after all (it owns no slots yet)."""
+        self.cache.unlock(req.prefix_node)
+        self.rows.free(req.row)
+        req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
+
+    def extend_slots(self, req: Request, n: int) -> torch.Tensor:
+        """Allocate `n` new slots for the request's next tokens and record them in its row."""
+        slots = self.alloc(n)
+        self.table[req.row, req.kv_len : req.kv_len + n] = slots
+        return slots
+
+    def checkpoint(self, req: Request) -> None:
+        """Share a paused (chunked) request's computed prefix through the tree; the no-op cache keeps
+        nothing, so there the request keeps its slots private."""
+        if not isinstance(self.cache, NoRadixCache):
+            self.commit_to_cache(req)
+
+    def commit_to_cache(self, req: Request) -> None:
+        """Insert the request's computed KV into the tree and re-lock its new, longer prefix.
+
+        Slots this request computed for tokens another request inserted meanwhile are freed (the no-op
+        cache declines them all); the row then lists the tree's slots."""
+        ids = req.fill_ids[: req.kv_len]
+        slots = self.table[req.row, : req.kv_len].clone()
+        present = self.cache.insert(ids, slots)
+        if present > req.prefix_len:
+            self.pool.allocator.free(slots[req.prefix_len : present])
+        match = self.cache.match_prefix(ids)
+        self.cache.lock(match.node)
+        self.cache.unlock(req.prefix_node)
+        self.table[req.row, : match.length] = match.slots
+        req.prefix_node, req.prefix_len, req.kv_len = match.node, match.length, match.length
+
+    def release(self, req: Request) -> None:
+        """Give all of the request's KV to the cache (or the free list) and free its row."""
+        if req.row is None:
+            return
+        self.commit_to_cache(req)
+        self.cache.unlock(req.prefix_node)
+        self.rows.free(req.row)
+        req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
+
+    def check_integrity(self, live: Iterable[Request]) -> None:
+        """Every allocatable slot is owned exactly once: free list, tree, or one request's private range."""
+        self.cache.check_integrity()
+        owned = [self.pool.allocator.free_slots(), self.cache.slots_in_tree()]
+        for req in live:
+            if req.row is not None:
+                owned.append(self.table[req.row, req.prefix_len : req.kv_len])
+        every = torch.cat(owned)
+        capacity = self.pool.allocator.capacity
+        if every.numel() != capacity or torch.unique(every).numel() != capacity:
+            raise IntegrityError(
+                f"KV slot ownership broken: {every.numel()} owned entries, "
+                f"{torch.unique(every).numel()} distinct, capacity {capacity}"
+            )
+        if bool((every == 0).any()):
+            raise IntegrityError("scratch slot 0 is owned by someone")
+
+
+__all__ = ["KVManager", "OutOfSlotsError", "PrefixCache"]

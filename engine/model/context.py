@@ -1,0 +1,85 @@
+"""The per-step attention context: what one forward pass needs to know besides ids and positions.
+
+The engine builds one ForwardContext per step and installs it with `use_context`; the attention
+backend reads it through `current_context()`, so `model.forward(ids, positions)` stays small.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterator
+
+import torch
+
+from ..kv_pool import KVPool
+
+
+class ForwardMode(Enum):
+    EXTEND = "extend"
+    DECODE = "decode"
+
+
+@dataclass
+class ForwardContext:
+    """Attention metadata for one batch.
+
+    EXTEND: sequence i contributes `extend_lens[i]` new tokens (contiguous in the flat batch) on top of
+    `prefix_lens[i]` tokens already in the pool; `seq_slots[i]` holds the kv slots of all its
+    `prefix_lens[i] + extend_lens[i]` tokens.
+    DECODE: one new token per sequence; `kv_index[b, :kv_lens[b]]` are its kv slots (padded with the
+    scratch slot 0) and `kv_mask` masks the padding (None when no row is padded).
+    """
+
+    mode: ForwardMode
+    pool: KVPool
+    out_slots: torch.Tensor
+    logit_rows: torch.Tensor
+    seq_slots: list[torch.Tensor] | None = None
+    prefix_lens: list[int] | None = None
+    extend_lens: list[int] | None = None
+    kv_index: torch.Tensor | None = None
+    kv_lens: torch.Tensor | None = None
+    kv_mask: torch.Tensor | None = None
+
+    @classmethod
+    def for_extend(
+        cls, pool: KVPool, seq_slots: list[torch.Tensor], prefix_lens: list[int], logit_rows: torch.Tensor
+    ) -> "ForwardContext":
+        """Context for an extend batch; new tokens' slots are the tail of each sequence's slots."""
+        extend_lens = [len(s) - p for s, p in zip(seq_slots, prefix_lens)]
+        out_slots = torch.cat([s[p:] for s, p in zip(seq_slots, prefix_lens)])
+        return cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens)
+
+    @classmethod
+    def for_decode(cls, pool: KVPool, kv_index: torch.Tensor, kv_lens: torch.Tensor) -> "ForwardContext":
+        """Context for a decode batch; the last valid slot of each row receives the new token's K/V."""
+        batch = kv_index.shape[0]
+        rows = torch.arange(batch)
+        out_slots = kv_index[rows, kv_lens - 1]
+        mask = None
+        if bool((kv_lens != kv_index.shape[1]).any()):
+            mask = (torch.arange(kv_index.shape[1])[None, :] < kv_lens[:, None])[:, None, None, :]
+        return cls(ForwardMode.DECODE, pool, out_slots, rows, kv_index=kv_index, kv_lens=kv_lens, kv_mask=mask)
+
+
+_current: ForwardContext | None = None
+
+
+@contextmanager
+def use_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
+    """Install `ctx` as the context of the forward passes run inside the block."""
+    global _current
+    previous, _current = _current, ctx
+    try:
+        yield ctx
+    finally:
+        _current = previous
+
+
+def current_context() -> ForwardContext:
+    """The context installed by `use_context`; raises if a forward runs without one."""
+    if _current is None:
+        raise RuntimeError("model forward called outside use_context(ForwardContext)")
+    return _current

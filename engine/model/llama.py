@@ -1,0 +1,135 @@
+"""The one Llama-family model: RMSNorm, RoPE (incl. llama3 scaling), GQA, SwiGLU, tied embeddings,
+Qwen2 q/k/v bias and Qwen3 q/k norm as config switches.
+
+Weights are plain tensors taken from a HF-named state dict, stored transposed ([in, out]: MKL streams
+that layout faster for small batches); q/k/v and gate/up projections are fused into one matmul each. `forward(ids, positions)` computes new tokens' hidden states, writes their K/V
+into the pool through the attention backend, and returns logits for the context's `logit_rows`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .context import current_context
+
+AttentionBackend = Callable[..., torch.Tensor]
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """RoPE inverse frequencies, with llama3 low/high-frequency scaling when configured."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+class Rotary:
+    """cos/sin tables indexed by absolute position; applied in the rotate-half layout."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
+        positions = torch.arange(cfg.max_position_embeddings, dtype=torch.float32)
+        freqs = torch.outer(positions, rope_inv_freq(cfg))
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.cos = emb.cos().to(device=device, dtype=dtype)
+        self.sin = emb.sin().to(device=device, dtype=dtype)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class LlamaModel:
+    """Forward over the KV pool; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: Mapping[str, torch.Tensor],
+        attention: AttentionBackend,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.cfg, self.attention = cfg, attention
+        self.device, self.dtype = torch.device(device), dtype
+
+        def w(name: str) -> torch.Tensor:
+            if name not in weights:
+                raise KeyError(f"checkpoint is missing weight {name!r}")
+            return weights[name].to(device=self.device, dtype=dtype)
+
+        def wt(*names: str) -> torch.Tensor:
+            return torch.cat([w(n) for n in names]).t().contiguous()
+
+        self.embed = w("model.embed_tokens.weight")
+        self.lm_head = wt("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight")
+        self.norm = w("model.norm.weight")
+        self.layers = []
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            attn = p + "self_attn."
+            layer = {
+                "in_norm": w(p + "input_layernorm.weight"),
+                "post_norm": w(p + "post_attention_layernorm.weight"),
+                "qkv": wt(*(attn + f"{n}_proj.weight" for n in "qkv")),
+                "o": wt(attn + "o_proj.weight"),
+                "gate_up": wt(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                "down": wt(p + "mlp.down_proj.weight"),
+                "qkv_bias": torch.cat([w(attn + f"{n}_proj.bias") for n in "qkv"]) if cfg.qkv_bias else None,
+                "q_norm": w(attn + "q_norm.weight") if cfg.qk_norm else None,
+                "k_norm": w(attn + "k_norm.weight") if cfg.qk_norm else None,
+            }
+            self.layers.append(layer)
+        self.rotary = Rotary(cfg, self.device, dtype)
+        self._q_size = cfg.num_heads * cfg.head_dim
+        self._kv_size = cfg.num_kv_heads * cfg.head_dim
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """ids, positions: [T] for the T new tokens of the batch. Returns float32 logits [R, vocab]
+        for the R rows named by the current context's `logit_rows`."""
+        ctx = current_context()
+        cfg = self.cfg
+        eps = cfg.rms_norm_eps
+        cos = self.rotary.cos[positions].unsqueeze(1)
+        sin = self.rotary.sin[positions].unsqueeze(1)
+        h = self.embed[ids]
+        t = h.shape[0]
+        for i, layer in enumerate(self.layers):
+            x = F.rms_norm(h, (cfg.hidden_size,), layer["in_norm"], eps)
+            qkv = x @ layer["qkv"]
+            if cfg.qkv_bias:
+                qkv = qkv + layer["qkv_bias"]
+            q, k, v = qkv.split([self._q_size, self._kv_size, self._kv_size], dim=-1)
+            q = q.view(t, cfg.num_heads, cfg.head_dim)
+            k = k.view(t, cfg.num_kv_heads, cfg.head_dim)
+            v = v.view(t, cfg.num_kv_heads, cfg.head_dim)
+            if cfg.qk_norm:
+                q = F.rms_norm(q, (cfg.head_dim,), layer["q_norm"], eps)
+                k = F.rms_norm(k, (cfg.head_dim,), layer["k_norm"], eps)
+            q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
+            o = self.attention(i, q, k, v, ctx)
+            h = h + o.reshape(t, self._q_size) @ layer["o"]
+            x = F.rms_norm(h, (cfg.hidden_size,), layer["post_norm"], eps)
+            gate, up = (x @ layer["gate_up"]).chunk(2, dim=-1)
+            h = h + (F.silu(gate) * up) @ layer["down"]
+        h = F.rms_norm(h[ctx.logit_rows], (cfg.hidden_size,), self.norm, eps)
+        return (h @ self.lm_head).float()
+
+    __call__ = forward

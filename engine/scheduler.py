@@ -1,0 +1,241 @@
+"""Cache-aware continuous batching: prefill first, admission against free + evictable − reserved
+output budget, chunked prefill, in-round dedup of siblings, and retraction under memory pressure.
+
+The scheduler decides *what* runs next and keeps KV ownership straight (through KVManager); the
+engine runs the forward and feeds sampled tokens back through `finish_step`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .kv_manager import KVManager
+from .model.context import ForwardMode
+from .policy import order_waiting
+from .request import FinishReason, Request, ReqStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Knobs of the scheduler (see EngineConfig for the user-facing names)."""
+
+    policy: str = "lpm"
+    chunk_size: int = 1024
+    max_running: int = 128
+    max_context: int = 8192
+    reserve_clip: int = 256
+    dedup_min_shared: int = 32
+
+
+@dataclass
+class Batch:
+    """One forward pass: EXTEND computes `extend_lens[i]` tokens of `reqs[i]` from its kv_len on;
+    DECODE computes one token per request. `sampling` are the requests whose last computed position
+    yields a next token in this pass. `ghosts` are finished requests whose last sampled token gets
+    its KV computed in this pass (no logits) so the tree holds their whole sequence."""
+
+    mode: ForwardMode
+    reqs: list[Request]
+    extend_lens: list[int] = field(default_factory=list)
+    ghosts: list[Request] = field(default_factory=list)
+    sampling: list[Request] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.mode is ForwardMode.DECODE:
+            self.sampling = list(self.reqs)
+        else:
+            self.sampling = [r for r, n in zip(self.reqs, self.extend_lens) if r.kv_len + n == r.fill_len]
+
+
+class Scheduler:
+    """Waiting queue, running set and admission; see the module docstring."""
+
+    def __init__(self, kv: KVManager, config: SchedulerConfig, eos_token_ids: frozenset[int]) -> None:
+        self.kv, self.cfg, self.eos = kv, config, eos_token_ids
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.chunked: Request | None = None
+        self.finishing: list[Request] = []
+        self.retractions = 0
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked or self.finishing)
+
+    def live(self) -> list[Request]:
+        """Requests holding KV rows."""
+        extra = [self.chunked] if self.chunked else []
+        return self.running + self.finishing + extra
+
+    def next_batch(self) -> Batch | None:
+        """The next forward pass, or None when idle."""
+        batch = self._schedule_extend()
+        if batch is None and self.waiting and not self.running and self.finishing:
+            self._retract_one()  # pending ghost passes must not block the only admissible work
+            batch = self._schedule_extend()
+        if batch is None and (self.running or self.finishing):
+            batch = self._schedule_decode()
+        return batch
+
+    def _schedule_extend(self) -> Batch | None:
+        budget = self.cfg.chunk_size
+        reqs: list[Request] = []
+        lens: list[int] = []
+        if self.chunked is not None:
+            req, self.chunked = self.chunked, None
+            n = min(req.fill_len - req.kv_len, budget)
+            while self.kv.available() < n and self._retract_one(exclude=req):
+                pass
+            n = min(n, self.kv.available())
+            if n == 0:
+                self._requeue(req)
+            else:
+                self.kv.extend_slots(req, n)
+                reqs.append(req)
+                lens.append(n)
+                budget -= n
+                if req.kv_len + n < req.fill_len:
+                    self.chunked = req
+        reserved = sum(min(r.remaining_output, self.cfg.reserve_clip) for r in self.running)
+        waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache) if self.waiting else []
+        for req in waiting:
+            if self.chunked is not None or budget <= 0:
+                break
+            if len(self.running) + len(reqs) >= self.cfg.max_running or self.kv.rows.available == 0:
+                break
+            self.kv.match_and_lock(req)
+            if self._sibling_computes_prefix(req, reqs):
+                self.kv.abandon(req)
+                continue
+            todo = req.fill_len - req.kv_len
+            n = min(todo, budget)
+            reserve = min(req.remaining_output, self.cfg.reserve_clip)
+            if not self.running and not reqs:
+                reserve = 0  # alone, it may run on what is left: retraction covers its growth
+            if self.kv.available() - reserved < todo + reserve:
+                self.kv.abandon(req)
+                break
+            reserved += reserve
+            self.waiting.remove(req)
+            req.status = ReqStatus.PREFILLING
+            if req.cached_tokens is None:
+                req.cached_tokens = req.prefix_len
+            self.kv.extend_slots(req, n)
+            reqs.append(req)
+            lens.append(n)
+            budget -= n
+            if n < todo:
+                self.chunked = req
+        if not reqs:
+            return None
+        ghosts = self._take_ghosts()
+        return Batch(ForwardMode.EXTEND, reqs, lens, ghosts)
+
+    def _sibling_computes_prefix(self, req: Request, batch: list[Request]) -> bool:
+        """True when a request admitted this round will compute the next `dedup_min_shared` tokens of
+        `req`'s uncached part: `req` then waits a round and reuses them from the tree."""
+        start, width = req.kv_len, self.cfg.dedup_min_shared
+        if req.fill_len - start < width:
+            return False
+        head = req.fill_ids[start : start + width]
+        return any(other.fill_ids[start : start + width] == head for other in batch)
+
+    def _schedule_decode(self) -> Batch | None:
+        while self.kv.available() < len(self.running) and self._retract_one():
+            pass
+        for req in self.running:
+            self.kv.extend_slots(req, 1)
+        batch = Batch(ForwardMode.DECODE, list(self.running), ghosts=self._take_ghosts())
+        return batch if batch.reqs or batch.ghosts else None
+
+    def _take_ghosts(self) -> list[Request]:
+        """Finished requests that get their last token's KV in this pass; the rest release now."""
+        ghosts, self.finishing = self.finishing, []
+        room = self.kv.available()
+        kept = []
+        for req in ghosts:
+            if room > 0 and req.kv_len < req.fill_len:
+                self.kv.extend_slots(req, 1)
+                room -= 1
+                kept.append(req)
+            else:
+                self.kv.release(req)
+        return kept
+
+    def _retract_one(self, exclude: Request | None = None) -> bool:
+        """Free memory: first drop pending ghost passes, then requeue the least-progressed running
+        request. Returns False when there was nothing to free."""
+        if self.finishing:
+            for req in self.finishing:
+                self.kv.release(req)
+            self.finishing = []
+            return True
+        victims = [r for r in self.running if r is not exclude]
+        if not victims:
+            return False
+        victim = min(victims, key=lambda r: (len(r.output_ids), -len(r.prompt_ids)))
+        self.running.remove(victim)
+        self._requeue(victim)
+        return True
+
+    def _requeue(self, req: Request) -> None:
+        """Hand the request's KV to the cache and put it back at the head of the waiting queue."""
+        self.kv.release(req)
+        req.status = ReqStatus.WAITING
+        req.retractions += 1
+        self.retractions += 1
+        self.waiting.appendleft(req)
+
+    def finish_step(self, batch: Batch, next_tokens: list[int]) -> list[Request]:
+        """Advance KV counters, append sampled tokens and return the requests that finished."""
+        for req in batch.ghosts:
+            req.kv_len += 1
+            self.kv.release(req)
+        for req, n in zip(batch.reqs, batch.extend_lens or [1] * len(batch.reqs)):
+            req.kv_len += n
+            if batch.mode is ForwardMode.EXTEND:
+                # Share what was just computed with requests admitted in later rounds.
+                self.kv.checkpoint(req)
+        finished = []
+        for req, token in zip(batch.sampling, next_tokens):
+            req.output_ids.append(token)
+            reason = self._finish_reason(req, token)
+            if req.status is ReqStatus.PREFILLING:
+                req.status = ReqStatus.DECODING
+                self.running.append(req)
+            if reason is not None:
+                req.status, req.finish_reason = ReqStatus.FINISHED, reason
+                self.running.remove(req)
+                self.finishing.append(req)
+                finished.append(req)
+        return finished
+
+    def _finish_reason(self, req: Request, token: int) -> FinishReason | None:
+        p = req.params
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos):
+            return FinishReason.STOP
+        limit = min(self.cfg.max_context, self.kv.pool.allocator.capacity)
+        if req.remaining_output <= 0 or req.fill_len >= limit:
+            return FinishReason.LENGTH
+        return None
+
+    def abort(self, rid: str) -> Request | None:
+        """Remove a request wherever it is; returns it, or None if unknown or already finished."""
+        for req in list(self.waiting):
+            if req.rid == rid:
+                self.waiting.remove(req)
+                req.status, req.finish_reason = ReqStatus.FINISHED, FinishReason.ABORT
+                return req
+        for req in self.running + ([self.chunked] if self.chunked else []):
+            if req.rid == rid:
+                if req is self.chunked:
+                    self.chunked = None
+                else:
+                    self.running.remove(req)
+                self.kv.release(req)
+                req.status, req.finish_reason = ReqStatus.FINISHED, FinishReason.ABORT
+                return req
+        return None

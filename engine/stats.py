@@ -1,0 +1,39 @@
+"""Counters the engine keeps: prefix reuse, evictions, pool use, queue length, throughput."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters since the engine started (or since `reset`)."""
+
+    requests_finished: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    computed_tokens: int = 0
+    generated_tokens: int = 0
+    evicted_tokens: int = 0
+    retractions: int = 0
+    extend_passes: int = 0
+    decode_passes: int = 0
+    busy_seconds: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Fraction of finished requests' prompt tokens served from the radix cache."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def forward_passes(self) -> int:
+        return self.extend_passes + self.decode_passes
+
+    def as_dict(self, **gauges: Any) -> dict[str, Any]:
+        """Counters, derived rates and the given point-in-time gauges as one flat dict."""
+        out = asdict(self)
+        out["hit_rate"] = self.hit_rate
+        out["decode_tokens_per_s"] = self.generated_tokens / self.busy_seconds if self.busy_seconds else 0.0
+        out.update(gauges)
+        return out
