@@ -34,6 +34,7 @@ class EngineStats:
         """Counters, derived rates and the given point-in-time gauges as one flat dict."""
         out = asdict(self)
         out["hit_rate"] = self.hit_rate
+        out["forward_passes"] = self.forward_passes
         out["decode_tokens_per_s"] = self.generated_tokens / self.busy_seconds if self.busy_seconds else 0.0
         out.update(gauges)
         return out

@@ -1,0 +1,100 @@
+"""Small helpers shared by the benches: threads, timing, the HF baseline model, tables, results JSON.
+
+Benches are run as scripts (`python bench/<name>.py`); they put this folder on sys.path to import it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+THREADS = 2
+
+
+def setup_torch(threads: int = THREADS) -> None:
+    """Fixed thread count so radixlm and HF run under the same conditions."""
+    torch.set_num_threads(threads)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds) measured with time.perf_counter."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float]]:
+    """Median seconds of `repeats` calls of fn, and every sample."""
+    samples = [timed(fn)[1] for _ in range(max(1, repeats))]
+    return statistics.median(samples), samples
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def load_hf_model(folder: str | Path):
+    """The HF transformers baseline: float32, eval mode (call it under torch.inference_mode())."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return model.eval()
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table_rows(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [[fmt(c) for c in row] for row in rows]
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Aligned plain-text table on stdout."""
+    cells = table_rows(rows)
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = table_rows(rows)
+    out = ["| " + " | ".join(map(str, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(out)
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def save_results(name: str, data: dict[str, Any], markdown: str | None = None) -> Path:
+    """Write bench/results/<name>.json (the markdown table, when given, goes in its "markdown" key)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    data = {"bench": name, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), **data}
+    if markdown is not None:
+        data["markdown"] = markdown
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path

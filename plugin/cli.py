@@ -1,0 +1,82 @@
+"""The `radixlm` command: `info` about a model, and `demo`, the main job on the embedded model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DEFAULT_QUESTION = "In two sentences, why does reusing a shared prompt prefix make LLM agents faster?"
+
+
+def _info(args: argparse.Namespace) -> int:
+    from radixlm.engine.loader import load_model
+
+    m = load_model(args.model)
+    c = m.config
+    print(f"model            {args.model}  ({m.folder})")
+    print(f"architecture     {c.model_type}: {c.num_layers} layers, hidden {c.hidden_size}, "
+          f"{c.num_heads} heads / {c.num_kv_heads} kv heads x {c.head_dim}, mlp {c.intermediate_size}")
+    print(f"parameters       {c.num_parameters() / 1e6:.1f} M")
+    print(f"context length   {c.max_position_embeddings} tokens")
+    print(f"vocabulary       {c.vocab_size} tokens; chat template: {'yes' if m.tokenizer.has_chat_template else 'no'}")
+    print(f"load time        {m.load_seconds:.2f} s")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from radixlm.engine.engine import Engine, EngineConfig
+    from radixlm.engine.request import SamplingParams
+
+    start = time.perf_counter()
+    engine = Engine.from_model(args.model, EngineConfig())
+    tok = engine.tokenizer
+    print(f"engine ready in {time.perf_counter() - start:.1f} s ({args.model})")
+    messages = [{"role": "user", "content": args.question}]
+    prompt = tok.encode(tok.apply_chat_template(messages))
+    t0 = time.perf_counter()
+    first = engine.generate([prompt], SamplingParams(max_new_tokens=args.max_tokens))[0]
+    t1 = time.perf_counter()
+    messages += [{"role": "assistant", "content": first.text},
+                 {"role": "user", "content": "Summarise that in five words."}]
+    follow = tok.encode(tok.apply_chat_template(messages))
+    second = engine.generate([follow], SamplingParams(max_new_tokens=args.max_tokens))[0]
+    t2 = time.perf_counter()
+    print(f"\nQ: {args.question}\nA: {first.text}\n")
+    print(f"first call : {first.prompt_tokens} prompt tokens ({first.cached_tokens} cached), "
+          f"{first.completion_tokens} generated in {t1 - t0:.2f} s "
+          f"({first.completion_tokens / (t1 - t0):.1f} tok/s incl. prefill)")
+    print(f"follow-up  : {second.prompt_tokens} prompt tokens ({second.cached_tokens} cached from the first call), "
+          f"{second.completion_tokens} generated in {t2 - t1:.2f} s -> {second.text!r}")
+    stats = engine.stats_dict()
+    print(f"engine     : hit rate {stats['hit_rate']:.0%}, {stats['forward_passes']} forward passes, "
+          f"decode {stats['decode_tokens_per_s']:.1f} tok/s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radixlm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="print a model's architecture, size, context length and load time")
+    info.add_argument("--model", default="smollm2", help="alias (smollm2), local HF folder, or .gguf file")
+    info.set_defaults(func=_info)
+    demo = sub.add_parser("demo", help="the main job: chat through the engine on the embedded model")
+    demo.add_argument("--model", default="smollm2")
+    demo.add_argument("--question", default=DEFAULT_QUESTION)
+    demo.add_argument("--max-tokens", type=int, default=96)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `radixlm` console command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FileNotFoundError as exc:
+        print(f"radixlm: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The engine end to end on SmolLM2: batching, eviction and the cache ablation keep greedy outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radixlm.engine.engine import Engine, EngineConfig
+from radixlm.engine.request import SamplingParams
+
+pytestmark = pytest.mark.slow
+
+TOPICS = ["rivers", "volcanoes", "owls", "bridges", "tea", "comets", "glaciers", "violins", "bees", "deserts"]
+
+
+def chat_prompt(tokenizer, system: str, question: str) -> list[int]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return tokenizer.encode(tokenizer.apply_chat_template(messages))
+
+
+def engine_on(smollm2, **cfg) -> Engine:
+    return Engine(smollm2.model, EngineConfig(**cfg), smollm2.eos_token_ids, smollm2.tokenizer)
+
+
+def run_checked(engine: Engine, prompts, params) -> list[list[int]]:
+    reqs = [engine.add_request(p, params) for p in prompts]
+    done = {}
+    while engine.has_work():
+        for r in engine.step():
+            done[r.rid] = r
+        engine.check_integrity()
+    return [done[r.rid].output_ids for r in reqs]
+
+
+def test_shared_prefix_requests_under_eviction_match_cache_off(smollm2):
+    tok = smollm2.tokenizer
+    systems = [
+        "You are a concise encyclopedia. Answer in one short sentence, with facts only. " * 3,
+        "You are a poet who answers every question with a single rhyming line about nature. " * 3,
+        "You are a patient teacher for children; explain simply and kindly in one sentence. " * 3,
+    ]
+    prompts = [chat_prompt(tok, systems[i % 3], f"Question {i}: tell me one surprising thing about {TOPICS[i % 10]}.") for i in range(30)]
+    params = SamplingParams(max_new_tokens=8)
+    pool = 400  # the 30 requests need ~900 distinct tokens: the tree must evict
+    on = engine_on(smollm2, kv_cache_tokens=pool, chunk_size=256)
+    off = engine_on(smollm2, kv_cache_tokens=pool, chunk_size=256, radix_cache=False)
+    got_on = run_checked(on, prompts, params)
+    got_off = run_checked(off, prompts, params)
+    assert got_on == got_off
+    assert on.stats.evicted_tokens > 0
+    assert on.stats.cached_tokens > 0.5 * on.stats.prompt_tokens
+    assert off.stats.cached_tokens == 0
+    on.check_integrity()
+
+
+def test_batched_engine_matches_hf_generate(smollm2, hf_smollm2):
+    tok = smollm2.tokenizer
+    questions = ["What is the capital of Italy?", "List two prime numbers.", "What colour is the sky?",
+                 "Write a short story about a robot who learns to paint."]
+    prompts = [chat_prompt(tok, "You are a helpful assistant.", q) for q in questions]
+    engine = engine_on(smollm2)
+    got = run_checked(engine, prompts, SamplingParams(max_new_tokens=16))
+    for prompt, out in zip(prompts, got):
+        with torch.inference_mode():
+            ref = hf_smollm2.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
+        assert out == ref[0, len(prompt):].tolist()
