@@ -74,9 +74,43 @@ class Engine:
         loaded: LoadedModel = load_model(name)
         return cls(loaded.model, config, loaded.eos_token_ids, loaded.tokenizer)
 
+    def prompt_ids(self, text: str | None = None, input_ids: Sequence[int] | None = None,
+                   messages: list[dict] | None = None) -> list[int]:
+        """Token ids of exactly one of: plain text, ids, or chat messages (rendered with the model's template)."""
+        given = [x is not None for x in (text, input_ids, messages)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of text, input_ids or messages")
+        if input_ids is not None:
+            return list(input_ids)
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer; send input_ids")
+        if messages is not None:
+            text = self.tokenizer.apply_chat_template(messages)
+        return self.tokenizer.encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer else ""
+
+    def info(self) -> dict:
+        """What a client may want to know about the model and the engine's configuration."""
+        c = self.model.cfg
+        return {
+            "model_type": getattr(c, "model_type", type(self.model).__name__),
+            "vocab_size": c.vocab_size,
+            "num_layers": c.num_layers,
+            "max_context": self.max_context,
+            "kv_cache_tokens": self.config.kv_cache_tokens,
+            "policy": self.config.policy,
+            "radix_cache": self.config.radix_cache,
+            "chunk_size": self.config.chunk_size,
+            "max_running_requests": self.config.max_running_requests,
+            "eos_token_ids": sorted(self.scheduler.eos),
+        }
+
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
-                    rid: str | None = None) -> Request:
-        """Queue a request; raises ValueError naming the problem for invalid input."""
+                    rid: str | None = None, prefix_only: bool = False, trace_id: str | None = None) -> Request:
+        """Queue a request; raises ValueError naming the problem for invalid input. A `prefix_only`
+        request computes and caches its prompt and finishes without generating."""
         params.validate()
         ids = [int(t) for t in prompt_ids]
         if not ids:
@@ -88,7 +122,9 @@ class Engine:
             raise ValueError(f"prompt is {len(ids)} tokens; the context holds {self.max_context}")
         if len(ids) + 1 > self.kv.pool.allocator.capacity:
             raise ValueError(f"prompt is {len(ids)} tokens; the KV pool holds {self.kv.pool.allocator.capacity}")
-        req = Request(ids, params) if rid is None else Request(ids, params, rid=rid)
+        req = Request(ids, params, prefix_only=prefix_only, trace_id=trace_id)
+        if rid is not None:
+            req.rid = rid
         self.scheduler.add(req)
         return req
 
@@ -159,9 +195,7 @@ class Engine:
         s.retractions = self.scheduler.retractions
 
     def _result(self, req: Request) -> GenerationResult:
-        self.stats.requests_finished += 1
-        self.stats.prompt_tokens += len(req.prompt_ids)
-        self.stats.cached_tokens += req.cached_tokens or 0
+        self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
         text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
         return req.result(text)
 

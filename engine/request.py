@@ -66,6 +66,8 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     rid: str = field(default_factory=lambda: f"req-{next(_rid_counter)}")
+    prefix_only: bool = False
+    trace_id: str | None = None
     output_ids: list[int] = field(default_factory=list)
     status: ReqStatus = ReqStatus.WAITING
     finish_reason: FinishReason | None = None

@@ -201,8 +201,11 @@ class Scheduler:
                 self.kv.checkpoint(req)
         finished = []
         for req, token in zip(batch.sampling, next_tokens):
-            req.output_ids.append(token)
-            reason = self._finish_reason(req, token)
+            if req.prefix_only:
+                reason = FinishReason.STOP
+            else:
+                req.output_ids.append(token)
+                reason = self._finish_reason(req, token)
             if req.status is ReqStatus.PREFILLING:
                 req.status = ReqStatus.DECODING
                 self.running.append(req)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass
+class TraceStats:
+    """What one agent trace (all calls tagged with one trace id) cost and reused."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass
@@ -20,6 +30,19 @@ class EngineStats:
     extend_passes: int = 0
     decode_passes: int = 0
     busy_seconds: float = 0.0
+    traces: dict[str, TraceStats] = field(default_factory=dict)
+
+    def record_finished(self, trace_id: str | None, prompt: int, cached: int, output: int) -> None:
+        """Count a finished request, and its trace's share when it carries a trace id."""
+        self.requests_finished += 1
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
+        if trace_id is not None:
+            t = self.traces.setdefault(trace_id, TraceStats())
+            t.calls += 1
+            t.prompt_tokens += prompt
+            t.cached_tokens += cached
+            t.output_tokens += output
 
     @property
     def hit_rate(self) -> float:

@@ -5,3 +5,8 @@ Importing this package never imports torch: the client side stays light; the eng
 """
 
 __version__ = "0.1.0"
+
+from .client import AsyncClient, Client, Result, StreamChunk, connect
+from .connection import EngineDiedError, EngineError
+
+__all__ = ["AsyncClient", "Client", "EngineDiedError", "EngineError", "Result", "StreamChunk", "connect"]

@@ -54,12 +54,45 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from radixlm.engine.engine import EngineConfig
+    from radixlm.engine.server import run_server
+
+    from .endpoint import default_endpoint, tcp_endpoint
+
+    if args.endpoint and args.port:
+        raise SystemExit("radixlm serve: give --endpoint or --port, not both")
+    endpoint = args.endpoint or (tcp_endpoint(args.port) if args.port else default_endpoint())
+    config = EngineConfig(
+        kv_cache_tokens=args.kv_cache_tokens,
+        max_running_requests=args.max_running_requests,
+        chunk_size=args.chunk_size,
+        policy=args.policy,
+        radix_cache=not args.no_radix_cache,
+        max_context=args.max_context,
+    )
+    run_server(args.model, endpoint, config, args.parent_pid)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radixlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a model's architecture, size, context length and load time")
     info.add_argument("--model", default="smollm2", help="alias (smollm2), local HF folder, or .gguf file")
     info.set_defaults(func=_info)
+    serve = sub.add_parser("serve", help="run the engine as a ZeroMQ service")
+    serve.add_argument("--model", default="smollm2", help="alias (smollm2), local HF folder, or .gguf file")
+    serve.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT (default: ipc socket in a 0700 per-user directory)")
+    serve.add_argument("--port", type=int, help="serve on tcp://127.0.0.1:PORT")
+    serve.add_argument("--kv-cache-tokens", type=int, default=32768, help="KV pool size in tokens")
+    serve.add_argument("--max-running-requests", type=int, default=128)
+    serve.add_argument("--chunk-size", type=int, default=1024, help="most prompt tokens per extend pass")
+    serve.add_argument("--policy", choices=["lpm", "dfs-weight", "fcfs"], default="lpm")
+    serve.add_argument("--no-radix-cache", action="store_true", help="the cache-off ablation")
+    serve.add_argument("--max-context", type=int, help="longest prompt + output (default: the model's)")
+    serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="the main job: chat through the engine on the embedded model")
     demo.add_argument("--model", default="smollm2")
     demo.add_argument("--question", default=DEFAULT_QUESTION)

@@ -1,0 +1,205 @@
+"""The engine as a ZeroMQ service: one ROUTER socket in the engine's single loop.
+
+Each iteration receives every pending message without blocking, runs one scheduled forward pass,
+and sends streamed chunks and final results. A malformed message gets an Error reply (or, when it
+cannot even be routed, a log line); it never stops the loop or touches other clients' requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import msgspec
+import zmq
+
+from radixlm import protocol as P
+
+from .engine import Engine, EngineConfig
+from .request import GenerationResult, Request, SamplingParams
+
+log = logging.getLogger("radixlm.server")
+
+
+@dataclass
+class _Live:
+    """A request in flight: who asked, under which id, and what has been streamed so far."""
+
+    identity: bytes
+    rid: str
+    req: Request
+    stream: bool
+    sent_tokens: int = 0
+    sent_text: str = ""
+
+
+class EngineServer:
+    """Serves one Engine on `endpoint` until a Shutdown message, `stop()`, or the parent's death."""
+
+    def __init__(self, engine: Engine, endpoint: str, parent_pid: int | None = None) -> None:
+        self.engine, self.endpoint, self.parent_pid = engine, endpoint, parent_pid
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.live: dict[str, _Live] = {}
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                busy = self.engine.has_work()
+                if poller.poll(0 if busy else 50):
+                    self._drain()
+                if self.engine.has_work():
+                    self._step()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.info("parent process %d exited; shutting down", self.parent_pid)
+                    break
+        finally:
+            self.sock.close(linger=0)
+            if self.endpoint.startswith("ipc://"):
+                try:
+                    os.unlink(self.endpoint[len("ipc://") :])
+                except FileNotFoundError:
+                    pass
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _send(self, identity: bytes, msg: msgspec.Struct) -> bool:
+        """Send to one client; False (and its requests aborted) when that client is gone."""
+        try:
+            self.sock.send_multipart([identity, P.VERSION, P.encode(msg)])
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.info("client %s disconnected; aborting its requests", identity.hex())
+            for key, live in list(self.live.items()):
+                if live.identity == identity:
+                    self.engine.abort(key)
+                    del self.live[key]
+            return False
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            if frames:
+                self._send(frames[0], P.Error(rid="", code="bad_message", message=f"expected 2 frames, got {len(frames) - 1}"))
+            return
+        identity, version, payload = frames
+        rid = P.peek_rid(payload) or ""
+        if version != P.VERSION:
+            self._send(identity, P.Error(rid=rid, code="bad_version", message=f"protocol {version[:32]!r} is not {P.VERSION!r}"))
+            return
+        if len(payload) > P.MAX_MESSAGE_BYTES:
+            self._send(identity, P.Error(rid=rid, code="too_large",
+                                         message=f"message of {len(payload)} bytes exceeds {P.MAX_MESSAGE_BYTES}"))
+            return
+        try:
+            msg = P.decode_request(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self._send(identity, P.Error(rid=rid, code="bad_message", message=str(exc)))
+            return
+        try:
+            self._dispatch(identity, msg)
+        except ValueError as exc:
+            self._send(identity, P.Error(rid=msg.rid, code="invalid_request", message=str(exc)))
+
+    def _dispatch(self, identity: bytes, msg: P.Request) -> None:
+        key = f"{identity.hex()}/{msg.rid}"
+        if isinstance(msg, P.Generate):
+            self._generate(identity, key, msg)
+        elif isinstance(msg, P.Abort):
+            target = f"{identity.hex()}/{msg.target}"
+            if self.live.pop(target, None) is None:
+                self._send(identity, P.Error(rid=msg.rid, code="unknown_request", message=f"no running request {msg.target!r}"))
+                return
+            self.engine.abort(target)
+            self._send(identity, P.Reply(rid=msg.rid, data={"aborted": msg.target}))
+        elif isinstance(msg, P.Ping):
+            self._send(identity, P.Reply(rid=msg.rid, data={"pid": os.getpid(), "time": time.time()}))
+        elif isinstance(msg, P.Info):
+            self._send(identity, P.Reply(rid=msg.rid, data=self.engine.info()))
+        elif isinstance(msg, P.Stats):
+            data = self.engine.stats_dict()
+            if msg.check_integrity:
+                self.engine.check_integrity()
+                data["integrity"] = "ok"
+            self._send(identity, P.Reply(rid=msg.rid, data=data))
+        elif isinstance(msg, P.Flush):
+            self.engine.flush_cache()
+            self._send(identity, P.Reply(rid=msg.rid, data={"flushed": True}))
+        elif isinstance(msg, P.Shutdown):
+            self._send(identity, P.Reply(rid=msg.rid, data={"shutdown": True}))
+            self.stop()
+
+    def _generate(self, identity: bytes, key: str, msg: P.Generate) -> None:
+        if key in self.live:
+            self._send(identity, P.Error(rid=msg.rid, code="duplicate_request", message=f"request {msg.rid!r} is already running"))
+            return
+        ids = self.engine.prompt_ids(text=msg.text, input_ids=msg.input_ids, messages=msg.messages)
+        s = msg.sampling
+        params = SamplingParams(max_new_tokens=s.max_new_tokens, stop_token_ids=tuple(s.stop_token_ids),
+                                ignore_eos=s.ignore_eos)
+        req = self.engine.add_request(ids, params, rid=key, prefix_only=msg.prefix_only, trace_id=msg.trace_id)
+        self.live[key] = _Live(identity, msg.rid, req, msg.stream)
+
+    def _step(self) -> None:
+        try:
+            finished = self.engine.step()
+        except Exception:  # a bug in one step must not take every client down with it
+            log.exception("engine step failed; failing the requests in flight")
+            for key, live in list(self.live.items()):
+                self.engine.abort(key)
+                self._send(live.identity, P.Error(rid=live.rid, code="engine_error", message="engine step failed; see engine log"))
+            self.live.clear()
+            return
+        for live in [lv for lv in self.live.values() if lv.stream]:
+            self._stream(live)
+        for result in finished:
+            live = self.live.pop(result.rid, None)
+            if live is not None:
+                self._send(live.identity, _done(live.rid, result))
+
+    def _stream(self, live: _Live) -> None:
+        ids = live.req.output_ids
+        if len(ids) <= live.sent_tokens:
+            return
+        text = self.engine.detokenize(ids)
+        if text.endswith("\ufffd") and live.req.finish_reason is None:
+            return  # an incomplete UTF-8 sequence: wait for the next token
+        delta = text[len(live.sent_text) :] if text.startswith(live.sent_text) else text
+        new_ids = ids[live.sent_tokens :]
+        live.sent_tokens, live.sent_text = len(ids), text
+        self._send(live.identity, P.Chunk(rid=live.rid, text=delta, token_ids=list(new_ids)))
+
+
+def _done(rid: str, r: GenerationResult) -> P.Done:
+    usage = P.Usage(prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens)
+    return P.Done(rid=rid, text=r.text or "", output_ids=r.output_ids, finish_reason=r.finish_reason.value, usage=usage)
+
+
+def run_server(model: str, endpoint: str, config: EngineConfig, parent_pid: int | None = None) -> None:
+    """Load `model`, bind `endpoint` and serve until shut down."""
+    logging.basicConfig(level=logging.INFO, format="radixlm engine: %(message)s")
+    start = time.perf_counter()
+    engine = Engine.from_model(model, config)
+    server = EngineServer(engine, endpoint, parent_pid)
+    log.info("serving %s on %s (ready in %.1f s)", model, endpoint, time.perf_counter() - start)
+    server.serve_forever()

@@ -1,0 +1,165 @@
+"""One client's link to the engine: a background I/O thread owns the DEALER socket.
+
+Callers on any thread (or asyncio loop) hand messages to `send` with a callback; the I/O thread
+forwards them, routes each reply to the callback registered for its rid, and watches the engine
+process: if it dies, every pending callback receives an EngineDiedError within about 0.3 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Union
+
+import msgspec
+import zmq
+
+from . import protocol as P
+
+log = logging.getLogger("radixlm.client")
+LIVENESS_INTERVAL_S = 0.25
+
+Callback = Callable[[Union[P.Response, Exception]], None]
+
+
+class EngineDiedError(RuntimeError):
+    """The engine process exited while a call was waiting for it."""
+
+
+class EngineError(RuntimeError):
+    """The engine answered with an Error; `code` names the kind of problem."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child that nobody reaped yet is a zombie: dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class Connection:
+    """DEALER socket + I/O thread + per-rid reply routing + engine liveness watch."""
+
+    def __init__(self, endpoint: str, process: subprocess.Popen | None = None) -> None:
+        self.endpoint, self.process = endpoint, process
+        self.engine_pid: int | None = process.pid if process else None
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.IDENTITY, uuid.uuid4().bytes)
+        self._sock.connect(endpoint)
+        self._outbox: queue.SimpleQueue[tuple[bytes, str, Callback | None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._pending: dict[str, Callback] = {}
+        self._lock = threading.Lock()
+        self._dead: Exception | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="radixlm-io", daemon=True)
+        self._thread.start()
+
+    def new_rid(self) -> str:
+        return uuid.uuid4().hex
+
+    def send(self, msg: msgspec.Struct, callback: Callback | None) -> None:
+        """Queue `msg`; replies with its rid go to `callback` until `forget(rid)`."""
+        if self._dead is not None:
+            raise self._dead
+        self._outbox.put((P.encode(msg), msg.rid, callback))
+        os.write(self._wake_w, b"x")
+
+    def forget(self, rid: str) -> None:
+        with self._lock:
+            self._pending.pop(rid, None)
+
+    def close(self) -> None:
+        self._closing = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=2)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_check = time.monotonic() + LIVENESS_INTERVAL_S
+        try:
+            while not self._closing:
+                events = dict(poller.poll(int(LIVENESS_INTERVAL_S * 1000)))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 65536)
+                    self._flush_outbox()
+                if self._sock in events:
+                    self._receive()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + LIVENESS_INTERVAL_S
+                    self._check_engine()
+        finally:
+            self._sock.close(linger=0)
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                payload, rid, callback = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if callback is not None and self._dead is not None:
+                callback(self._dead)
+                continue
+            if callback is not None:
+                with self._lock:
+                    self._pending[rid] = callback
+            self._sock.send_multipart([P.VERSION, payload])
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = P.decode_response(frames[-1])
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("dropping undecodable reply from the engine: %s", exc)
+                continue
+            with self._lock:
+                callback = self._pending.get(msg.rid)
+            if callback is not None:
+                callback(msg)
+            elif isinstance(msg, P.Error):
+                log.warning("engine error for no pending call: %s %s", msg.code, msg.message)
+
+    def _check_engine(self) -> None:
+        if self._dead is not None:
+            return
+        if self.process is not None:
+            code = self.process.poll()
+            dead = code is not None
+            why = f"engine process {self.process.pid} exited with code {code}"
+        elif self.engine_pid is not None:
+            dead = not _pid_alive(self.engine_pid)
+            why = f"engine process {self.engine_pid} is gone"
+        else:
+            return
+        if dead:
+            self._dead = EngineDiedError(why)
+            with self._lock:
+                pending, self._pending = list(self._pending.values()), {}
+            for callback in pending:
+                callback(self._dead)

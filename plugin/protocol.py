@@ -1,0 +1,135 @@
+"""The wire protocol between clients and the engine: msgspec Structs, msgpack-encoded, never pickle.
+
+A client's DEALER sends two frames, `[VERSION, payload]`; the engine's ROUTER replies with the same
+two frames. Every request carries a client-chosen `rid`; every reply names the `rid` it answers.
+Unknown fields, wrong types and unknown tags fail decoding and are answered with an `Error`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+VERSION = b"radixlm/1"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class _Message(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", kw_only=True, omit_defaults=True):
+    rid: str
+
+
+class SamplingOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Decoding controls of one request."""
+
+    max_new_tokens: int = 128
+    stop_token_ids: list[int] = []
+    ignore_eos: bool = False
+
+
+class Generate(_Message, tag="generate"):
+    """Generate from exactly one of: `text`, `input_ids`, or chat `messages` (rendered with the model's
+    chat template). `prefix_only` computes and caches the prompt without generating."""
+
+    text: str | None = None
+    input_ids: list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
+    stream: bool = False
+    trace_id: str | None = None
+    prefix_only: bool = False
+
+
+class Abort(_Message, tag="abort"):
+    """Stop request `target` and free its KV."""
+
+    target: str
+
+
+class Info(_Message, tag="info"):
+    pass
+
+
+class Stats(_Message, tag="stats"):
+    """Engine counters; with `check_integrity` the engine also verifies its KV ownership invariants."""
+
+    check_integrity: bool = False
+
+
+class Flush(_Message, tag="flush"):
+    pass
+
+
+class Ping(_Message, tag="ping"):
+    pass
+
+
+class Shutdown(_Message, tag="shutdown"):
+    pass
+
+
+Request = Union[Generate, Abort, Info, Stats, Flush, Ping, Shutdown]
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+class Chunk(_Message, tag="chunk"):
+    """Streamed progress: new token ids and the text they completed."""
+
+    text: str
+    token_ids: list[int]
+
+
+class Done(_Message, tag="done"):
+    text: str
+    output_ids: list[int]
+    finish_reason: str
+    usage: Usage
+
+
+class Error(_Message, tag="error"):
+    """`code` is one of: bad_message, bad_version, too_large, invalid_request, unknown_request,
+    duplicate_request, engine_error."""
+
+    code: str
+    message: str
+
+
+class Reply(_Message, tag="reply"):
+    """Answer to Info, Stats, Flush, Ping, Shutdown and Abort."""
+
+    data: dict[str, Any] = {}
+
+
+Response = Union[Chunk, Done, Error, Reply]
+
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_response_decoder = msgspec.msgpack.Decoder(Response)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_request(payload: bytes) -> Request:
+    """Decode a client message; raises msgspec.ValidationError / DecodeError naming the problem."""
+    return _request_decoder.decode(payload)
+
+
+def decode_response(payload: bytes) -> Response:
+    return _response_decoder.decode(payload)
+
+
+def peek_rid(payload: bytes) -> str | None:
+    """Best-effort `rid` of an undecodable message, so its Error can still be routed to the caller."""
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None
+    rid = raw.get("rid") if isinstance(raw, dict) else None
+    return rid if isinstance(rid, str) else None
