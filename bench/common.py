@@ -6,6 +6,7 @@ Benches are run as scripts (`python bench/<name>.py`); they put this folder on s
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -69,8 +70,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
     print(line)
     print("  ".join("-" * w for w in widths))
-    for r in cells:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for raw, r in zip(rows, cells):
+        numeric = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw]
+        print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip())
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -80,12 +82,27 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(out)
 
 
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def warn_if_busy(limit: float = 0.5) -> float:
+    """Print a warning when other processes are using the CPU (timings would be unreliable)."""
+    load = load_average()
+    if load > limit:
+        print(f"WARNING: 1-minute load average is {load:.2f} before the bench: other processes share the "
+              f"CPU, so timings (and ratios) are unreliable", flush=True)
+    return load
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_average_1min_at_save": load_average(),
     }
 
 

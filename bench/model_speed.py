@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_hf_model, markdown_table, median, median_time, print_table, save_results, setup_torch  # noqa: E402
+from common import (  # noqa: E402
+    load_hf_model, markdown_table, median, median_time, print_table, save_results, setup_torch, warn_if_busy,
+)
 
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
 from radixlm.engine.loader import load_model  # noqa: E402
@@ -138,6 +140,7 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     new_tokens = args.decode_tokens or (24 if args.quick else 64)
     setup_torch()
+    load_before = warn_if_busy()
 
     loaded = load_model("smollm2")
     engine = Engine(loaded.model, EngineConfig(), loaded.eos_token_ids, loaded.tokenizer)
@@ -150,7 +153,8 @@ def main() -> None:
           f"weights read per decoded token {wbytes / 1e6:.0f} MB")
 
     results: dict = {"config": {"repeats": repeats, "decode_new_tokens": new_tokens, "decode_prompt_tokens": len(prompt),
-                                "prefill_tokens": PREFILL_TOKENS, "weight_bytes": wbytes, "quick": args.quick}}
+                                "prefill_tokens": PREFILL_TOKENS, "weight_bytes": wbytes, "quick": args.quick,
+                                "load_average_before": load_before}}
 
     # radixlm (warm up every shape first)
     for b in BATCHES:

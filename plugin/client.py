@@ -82,11 +82,11 @@ class Client:
         try:
             while True:
                 try:
-                    reply = _raise_if_error(box.get(timeout=self.timeout))
+                    raw = box.get(timeout=self.timeout)
                 except queue.Empty:
                     raise TimeoutError(f"no reply from the engine within {self.timeout} s") from None
-                if not isinstance(reply, P.Chunk):
-                    finished = True
+                finished = not isinstance(raw, P.Chunk)
+                reply = _raise_if_error(raw)
                 yield reply
                 if finished:
                     return
@@ -158,8 +158,9 @@ class AsyncClient:
         finished = False
         try:
             while True:
-                reply = _raise_if_error(await asyncio.wait_for(box.get(), self.client.timeout))
-                finished = not isinstance(reply, P.Chunk)
+                raw = await asyncio.wait_for(box.get(), self.client.timeout)
+                finished = not isinstance(raw, P.Chunk)
+                reply = _raise_if_error(raw)
                 yield reply
                 if finished:
                     return

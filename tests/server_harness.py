@@ -1,0 +1,33 @@
+"""An EngineServer on the fake model, served from a thread of the test process."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from fake_model import FakeModel
+from radixlm.client import Client
+from radixlm.connection import Connection
+from radixlm.engine.engine import Engine, EngineConfig
+from radixlm.engine.server import EngineServer
+
+
+@contextmanager
+def fake_server(tmp_path: Path, **cfg) -> Iterator[EngineServer]:
+    engine = Engine(FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
+    endpoint = f"ipc://{tmp_path / ('e-' + uuid.uuid4().hex[:8] + '.sock')}"
+    server = EngineServer(engine, endpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+
+
+def client_for(server: EngineServer, timeout: float = 10.0) -> Client:
+    return Client(Connection(server.endpoint), timeout=timeout)
