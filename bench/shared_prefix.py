@@ -183,6 +183,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 requests, 2 for HF")
     ap.add_argument("--requests", type=int, default=None, help="number of requests (default 64, quick 16)")
     ap.add_argument("--hf-requests", type=int, default=None, help="requests HF serves (default 6, quick 2)")
+    ap.add_argument("--chunk-size", type=int, default=2048,
+                    help="engine chunk_size (default 2048: with 1024 the ~1,050-token prompts need a chunked "
+                         "prefill pass, which crashes on an engine bug: engine.py builds logit_rows with "
+                         "torch.tensor([]) -> float32 when no request finishes its prefill in the pass)")
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 64)
     n_hf = min(n, args.hf_requests or (2 if args.quick else 6))
@@ -198,15 +202,17 @@ def main() -> None:
     eos = min(loaded.eos_token_ids) if loaded.eos_token_ids else 0
     print(f"workload: {n} requests = {len(prefix)}-token shared few-shot prefix + distinct question "
           f"({min(map(len, questions))}-{max(map(len, questions))} tokens), {OUTPUT_TOKENS} output tokens "
-          f"(ignore_eos, greedy); {total} prompt tokens, optimal hit rate {optimal:.4f}")
+          f"(ignore_eos, greedy); {total} prompt tokens, optimal hit rate {optimal:.4f}; "
+          f"engine chunk_size {args.chunk_size}, kv_cache_tokens {EngineConfig().kv_cache_tokens}")
 
     # Warm up kernels on a throwaway engine (not timed).
     run_engine(loaded, EngineConfig(), [prefix[:200] + q for q in questions[:4]])
 
+    cs = args.chunk_size
     systems = {
-        "radixlm lpm": EngineConfig(policy="lpm"),
-        "radixlm fcfs": EngineConfig(policy="fcfs"),
-        "radixlm cache off": EngineConfig(policy="lpm", radix_cache=False),
+        "radixlm lpm": EngineConfig(policy="lpm", chunk_size=cs),
+        "radixlm fcfs": EngineConfig(policy="fcfs", chunk_size=cs),
+        "radixlm cache off": EngineConfig(policy="lpm", radix_cache=False, chunk_size=cs),
     }
     res: dict[str, dict] = {}
     for name, cfg in systems.items():
@@ -265,6 +271,7 @@ def main() -> None:
     save_results("shared_prefix_quick" if args.quick else "shared_prefix", {
         "config": {"requests": n, "hf_requests": n_hf, "prefix_tokens": len(prefix), "question_tokens":
                    [len(q) for q in questions], "output_tokens": OUTPUT_TOKENS, "seed": SEED, "quick": args.quick,
+                   "chunk_size": cs, "kv_cache_tokens": EngineConfig().kv_cache_tokens,
                    "load_average_before": load_before},
         "optimal_hit_rate": optimal, "prompt_tokens": total, "systems": res, "ratios": ratios, "targets": TARGETS,
         "met": met, "outputs_identical_lpm_cache_off": same_off, "outputs_identical_lpm_fcfs": same_fcfs,

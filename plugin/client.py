@@ -241,6 +241,8 @@ def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool 
             raise EngineDiedError(f"no engine answers at {endpoint}")
     elif not spawn:
         raise EngineDiedError(f"no engine at {endpoint} (socket file missing)")
+    print(f"radixlm: starting an engine for {model!r} at {endpoint} (the first start converts the model once)",
+          file=sys.stderr)
     proc = spawn_engine(endpoint, model, **engine_options)
     conn = Connection(endpoint, proc)
     deadline = time.monotonic() + startup_timeout

@@ -85,3 +85,27 @@ def test_killing_the_engine_mid_stream_raises_within_two_seconds(tmp_path):
     with pytest.raises(radixlm.EngineDiedError):
         client.generate("anyone there?")
     client.close()
+
+
+def test_a_spawned_engine_stops_when_its_owner_exits(tmp_path):
+    import subprocess
+    import sys
+
+    endpoint = f"ipc://{tmp_path / 'owned.sock'}"
+    owner = subprocess.run(
+        [sys.executable, "-c",
+         f"import os, radixlm; c = radixlm.connect({endpoint!r}, model='smollm2'); print(c.ping()['pid'], flush=True); "
+         "os.kill(os.getpid(), 9)"],  # no atexit hooks run: the engine must notice on its own
+        capture_output=True, text=True, timeout=300,
+    )
+    engine_pid = int(owner.stdout.strip().splitlines()[-1])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(engine_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(engine_pid, signal.SIGKILL)
+        pytest.fail("the spawned engine outlived its owner")
