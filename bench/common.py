@@ -71,7 +71,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print(line)
     print("  ".join("-" * w for w in widths))
     for raw, r in zip(rows, cells):
-        numeric = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw]
+        numeric = [(isinstance(v, (int, float)) and not isinstance(v, bool)) or (isinstance(v, str) and v[:1].isdigit())
+                   for v in raw]
         print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip())
 
 
@@ -86,13 +87,29 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def warn_if_busy(limit: float = 0.5) -> float:
+def busy_cores(seconds: float = 1.0) -> float:
+    """CPU cores in use by any process, sampled from /proc/stat over `seconds` (else the load average)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]
+
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+        return (1 - (i1 - i0) / max(1, t1 - t0)) * (os.cpu_count() or 1)
+    except OSError:
+        return load_average()
+
+
+def warn_if_busy(limit: float = 0.3) -> float:
     """Print a warning when other processes are using the CPU (timings would be unreliable)."""
-    load = load_average()
-    if load > limit:
-        print(f"WARNING: 1-minute load average is {load:.2f} before the bench: other processes share the "
-              f"CPU, so timings (and ratios) are unreliable", flush=True)
-    return load
+    busy = busy_cores()
+    if busy > limit:
+        print(f"WARNING: {busy:.1f} CPU cores busy before the bench: other processes share the CPU, so "
+              f"timings (and ratios) are unreliable", flush=True)
+    return busy
 
 
 def machine_info() -> dict[str, Any]:

@@ -154,7 +154,7 @@ def main() -> None:
 
     results: dict = {"config": {"repeats": repeats, "decode_new_tokens": new_tokens, "decode_prompt_tokens": len(prompt),
                                 "prefill_tokens": PREFILL_TOKENS, "weight_bytes": wbytes, "quick": args.quick,
-                                "load_average_before": load_before}}
+                                "busy_cores_before": load_before}}
 
     # radixlm (warm up every shape first)
     for b in BATCHES:

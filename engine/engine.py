@@ -167,7 +167,8 @@ class Engine:
                 offset += n
                 if req.kv_len + n == req.fill_len and req.status is not ReqStatus.FINISHED:
                     logit_rows.append(offset - 1)
-            ctx = ForwardContext.for_extend(pool, seq_slots, [r.kv_len for r in reqs], torch.tensor(logit_rows))
+            ctx = ForwardContext.for_extend(pool, seq_slots, [r.kv_len for r in reqs],
+                                           torch.tensor(logit_rows, dtype=torch.long))
             ids_t, pos_t = torch.tensor(ids), torch.cat(positions)
         else:
             reqs = batch.reqs + batch.ghosts

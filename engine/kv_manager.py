@@ -62,10 +62,15 @@ class KVManager:
         self.table[req.row, req.kv_len : req.kv_len + n] = slots
         return slots
 
+    @property
+    def shares_prefixes(self) -> bool:
+        """False for the no-op cache: nothing computed is ever reused."""
+        return not isinstance(self.cache, NoRadixCache)
+
     def checkpoint(self, req: Request) -> None:
-        """Share a paused (chunked) request's computed prefix through the tree; the no-op cache keeps
-        nothing, so there the request keeps its slots private."""
-        if not isinstance(self.cache, NoRadixCache):
+        """Share a request's computed prefix through the tree while it keeps running; the no-op cache
+        keeps nothing, so there the request keeps its slots private."""
+        if self.shares_prefixes:
             self.commit_to_cache(req)
 
     def commit_to_cache(self, req: Request) -> None:

@@ -138,7 +138,7 @@ class Scheduler:
         """True when a request admitted this round will compute the next `dedup_min_shared` tokens of
         `req`'s uncached part: `req` then waits a round and reuses them from the tree."""
         start, width = req.kv_len, self.cfg.dedup_min_shared
-        if req.fill_len - start < width:
+        if not self.kv.shares_prefixes or req.fill_len - start < width:
             return False
         head = req.fill_ids[start : start + width]
         return any(other.fill_ids[start : start + width] == head for other in batch)

@@ -29,7 +29,7 @@ class TorchAttention:
         start = 0
         kbuf, vbuf = ctx.pool.k[layer], ctx.pool.v[layer]
         for slots, prefix, n in zip(ctx.seq_slots, ctx.prefix_lens, ctx.extend_lens):
-            qi = q[start : start + n].transpose(0, 1)
+            qi = q[start : start + n].transpose(0, 1)[None]
             if prefix == 0:
                 ki, vi = k[start : start + n], v[start : start + n]
                 mask, causal = None, True
@@ -38,10 +38,11 @@ class TorchAttention:
                 cols = torch.arange(prefix + n, device=q.device)
                 rows = torch.arange(n, device=q.device) + prefix
                 mask, causal = cols[None, :] <= rows[:, None], False
+            # 4-D inputs: the CPU flash kernel; 3-D ones fall back to the slow math path.
             o = F.scaled_dot_product_attention(
-                qi, ki.transpose(0, 1), vi.transpose(0, 1), attn_mask=mask, is_causal=causal, enable_gqa=True
+                qi, ki.transpose(0, 1)[None], vi.transpose(0, 1)[None], attn_mask=mask, is_causal=causal, enable_gqa=True
             )
-            out[start : start + n] = o.transpose(0, 1)
+            out[start : start + n] = o[0].transpose(0, 1)
             start += n
         return out
 
