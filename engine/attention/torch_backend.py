@@ -8,6 +8,10 @@ import torch.nn.functional as F
 from ..model.context import ForwardContext, ForwardMode
 
 
+# Below this many slots shared by every row, one gather per row costs less than the split.
+CASCADE_MIN_SHARED = 32
+
+
 class TorchAttention:
     """Writes new tokens' K/V into the pool, then attends over each sequence's slots."""
 
@@ -47,7 +51,29 @@ class TorchAttention:
         return out
 
     def _decode(self, layer: int, q: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if ctx.shared_len >= CASCADE_MIN_SHARED:
+            return self._decode_shared_prefix(layer, q, ctx)
         k = ctx.pool.k[layer][ctx.kv_index].transpose(1, 2)
         v = ctx.pool.v[layer][ctx.kv_index].transpose(1, 2)
         o = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=ctx.kv_mask, enable_gqa=True)
         return o.squeeze(2)
+
+    def _decode_shared_prefix(self, layer: int, q: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Decode attention when every row starts with the same `shared_len` slots: the shared K/V are
+        read once for the whole batch instead of once per row; only the suffixes are gathered."""
+        shared = ctx.shared_len
+        kbuf, vbuf = ctx.pool.k[layer], ctx.pool.v[layer]
+        kp, vp = kbuf[ctx.kv_index[0, :shared]], vbuf[ctx.kv_index[0, :shared]]
+        suffix = ctx.kv_index[:, shared:]
+        ks, vs = kbuf[suffix], vbuf[suffix]
+        batch, heads, dim = q.shape
+        kv_heads = kp.shape[1]
+        qg = q.view(batch, kv_heads, heads // kv_heads, dim) * dim**-0.5
+        s_prefix = torch.einsum("bkgd,pkd->bkgp", qg, kp)
+        s_suffix = torch.einsum("bkgd,bskd->bkgs", qg, ks)
+        if ctx.kv_mask is not None:
+            s_suffix = s_suffix.masked_fill(~ctx.kv_mask[..., shared:], float("-inf"))
+        probs = torch.softmax(torch.cat([s_prefix, s_suffix], dim=-1), dim=-1)
+        o = torch.einsum("bkgp,pkd->bkgd", probs[..., :shared], vp)
+        o = o + torch.einsum("bkgs,bskd->bkgd", probs[..., shared:], vs)
+        return o.reshape(batch, heads, dim)

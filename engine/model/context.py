@@ -29,7 +29,8 @@ class ForwardContext:
     `prefix_lens[i]` tokens already in the pool; `seq_slots[i]` holds the kv slots of all its
     `prefix_lens[i] + extend_lens[i]` tokens.
     DECODE: one new token per sequence; `kv_index[b, :kv_lens[b]]` are its kv slots (padded with the
-    scratch slot 0) and `kv_mask` masks the padding (None when no row is padded).
+    scratch slot 0) and `kv_mask` masks the padding (None when no row is padded). The first
+    `shared_len` slots are the same in every row (a prefix all sequences share in the radix tree).
     """
 
     mode: ForwardMode
@@ -42,6 +43,7 @@ class ForwardContext:
     kv_index: torch.Tensor | None = None
     kv_lens: torch.Tensor | None = None
     kv_mask: torch.Tensor | None = None
+    shared_len: int = 0
 
     @classmethod
     def for_extend(
@@ -61,7 +63,13 @@ class ForwardContext:
         mask = None
         if bool((kv_lens != kv_index.shape[1]).any()):
             mask = (torch.arange(kv_index.shape[1])[None, :] < kv_lens[:, None])[:, None, None, :]
-        return cls(ForwardMode.DECODE, pool, out_slots, rows, kv_index=kv_index, kv_lens=kv_lens, kv_mask=mask)
+        shared = 0
+        if batch > 1:
+            limit = int(kv_lens.min()) - 1
+            differs = (kv_index[:, :limit] != kv_index[:1, :limit]).any(dim=0).nonzero()
+            shared = int(differs[0]) if differs.numel() else limit
+        return cls(ForwardMode.DECODE, pool, out_slots, rows, kv_index=kv_index, kv_lens=kv_lens, kv_mask=mask,
+                   shared_len=shared)
 
 
 _current: ForwardContext | None = None
