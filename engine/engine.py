@@ -22,6 +22,9 @@ from .stats import EngineStats
 from .tokenizer import Tokenizer
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """User-facing engine options (the `radixlm serve` flags)."""
@@ -34,8 +37,11 @@ class EngineConfig:
     max_context: int | None = None
     reserve_clip: int = 256
     dedup_min_shared: int = 32
+    dtype: str = "float32"
 
     def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         for name in ("kv_cache_tokens", "max_running_requests", "chunk_size"):
@@ -71,7 +77,8 @@ class Engine:
     @classmethod
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
         """Load a model by alias or path and build an engine on it."""
-        loaded: LoadedModel = load_model(name)
+        config.validate()
+        loaded: LoadedModel = load_model(name, dtype=DTYPES[config.dtype])
         return cls(loaded.model, config, loaded.eos_token_ids, loaded.tokenizer)
 
     def prompt_ids(self, text: str | None = None, input_ids: Sequence[int] | None = None,

@@ -29,7 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
     from radixlm.engine.request import SamplingParams
 
     start = time.perf_counter()
-    engine = Engine.from_model(args.model, EngineConfig())
+    engine = Engine.from_model(args.model, EngineConfig(dtype=args.dtype))
     tok = engine.tokenizer
     print(f"engine ready in {time.perf_counter() - start:.1f} s ({args.model})")
     messages = [{"role": "user", "content": args.question}]
@@ -70,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         policy=args.policy,
         radix_cache=not args.no_radix_cache,
         max_context=args.max_context,
+        dtype=args.dtype,
     )
     run_server(args.model, endpoint, config, args.parent_pid)
     return 0
@@ -91,12 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", choices=["lpm", "dfs-weight", "fcfs"], default="lpm")
     serve.add_argument("--no-radix-cache", action="store_true", help="the cache-off ablation")
     serve.add_argument("--max-context", type=int, help="longest prompt + output (default: the model's)")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                       help="weights and KV precision (bfloat16: about 3x faster prefill and batched decode on CPU)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="the main job: chat through the engine on the embedded model")
     demo.add_argument("--model", default="smollm2")
     demo.add_argument("--question", default=DEFAULT_QUESTION)
     demo.add_argument("--max-tokens", type=int, default=96)
+    demo.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     demo.set_defaults(func=_demo)
     return parser
 

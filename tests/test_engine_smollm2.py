@@ -64,3 +64,26 @@ def test_batched_engine_matches_hf_generate(smollm2, hf_smollm2):
         with torch.inference_mode():
             ref = hf_smollm2.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
         assert out == ref[0, len(prompt):].tolist()
+
+
+def test_bfloat16_engine_tracks_the_float32_one(smollm2):
+    from radixlm.engine.loader import load_model
+    from radixlm.engine.model.context import ForwardContext, use_context
+    from radixlm.engine.kv_pool import KVPool
+
+    bf16 = load_model("smollm2", dtype=torch.bfloat16)
+    tok = smollm2.tokenizer
+    ids = chat_prompt(tok, "You are a helpful assistant.", "Explain why the sky is blue in two sentences.")
+    logits = []
+    for loaded in (smollm2, bf16):
+        cfg = loaded.config
+        pool = KVPool(len(ids) + 1, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype=loaded.model.dtype)
+        slots = pool.allocator.alloc(len(ids))
+        with use_context(ForwardContext.for_extend(pool, [slots], [0], torch.arange(len(ids)))):
+            logits.append(loaded.model(torch.tensor(ids), torch.arange(len(ids))))
+    agree = (logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean().item()
+    assert agree >= 0.85, f"bf16 argmax agrees with fp32 on only {agree:.0%} of positions"
+    engine = Engine(bf16.model, EngineConfig(dtype="bfloat16"), bf16.eos_token_ids, bf16.tokenizer)
+    out = engine.generate([ids], SamplingParams(max_new_tokens=24))[0]
+    text = out.text.lower()
+    assert out.completion_tokens > 3 and any(w in text for w in ("blue", "light", "scatter")), out.text
