@@ -131,6 +131,27 @@ def hf_prefill_time(model, ids: list[int]) -> float:
 # ---------------------------------------------------------------- main
 
 
+def measure_radixlm(loaded, prompt: list[int], pf_ids: list[int], new_tokens: int, repeats: int) -> tuple[dict, float]:
+    """Decode tok/s per batch size and prefill seconds for one loaded model (shapes warmed up first)."""
+    engine = Engine(loaded.model, EngineConfig(), loaded.eos_token_ids, loaded.tokenizer)
+    name = f"radixlm {str(loaded.model.dtype).removeprefix('torch.')}"
+    for b in BATCHES:
+        engine_decode(engine, prompt, b, 4)
+    engine_prefill(engine, pf_ids)
+    rl = {}
+    for b in BATCHES:
+        runs = [engine_decode(engine, prompt, b, new_tokens) for _ in range(repeats)]
+        rl[b] = {"decode_tok_s": median([r["decode_tok_s"] for r in runs]),
+                 "e2e_tok_s": median([r["e2e_tok_s"] for r in runs]),
+                 "decode_steps_timed": runs[0]["decode_steps_timed"],
+                 "samples_decode_tok_s": [r["decode_tok_s"] for r in runs]}
+        print(f"  {name} batch {b:>2}: {rl[b]['decode_tok_s']:.1f} decode tok/s", flush=True)
+    prefill_s = median([engine_prefill(engine, pf_ids) for _ in range(repeats)])
+    print(f"  {name} prefill: {PREFILL_TOKENS / prefill_s:.0f} tok/s", flush=True)
+    engine.check_integrity()
+    return rl, prefill_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens and one repeat")
@@ -143,7 +164,6 @@ def main() -> None:
     load_before = warn_if_busy()
 
     loaded = load_model("smollm2")
-    engine = Engine(loaded.model, EngineConfig(), loaded.eos_token_ids, loaded.tokenizer)
     prompt = decode_prompt(loaded)
     pf_ids = prefill_ids(loaded.config.vocab_size)
     wbytes = weight_bytes(loaded.model)
@@ -156,22 +176,10 @@ def main() -> None:
                                 "prefill_tokens": PREFILL_TOKENS, "weight_bytes": wbytes, "quick": args.quick,
                                 "busy_cores_before": load_before}}
 
-    # radixlm (warm up every shape first)
-    for b in BATCHES:
-        engine_decode(engine, prompt, b, 4)
-    engine_prefill(engine, pf_ids)
-    rl = {}
-    for b in BATCHES:
-        runs = [engine_decode(engine, prompt, b, new_tokens) for _ in range(repeats)]
-        rl[b] = {"decode_tok_s": median([r["decode_tok_s"] for r in runs]),
-                 "e2e_tok_s": median([r["e2e_tok_s"] for r in runs]),
-                 "decode_steps_timed": runs[0]["decode_steps_timed"],
-                 "samples_decode_tok_s": [r["decode_tok_s"] for r in runs]}
-        print(f"  radixlm batch {b:>2}: {rl[b]['decode_tok_s']:.1f} decode tok/s", flush=True)
-    rl_prefill_s = median([engine_prefill(engine, pf_ids) for _ in range(repeats)])
-    print(f"  radixlm prefill: {PREFILL_TOKENS / rl_prefill_s:.0f} tok/s", flush=True)
-    engine.check_integrity()
-    del engine
+    rl, rl_prefill_s = measure_radixlm(loaded, prompt, pf_ids, new_tokens, repeats)
+    bf16 = load_model("smollm2", dtype=torch.bfloat16)
+    rl_bf, rl_bf_prefill_s = measure_radixlm(bf16, prompt, pf_ids, new_tokens, repeats)
+    del bf16
 
     # HF transformers
     hf = load_hf_model(loaded.folder)
@@ -207,18 +215,28 @@ def main() -> None:
         ["HF transformers", f"prefill {PREFILL_TOKENS} tokens", hf_prefill, None, None, 1.0, "", ""],
         ["radixlm", f"prefill {PREFILL_TOKENS} tokens", rl_prefill, None, None, ratios["prefill"], ">= 1x",
          met["prefill"]],
+        ["radixlm bf16", "decode batch 1", rl_bf[1]["decode_tok_s"], rl_bf[1]["e2e_tok_s"], gbs(rl_bf[1]["decode_tok_s"]) / 2,
+         rl_bf[1]["decode_tok_s"] / hf_decode, "", ""],
+        ["radixlm bf16", "decode batch 8 (aggregate)", rl_bf[8]["decode_tok_s"], rl_bf[8]["e2e_tok_s"], None,
+         rl_bf[8]["decode_tok_s"] / hf_decode, "", ""],
+        ["radixlm bf16", "decode batch 32 (aggregate)", rl_bf[32]["decode_tok_s"], rl_bf[32]["e2e_tok_s"], None,
+         rl_bf[32]["decode_tok_s"] / hf_decode, "", ""],
+        ["radixlm bf16", f"prefill {PREFILL_TOKENS} tokens", PREFILL_TOKENS / rl_bf_prefill_s, None, None,
+         PREFILL_TOKENS / rl_bf_prefill_s / hf_prefill, "", ""],
     ]
     print()
     print_table(headers, rows)
     print()
     print("tok/s: decode = steady-state decode steps only (prefill excluded); prefill = one 1,024-token pass.")
     print("e2e tok/s: B x new tokens / whole run (prefill, and for radixlm the trailing ghost pass, included).")
-    print("GB/s: weights read per decoded token x batch-1 decode tok/s (KV reads ignored).")
+    print("GB/s: weights read per decoded token x batch-1 decode tok/s (KV reads ignored; bf16 reads half the bytes).")
+    print("targets are judged on float32 (the precision HF runs here); bf16 rows show the --dtype bfloat16 option.")
     print(f"targets met: {sum(met.values())}/{len(met)}")
 
     md = markdown_table(headers, rows)
     results.update({
         "radixlm": {"decode": {str(b): v for b, v in rl.items()}, "prefill_tok_s": rl_prefill, "prefill_s": rl_prefill_s},
+        "radixlm_bf16": {"decode": {str(b): v for b, v in rl_bf.items()}, "prefill_tok_s": PREFILL_TOKENS / rl_bf_prefill_s},
         "hf": {"decode_tok_s": hf_decode, "e2e_tok_s": hf_e2e, "t_new_tokens_s": s_n, "t_1_token_s": s_1,
                "prefill_tok_s": hf_prefill, "prefill_samples_s": s_pf},
         "bandwidth_gb_s": {"radixlm_b1": gbs(rl[1]["decode_tok_s"]), "hf_b1": gbs(hf_decode)},

@@ -226,6 +226,13 @@ def main() -> None:
         res[name] = run_engine(loaded, cfg, prompts)
         print(f"    {res[name]['wall_s']:.1f} s, {res[name]['requests_per_s']:.2f} req/s", flush=True)
 
+    bf16 = load_model("smollm2", dtype=torch.bfloat16)
+    run_engine(bf16, EngineConfig(chunk_size=cs, dtype="bfloat16"), prompts[:2])
+    print("  running radixlm lpm bf16 ...", flush=True)
+    res["radixlm lpm bf16"] = run_engine(bf16, EngineConfig(policy="lpm", chunk_size=cs, dtype="bfloat16"), prompts)
+    print(f"    {res['radixlm lpm bf16']['wall_s']:.1f} s, {res['radixlm lpm bf16']['requests_per_s']:.2f} req/s", flush=True)
+    del bf16
+
     hf_name = f"HF transformers (sequential, first {n_hf} of {n})"
     print(f"  running {hf_name} ...", flush=True)
     hf = load_hf_model(loaded.folder)
