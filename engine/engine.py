@@ -142,11 +142,13 @@ class Engine:
         req = self.scheduler.abort(rid)
         return self._result(req) if req else None
 
-    def step(self) -> list[GenerationResult]:
-        """Run one scheduled forward pass; return the requests that finished in it."""
-        batch = self.scheduler.next_batch()
+    def step(self, allow_ghost_only: bool = True) -> list[GenerationResult]:
+        """Run one scheduled forward pass; return the requests that finished in it. With
+        `allow_ghost_only` false, a pass that would only write finished requests' last-token KV is
+        deferred so that it rides along with the next request's pass."""
+        batch = self.scheduler.next_batch(allow_ghost_only)
         if batch is None:
-            if self.has_work():
+            if self.has_work() and (allow_ghost_only or not self.scheduler.only_ghosts_pending()):
                 raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")
             return []
         start = time.perf_counter()

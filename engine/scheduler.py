@@ -70,8 +70,15 @@ class Scheduler:
         extra = [self.chunked] if self.chunked else []
         return self.running + self.finishing + extra
 
-    def next_batch(self) -> Batch | None:
-        """The next forward pass, or None when idle."""
+    def only_ghosts_pending(self) -> bool:
+        """True when the only work left is computing finished requests' last-token KV."""
+        return bool(self.finishing) and not (self.waiting or self.running or self.chunked)
+
+    def next_batch(self, allow_ghost_only: bool = True) -> Batch | None:
+        """The next forward pass, or None when idle. With `allow_ghost_only` false, pending ghost passes
+        wait to ride along with the next real batch instead of running alone."""
+        if not allow_ghost_only and self.only_ghosts_pending():
+            return None
         batch = self._schedule_extend()
         if batch is None and self.waiting and not self.running and self.finishing:
             self._retract_one()  # pending ghost passes must not block the only admissible work

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import zmq
@@ -21,6 +22,8 @@ from .engine import Engine, EngineConfig
 from .request import GenerationResult, Request, SamplingParams
 
 log = logging.getLogger("radixlm.server")
+# How long a finished request's last-token KV pass waits for a next call to ride along with.
+GHOST_WAIT_MS = 5
 
 
 @dataclass
@@ -46,6 +49,8 @@ class EngineServer:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if endpoint.startswith("ipc://"):
+            Path(endpoint[len("ipc://") :]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.sock.bind(endpoint)
         self.live: dict[str, _Live] = {}
         self._stopping = False
@@ -58,11 +63,14 @@ class EngineServer:
         poller.register(self.sock, zmq.POLLIN)
         try:
             while not self._stopping:
-                busy = self.engine.has_work()
-                if poller.poll(0 if busy else 50):
+                ghosts_only = self.engine.scheduler.only_ghosts_pending()
+                timeout = GHOST_WAIT_MS if ghosts_only else (0 if self.engine.has_work() else 50)
+                arrived = bool(poller.poll(timeout))
+                if arrived:
                     self._drain()
                 if self.engine.has_work():
-                    self._step()
+                    # A back-to-back call should not queue behind a lone ghost pass: let it ride along.
+                    self._step(allow_ghost_only=not arrived)
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.info("parent process %d exited; shutting down", self.parent_pid)
                     break
@@ -160,9 +168,9 @@ class EngineServer:
         req = self.engine.add_request(ids, params, rid=key, prefix_only=msg.prefix_only, trace_id=msg.trace_id)
         self.live[key] = _Live(identity, msg.rid, req, msg.stream)
 
-    def _step(self) -> None:
+    def _step(self, allow_ghost_only: bool) -> None:
         try:
-            finished = self.engine.step()
+            finished = self.engine.step(allow_ghost_only)
         except Exception:  # a bug in one step must not take every client down with it
             log.exception("engine step failed; failing the requests in flight")
             for key, live in list(self.live.items()):

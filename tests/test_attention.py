@@ -34,3 +34,20 @@ def test_shared_prefix_decode_equals_per_row_decode():
     cascade = attention(0, q, k_new, v_new, ctx)
     plain = attention(0, q, k_new, v_new, dataclasses.replace(ctx, shared_len=0))
     torch.testing.assert_close(cascade, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_one_token_extends_equal_one_call_each():
+    torch.manual_seed(1)
+    pool = KVPool(256, num_layers=1, kv_heads=2, head_dim=8)
+    pool.k[0].normal_()
+    pool.v[0].normal_()
+    seq_slots = [torch.arange(1, 21), torch.arange(30, 45), torch.arange(60, 67), torch.arange(80, 81)]
+    prefix_lens = [19, 10, 6, 0]
+    ctx = ForwardContext.for_extend(pool, seq_slots, prefix_lens, torch.arange(4))
+    assert ctx.singles is not None and ctx.single_rows.tolist() == [0, 6, 7]
+    q = torch.randn(8, 4, 8)
+    k_new, v_new = pool.k[0][ctx.out_slots].clone(), pool.v[0][ctx.out_slots].clone()
+    attention = TorchAttention()
+    batched = attention(0, q, k_new, v_new, ctx)
+    one_by_one = attention(0, q, k_new, v_new, dataclasses.replace(ctx, singles=None, single_rows=None))
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)

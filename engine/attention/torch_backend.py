@@ -32,7 +32,11 @@ class TorchAttention:
         out = torch.empty_like(q)
         start = 0
         kbuf, vbuf = ctx.pool.k[layer], ctx.pool.v[layer]
+        batched_singles = ctx.singles is not None
         for slots, prefix, n in zip(ctx.seq_slots, ctx.prefix_lens, ctx.extend_lens):
+            if n == 1 and batched_singles:
+                start += 1
+                continue
             qi = q[start : start + n].transpose(0, 1)[None]
             if prefix == 0:
                 ki, vi = k[start : start + n], v[start : start + n]
@@ -48,6 +52,8 @@ class TorchAttention:
             )
             out[start : start + n] = o[0].transpose(0, 1)
             start += n
+        if batched_singles:
+            out[ctx.single_rows] = self._decode(layer, q[ctx.single_rows], ctx.singles)
         return out
 
     def _decode(self, layer: int, q: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

@@ -28,6 +28,8 @@ class ForwardContext:
     EXTEND: sequence i contributes `extend_lens[i]` new tokens (contiguous in the flat batch) on top of
     `prefix_lens[i]` tokens already in the pool; `seq_slots[i]` holds the kv slots of all its
     `prefix_lens[i] + extend_lens[i]` tokens.
+    One-token sequences of an extend batch are also described as a decode batch in `singles`, whose
+    rows are `single_rows` of the flat batch.
     DECODE: one new token per sequence; `kv_index[b, :kv_lens[b]]` are its kv slots (padded with the
     scratch slot 0) and `kv_mask` masks the padding (None when no row is padded). The first
     `shared_len` slots are the same in every row (a prefix all sequences share in the radix tree).
@@ -44,6 +46,8 @@ class ForwardContext:
     kv_lens: torch.Tensor | None = None
     kv_mask: torch.Tensor | None = None
     shared_len: int = 0
+    singles: "ForwardContext | None" = None
+    single_rows: torch.Tensor | None = None
 
     @classmethod
     def for_extend(
@@ -52,7 +56,19 @@ class ForwardContext:
         """Context for an extend batch; new tokens' slots are the tail of each sequence's slots."""
         extend_lens = [len(s) - p for s, p in zip(seq_slots, prefix_lens)]
         out_slots = torch.cat([s[p:] for s, p in zip(seq_slots, prefix_lens)])
-        return cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens)
+        ctx = cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens)
+        singles = [i for i, n in enumerate(extend_lens) if n == 1]
+        if len(singles) >= 2:
+            # One-token extends (the next call of an agent, a finished request's last-token pass)
+            # attend like decode rows: one batched call instead of one call each.
+            lens = torch.tensor([len(seq_slots[i]) for i in singles])
+            index = torch.zeros(len(singles), int(lens.max()), dtype=torch.long)
+            for row, i in enumerate(singles):
+                index[row, : lens[row]] = seq_slots[i]
+            ends = torch.tensor(extend_lens).cumsum(0) - 1
+            ctx.singles = cls.for_decode(pool, index, lens)
+            ctx.single_rows = ends[singles]
+        return ctx
 
     @classmethod
     def for_decode(cls, pool: KVPool, kv_index: torch.Tensor, kv_lens: torch.Tensor) -> "ForwardContext":
