@@ -91,9 +91,13 @@ class Client:
                 if finished:
                     return
         finally:
-            self.conn.forget(msg.rid)
-            if not finished and isinstance(msg, P.Generate):
-                self._abort(msg.rid)
+            self._release(msg, finished)
+
+    def _release(self, msg: P.Generate | P.Info | P.Stats | P.Flush | P.Ping | P.Shutdown | P.Abort, finished: bool) -> None:
+        """Stop routing replies for `msg`; abort it in the engine if it is a generation left unfinished."""
+        self.conn.forget(msg.rid)
+        if not finished and isinstance(msg, P.Generate):
+            self._abort(msg.rid)
 
     def _abort(self, rid: str) -> None:
         try:
@@ -153,8 +157,7 @@ class AsyncClient:
     async def _call(self, msg) -> AsyncIterator[P.Response]:
         loop = asyncio.get_running_loop()
         box: asyncio.Queue = asyncio.Queue()
-        conn = self.client.conn
-        conn.send(msg, lambda reply: loop.call_soon_threadsafe(box.put_nowait, reply))
+        self.client.conn.send(msg, lambda reply: loop.call_soon_threadsafe(box.put_nowait, reply))
         finished = False
         try:
             while True:
@@ -165,9 +168,7 @@ class AsyncClient:
                 if finished:
                     return
         finally:
-            conn.forget(msg.rid)
-            if not finished and isinstance(msg, P.Generate):
-                self.client._abort(msg.rid)
+            self.client._release(msg, finished)
 
     async def generate(self, prompt: Prompt, *, max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (),
                        ignore_eos: bool = False, trace_id: str | None = None, prefix_only: bool = False) -> Result:

@@ -94,7 +94,7 @@ def test_protocol_violations_name_the_problem(tmp_path):
 
 message_dicts = st.fixed_dictionaries(
     {"type": st.sampled_from(["generate", "abort", "info", "stats", "flush", "ping", "zzz"]),
-     "rid": st.one_of(st.text(max_size=8), st.integers())},
+     "rid": st.one_of(st.text(max_size=8), st.integers(-2**63, 2**63 - 1))},
     optional={
         "input_ids": st.lists(st.integers(-5, 100), max_size=6),
         "text": st.text(max_size=5),
@@ -102,7 +102,7 @@ message_dicts = st.fixed_dictionaries(
                                     st.one_of(st.integers(-3, 4), st.booleans(), st.text(max_size=2))),
         "target": st.text(max_size=4),
         "stream": st.booleans(),
-        "extra": st.integers(),
+        "extra": st.integers(-2**63, 2**63 - 1),
     },
 )
 frames_strategy = st.one_of(
