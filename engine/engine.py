@@ -9,14 +9,18 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .decoding import Decoding, blocked_tokens_mask
+from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel, load_model
 from .model.context import ForwardContext, ForwardMode, use_context
 from .model.llama import LlamaModel
 from .policy import POLICIES
+from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import NoRadixCache, RadixCache
 from .request import GenerationResult, Request, ReqStatus, SamplingParams
+from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler, SchedulerConfig
 from .stats import EngineStats
 from .tokenizer import Tokenizer
@@ -38,6 +42,7 @@ class EngineConfig:
     reserve_clip: int = 256
     dedup_min_shared: int = 32
     dtype: str = "float32"
+    jump_forward: bool = True
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -70,7 +75,11 @@ class Engine:
         self.kv = KVManager(pool, rows, cache)
         sched_cfg = SchedulerConfig(config.policy, config.chunk_size, config.max_running_requests,
                                     max_context, config.reserve_clip, config.dedup_min_shared)
-        self.scheduler = Scheduler(self.kv, sched_cfg, frozenset(eos_token_ids))
+        detok = tokenizer.decode if tokenizer else None
+        self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
+                                 config.jump_forward, detok)
+        self.scheduler = Scheduler(self.kv, sched_cfg, self.decoding)
+        self._grammars: GrammarBackend | None = None
         self.stats = EngineStats()
         self.max_context = max_context
 
@@ -111,7 +120,8 @@ class Engine:
             "radix_cache": self.config.radix_cache,
             "chunk_size": self.config.chunk_size,
             "max_running_requests": self.config.max_running_requests,
-            "eos_token_ids": sorted(self.scheduler.eos),
+            "eos_token_ids": sorted(self.decoding.eos),
+            "jump_forward": self.config.jump_forward,
         }
 
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
@@ -130,10 +140,22 @@ class Engine:
         if len(ids) + 1 > self.kv.pool.allocator.capacity:
             raise ValueError(f"prompt is {len(ids)} tokens; the KV pool holds {self.kv.pool.allocator.capacity}")
         req = Request(ids, params, prefix_only=prefix_only, trace_id=trace_id)
+        if params.grammar is not None:
+            req.grammar = self.grammars().new_state(params.grammar)
+        if params.seed is not None:
+            req.generator = torch.Generator().manual_seed(params.seed)
         if rid is not None:
             req.rid = rid
         self.scheduler.add(req)
         return req
+
+    def grammars(self) -> GrammarBackend:
+        """The model's grammar compiler (built on first use: it indexes the whole vocabulary)."""
+        if self._grammars is None:
+            if self.tokenizer is None:
+                raise ValueError("grammar-constrained decoding needs a tokenizer")
+            self._grammars = GrammarBackend(self.tokenizer.hf, self.model.cfg.vocab_size)
+        return self._grammars
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -152,18 +174,40 @@ class Engine:
                 raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")
             return []
         start = time.perf_counter()
-        logits = self._forward(batch)
-        next_tokens = logits.argmax(dim=-1).tolist() if logits.numel() else []
+        logits, sample_rows, prompt_plan = self._forward(batch)
+        for req, first_row, first_pos, count in prompt_plan:
+            record_prompt_logprobs(req, logits[first_row : first_row + count], first_pos)
+        out = self._sample(batch.sampling, logits[sample_rows])
         now = time.perf_counter()
         for req in batch.sampling:
             if req.first_token_time is None:
                 req.first_token_time = now
-        finished = self.scheduler.finish_step(batch, next_tokens)
-        self._count(batch, len(next_tokens), now - start)
+        finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
+        self._count(batch, len(out.tokens), now - start)
         return [self._result(r) for r in finished]
 
-    def _forward(self, batch: Batch) -> torch.Tensor:
+    def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
+        states = [r.grammar for r in reqs]
+        vocab = self.model.cfg.vocab_size
+        grammar_mask = fill_allowed(states, vocab) if any(s is not None for s in states) else None
+        allowed = blocked_tokens_mask(reqs, self.decoding.eos, vocab, grammar_mask)
+        penalized = any(r.params.repetition_penalty != 1.0 for r in reqs)
+        return sample(
+            logits,
+            [r.params for r in reqs],
+            [r.generator for r in reqs],
+            prompt_ids=[r.prompt_ids for r in reqs] if penalized else None,
+            output_ids=[r.output_ids for r in reqs],
+            allowed=allowed,
+            top_logprobs=[r.params.top_logprobs for r in reqs],
+        )
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, list[int], list[tuple[Request, int, int, int]]]:
+        """Run the batch. Returns logits, which of their rows sample the `batch.sampling` requests,
+        and the prompt-logprob rows as (request, first logits row, first position, count)."""
         table, pool = self.kv.table, self.kv.pool
+        sample_rows: list[int] = []
+        prompt_plan: list[tuple[Request, int, int, int]] = []
         if batch.mode is ForwardMode.EXTEND:
             reqs = batch.reqs + batch.ghosts
             lens = batch.extend_lens + [1] * len(batch.ghosts)
@@ -173,8 +217,13 @@ class Engine:
                 ids.extend(req.fill_ids[req.kv_len : req.kv_len + n])
                 positions.append(torch.arange(req.kv_len, req.kv_len + n))
                 seq_slots.append(table[req.row, : req.kv_len + n])
+                first, count = prompt_logprob_positions(req, n)
+                if count:
+                    prompt_plan.append((req, len(logit_rows), first, count))
+                    logit_rows.extend(range(offset + first - req.kv_len, offset + first - req.kv_len + count))
                 offset += n
                 if req.kv_len + n == req.fill_len and req.status is not ReqStatus.FINISHED:
+                    sample_rows.append(len(logit_rows))
                     logit_rows.append(offset - 1)
             ctx = ForwardContext.for_extend(pool, seq_slots, [r.kv_len for r in reqs],
                                            torch.tensor(logit_rows, dtype=torch.long))
@@ -188,8 +237,9 @@ class Engine:
             ctx.logit_rows = ctx.logit_rows[: len(batch.reqs)]
             ids_t = torch.tensor([r.fill_ids[r.kv_len] for r in reqs])
             pos_t = kv_lens - 1
+            sample_rows = list(range(len(batch.reqs)))
         with use_context(ctx):
-            return self.model(ids_t, pos_t)
+            return self.model(ids_t, pos_t), sample_rows, prompt_plan
 
     def _count(self, batch: Batch, sampled: int, seconds: float) -> None:
         s = self.stats
@@ -207,6 +257,8 @@ class Engine:
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
         text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+        if text is not None and req.stop_text_end is not None:
+            text = text[: req.stop_text_end]
         return req.result(text)
 
     def run(self) -> list[GenerationResult]:
@@ -218,7 +270,11 @@ class Engine:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams()) -> list[GenerationResult]:
         """Run a list of prompts to completion together; results in prompt order."""
-        reqs = [self.add_request(p, params) for p in prompts]
+        return self.generate_each([(p, params) for p in prompts])
+
+    def generate_each(self, jobs: Sequence[tuple[Sequence[int], SamplingParams]]) -> list[GenerationResult]:
+        """Run (prompt ids, params) pairs to completion together; results in job order."""
+        reqs = [self.add_request(ids, params) for ids, params in jobs]
         by_rid = {r.rid: r for r in self.run()}
         return [by_rid[r.rid] for r in reqs]
 

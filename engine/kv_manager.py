@@ -43,7 +43,11 @@ class KVManager:
     def match_and_lock(self, req: Request) -> None:
         """Point the request at its longest cached prefix (always leaving one token to compute) and lock it."""
         ids = req.fill_ids
-        match = self.cache.match_prefix(ids[: len(ids) - 1])
+        limit = len(ids) - 1
+        start = req.prompt_logprob_from
+        if start is not None and not req.prompt_logprobs:
+            limit = min(limit, max(start - 1, 0))  # positions with prompt logprobs must be recomputed
+        match = self.cache.match_prefix(ids[:limit])
         self.cache.lock(match.node)
         req.prefix_node, req.prefix_len, req.kv_len = match.node, match.length, match.length
         if req.row is None:

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+import torch
+
+from .grammar import GrammarSpec, GrammarState
+from .sampler import SamplingConfig
+
 if TYPE_CHECKING:
     from .radix_cache import TreeNode
 
@@ -28,22 +33,48 @@ class FinishReason(str, Enum):
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How to decode one request (greedy)."""
+class SamplingParams(SamplingConfig):
+    """How to decode one request: the sampler's knobs plus lengths, stops, logprobs and a grammar.
+
+    `logprob_start_len` >= 0 asks for prompt logprobs from that position on (-1: none); such a
+    request recomputes from there, since cached positions have no logits."""
 
     max_new_tokens: int = 128
+    min_new_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logprob_start_len: int = -1
+    grammar: GrammarSpec | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
+        super().validate()
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
+        if self.logprob_start_len < -1:
+            raise ValueError(f"logprob_start_len must be >= -1, got {self.logprob_start_len}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs or self.top_logprobs > 0
+
+
+TokenLogprob = tuple[float, int]
 
 
 @dataclass
 class GenerationResult:
-    """What a finished request reports."""
+    """What a finished request reports. Logprob lists hold (logprob, token_id) pairs; prompt
+    logprobs start at the request's `logprob_start_len` (None for position 0)."""
 
     rid: str
     output_ids: list[int]
@@ -52,6 +83,11 @@ class GenerationResult:
     cached_tokens: int
     completion_tokens: int
     text: str | None = None
+    matched_stop: str | int | None = None
+    output_logprobs: list[TokenLogprob] | None = None
+    output_top_logprobs: list[list[TokenLogprob]] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_top_logprobs: list[list[TokenLogprob]] | None = None
 
 
 @dataclass(eq=False)
@@ -79,6 +115,14 @@ class Request:
     retractions: int = 0
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
+    grammar: GrammarState | None = None
+    generator: torch.Generator | None = None
+    matched_stop: str | int | None = None
+    stop_text_end: int | None = None
+    output_logprobs: list[TokenLogprob] = field(default_factory=list)
+    output_top_logprobs: list[list[TokenLogprob]] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    prompt_top_logprobs: list[list[TokenLogprob]] = field(default_factory=list)
 
     @property
     def fill_ids(self) -> list[int]:
@@ -92,7 +136,15 @@ class Request:
     def remaining_output(self) -> int:
         return self.params.max_new_tokens - len(self.output_ids)
 
+    @property
+    def prompt_logprob_from(self) -> int | None:
+        """First prompt position whose logprob was asked for, or None."""
+        start = self.params.logprob_start_len
+        return min(start, len(self.prompt_ids) - 1) if start >= 0 else None
+
     def result(self, text: str | None = None) -> GenerationResult:
+        p = self.params
+        wants_prompt = self.prompt_logprob_from is not None
         return GenerationResult(
             rid=self.rid,
             output_ids=list(self.output_ids),
@@ -101,4 +153,9 @@ class Request:
             cached_tokens=self.cached_tokens or 0,
             completion_tokens=len(self.output_ids),
             text=text,
+            matched_stop=self.matched_stop,
+            output_logprobs=self.output_logprobs if p.wants_logprobs else None,
+            output_top_logprobs=self.output_top_logprobs if p.top_logprobs else None,
+            prompt_logprobs=self.prompt_logprobs if wants_prompt else None,
+            prompt_top_logprobs=self.prompt_top_logprobs if wants_prompt and p.top_logprobs else None,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from .decoding import Decoding
 from .kv_manager import KVManager
 from .model.context import ForwardMode
 from .policy import order_waiting
@@ -51,8 +52,8 @@ class Batch:
 class Scheduler:
     """Waiting queue, running set and admission; see the module docstring."""
 
-    def __init__(self, kv: KVManager, config: SchedulerConfig, eos_token_ids: frozenset[int]) -> None:
-        self.kv, self.cfg, self.eos = kv, config, eos_token_ids
+    def __init__(self, kv: KVManager, config: SchedulerConfig, decoding: Decoding) -> None:
+        self.kv, self.cfg, self.decoding = kv, config, decoding
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.chunked: Request | None = None
@@ -106,6 +107,14 @@ class Scheduler:
                 budget -= n
                 if req.kv_len + n < req.fill_len:
                     self.chunked = req
+        for req in self.running:
+            n = req.fill_len - req.kv_len
+            if n > 1 and n <= budget and self.kv.available() >= n:
+                # Grammar-forced tokens (jump-forward): computed in one extend pass.
+                self.kv.extend_slots(req, n)
+                reqs.append(req)
+                lens.append(n)
+                budget -= n
         reserved = sum(min(r.remaining_output, self.cfg.reserve_clip) for r in self.running)
         waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache) if self.waiting else []
         for req in waiting:
@@ -153,9 +162,10 @@ class Scheduler:
     def _schedule_decode(self) -> Batch | None:
         while self.kv.available() < len(self.running) and self._retract_one():
             pass
-        for req in self.running:
+        ready = [r for r in self.running if r.fill_len - r.kv_len == 1]
+        for req in ready:
             self.kv.extend_slots(req, 1)
-        batch = Batch(ForwardMode.DECODE, list(self.running), ghosts=self._take_ghosts())
+        batch = Batch(ForwardMode.DECODE, ready, ghosts=self._take_ghosts())
         return batch if batch.reqs or batch.ghosts else None
 
     def _take_ghosts(self) -> list[Request]:
@@ -164,7 +174,7 @@ class Scheduler:
         room = self.kv.available()
         kept = []
         for req in ghosts:
-            if room > 0 and req.kv_len < req.fill_len:
+            if room > 0 and req.fill_len - req.kv_len == 1:
                 self.kv.extend_slots(req, 1)
                 room -= 1
                 kept.append(req)
@@ -196,7 +206,8 @@ class Scheduler:
         self.retractions += 1
         self.waiting.appendleft(req)
 
-    def finish_step(self, batch: Batch, next_tokens: list[int]) -> list[Request]:
+    def finish_step(self, batch: Batch, next_tokens: list[int], logprobs: list[float] | None = None,
+                    top_logprobs: list[list[tuple[float, int]]] | None = None) -> list[Request]:
         """Advance KV counters, append sampled tokens and return the requests that finished."""
         for req in batch.ghosts:
             req.kv_len += 1
@@ -207,12 +218,12 @@ class Scheduler:
                 # Share what was just computed with requests admitted in later rounds.
                 self.kv.checkpoint(req)
         finished = []
-        for req, token in zip(batch.sampling, next_tokens):
+        for i, (req, token) in enumerate(zip(batch.sampling, next_tokens)):
             if req.prefix_only:
                 reason = FinishReason.STOP
             else:
-                req.output_ids.append(token)
-                reason = self._finish_reason(req, token)
+                reason = self.decoding.append(req, token, logprobs[i] if logprobs else 0.0,
+                                              top_logprobs[i] if top_logprobs else [])
             if req.status is ReqStatus.PREFILLING:
                 req.status = ReqStatus.DECODING
                 self.running.append(req)
@@ -222,15 +233,6 @@ class Scheduler:
                 self.finishing.append(req)
                 finished.append(req)
         return finished
-
-    def _finish_reason(self, req: Request, token: int) -> FinishReason | None:
-        p = req.params
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos):
-            return FinishReason.STOP
-        limit = min(self.cfg.max_context, self.kv.pool.allocator.capacity)
-        if req.remaining_output <= 0 or req.fill_len >= limit:
-            return FinishReason.LENGTH
-        return None
 
     def abort(self, rid: str) -> Request | None:
         """Remove a request wherever it is; returns it, or None if unknown or already finished."""

@@ -7,10 +7,11 @@ cannot even be routed, a log line); it never stops the loop or touches other cli
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
@@ -19,6 +20,7 @@ import zmq
 from radixlm import protocol as P
 
 from .engine import Engine, EngineConfig
+from .grammar import GrammarSpec
 from .request import GenerationResult, Request, SamplingParams
 
 log = logging.getLogger("radixlm.server")
@@ -34,6 +36,7 @@ class _Live:
     rid: str
     req: Request
     stream: bool
+    index: int = 0
     sent_tokens: int = 0
     sent_text: str = ""
 
@@ -134,11 +137,13 @@ class EngineServer:
         if isinstance(msg, P.Generate):
             self._generate(identity, key, msg)
         elif isinstance(msg, P.Abort):
-            target = f"{identity.hex()}/{msg.target}"
-            if self.live.pop(target, None) is None:
+            targets = [k for k, lv in self.live.items() if lv.identity == identity and lv.rid == msg.target]
+            if not targets:
                 self._send(identity, P.Error(rid=msg.rid, code="unknown_request", message=f"no running request {msg.target!r}"))
                 return
-            self.engine.abort(target)
+            for k in targets:
+                del self.live[k]
+                self.engine.abort(k)
             self._send(identity, P.Reply(rid=msg.rid, data={"aborted": msg.target}))
         elif isinstance(msg, P.Ping):
             self._send(identity, P.Reply(rid=msg.rid, data={"pid": os.getpid(), "time": time.time()}))
@@ -158,15 +163,23 @@ class EngineServer:
             self.stop()
 
     def _generate(self, identity: bytes, key: str, msg: P.Generate) -> None:
-        if key in self.live:
+        n = msg.sampling.n
+        keys = [f"{key}#{i}" for i in range(n)]
+        if any(k in self.live for k in keys):
             self._send(identity, P.Error(rid=msg.rid, code="duplicate_request", message=f"request {msg.rid!r} is already running"))
             return
+        if not 1 <= n <= 64:
+            raise ValueError(f"n must be in [1, 64], got {n}")
+        if n > 1 and msg.stream:
+            raise ValueError("streaming supports n = 1 only; send n separate streaming requests")
         ids = self.engine.prompt_ids(text=msg.text, input_ids=msg.input_ids, messages=msg.messages)
-        s = msg.sampling
-        params = SamplingParams(max_new_tokens=s.max_new_tokens, stop_token_ids=tuple(s.stop_token_ids),
-                                ignore_eos=s.ignore_eos)
-        req = self.engine.add_request(ids, params, rid=key, prefix_only=msg.prefix_only, trace_id=msg.trace_id)
-        self.live[key] = _Live(identity, msg.rid, req, msg.stream)
+        params = sampling_params(msg)
+        reqs = []
+        for i, k in enumerate(keys):
+            sample_params = replace(params, seed=params.seed + i) if params.seed is not None and i else params
+            reqs.append(self.engine.add_request(ids, sample_params, rid=k, prefix_only=msg.prefix_only, trace_id=msg.trace_id))
+        for i, (k, req) in enumerate(zip(keys, reqs)):
+            self.live[k] = _Live(identity, msg.rid, req, msg.stream, index=i)
 
     def _step(self, allow_ghost_only: bool) -> None:
         try:
@@ -183,24 +196,71 @@ class EngineServer:
         for result in finished:
             live = self.live.pop(result.rid, None)
             if live is not None:
-                self._send(live.identity, _done(live.rid, result))
+                self._send(live.identity, self._done(live, result))
+
+    def _with_text(self, pairs: list | None) -> list | None:
+        if pairs is None:
+            return None
+        return [None if p is None else (p[0], p[1], self.engine.detokenize([p[1]])) for p in pairs]
+
+    def _done(self, live: _Live, r: GenerationResult) -> P.Done:
+        usage = P.Usage(prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens)
+        tops = lambda lists: None if lists is None else [self._with_text(t) for t in lists]  # noqa: E731
+        return P.Done(
+            rid=live.rid, text=r.text or "", output_ids=r.output_ids, finish_reason=r.finish_reason.value,
+            usage=usage, index=live.index, matched_stop=r.matched_stop,
+            output_logprobs=self._with_text(r.output_logprobs), output_top_logprobs=tops(r.output_top_logprobs),
+            prompt_logprobs=self._with_text(r.prompt_logprobs), prompt_top_logprobs=tops(r.prompt_top_logprobs),
+        )
 
     def _stream(self, live: _Live) -> None:
         ids = live.req.output_ids
         if len(ids) <= live.sent_tokens:
             return
+        req = live.req
         text = self.engine.detokenize(ids)
-        if text.endswith("\ufffd") and live.req.finish_reason is None:
-            return  # an incomplete UTF-8 sequence: wait for the next token
+        if req.finish_reason is None:
+            if text.endswith("\ufffd"):
+                return  # an incomplete UTF-8 sequence: wait for the next token
+            text = text[: len(text) - _stop_prefix_len(text, req.params.stop)]
+        elif req.stop_text_end is not None:
+            text = text[: req.stop_text_end]
         delta = text[len(live.sent_text) :] if text.startswith(live.sent_text) else text
         new_ids = ids[live.sent_tokens :]
         live.sent_tokens, live.sent_text = len(ids), text
         self._send(live.identity, P.Chunk(rid=live.rid, text=delta, token_ids=list(new_ids)))
 
 
-def _done(rid: str, r: GenerationResult) -> P.Done:
-    usage = P.Usage(prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens)
-    return P.Done(rid=rid, text=r.text or "", output_ids=r.output_ids, finish_reason=r.finish_reason.value, usage=usage)
+def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string (held back)."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+def sampling_params(msg: P.Generate) -> SamplingParams:
+    """The engine's SamplingParams for a Generate message (validated by the engine)."""
+    s, c, lp = msg.sampling, msg.constraint, msg.logprobs or P.LogprobOptions()
+    grammar = None
+    if c is not None:
+        given = [(k, v) for k, v in (("regex", c.regex), ("json_schema", c.json_schema), ("lark", c.lark)) if v is not None]
+        if c.choices is not None:
+            given.append(("choices", json.dumps(c.choices)))
+        if len(given) != 1:
+            raise ValueError("a constraint sets exactly one of regex, json_schema, choices, lark")
+        grammar = GrammarSpec(*given[0])
+    return SamplingParams(
+        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
+        presence_penalty=s.presence_penalty, seed=s.seed, max_new_tokens=s.max_new_tokens,
+        min_new_tokens=s.min_new_tokens, stop_token_ids=tuple(s.stop_token_ids), stop=tuple(s.stop),
+        ignore_eos=s.ignore_eos, logprobs=lp.output, top_logprobs=lp.top_k, logprob_start_len=lp.prompt_start,
+        grammar=grammar,
+    )
 
 
 def run_server(model: str, endpoint: str, config: EngineConfig, parent_pid: int | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import queue
 import subprocess
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence, Union
+
+import msgspec
 
 from . import protocol as P
 from .connection import Connection, EngineDiedError, EngineError
@@ -23,7 +26,7 @@ Prompt = Union[str, Sequence[int], Sequence[dict]]
 
 @dataclass
 class Result:
-    """A finished generation."""
+    """A finished generation. Logprob entries are (logprob, token_id, token_text)."""
 
     text: str
     output_ids: list[int]
@@ -31,6 +34,11 @@ class Result:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    matched_stop: str | int | None = None
+    output_logprobs: list | None = None
+    output_top_logprobs: list | None = None
+    prompt_logprobs: list | None = None
+    prompt_top_logprobs: list | None = None
 
 
 @dataclass
@@ -41,8 +49,15 @@ class StreamChunk:
     token_ids: list[int]
 
 
-def _generate_message(rid: str, prompt: Prompt, stream: bool, max_new_tokens: int, stop_token_ids: Sequence[int],
-                      ignore_eos: bool, trace_id: str | None, prefix_only: bool) -> P.Generate:
+SAMPLING_FIELDS = frozenset(P.SamplingOptions.__struct_fields__)
+CONSTRAINT_FIELDS = frozenset(P.Constraint.__struct_fields__)
+LOGPROB_FIELDS = {"logprobs": "output", "top_logprobs": "top_k", "logprob_start_len": "prompt_start"}
+
+
+def _generate_message(rid: str, prompt: Prompt, stream: bool, options: dict[str, Any]) -> P.Generate:
+    """Build a Generate message. `options`: SamplingOptions fields (temperature, top_p, max_new_tokens,
+    stop, seed, n, ...), one constraint (regex, json_schema as dict or str, choices, lark), logprobs /
+    top_logprobs / logprob_start_len, trace_id and prefix_only."""
     fields: dict[str, Any] = {}
     if isinstance(prompt, str):
         fields["text"] = prompt
@@ -50,13 +65,38 @@ def _generate_message(rid: str, prompt: Prompt, stream: bool, max_new_tokens: in
         fields["messages"] = list(prompt)
     else:
         fields["input_ids"] = [int(t) for t in prompt]
-    sampling = P.SamplingOptions(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos)
-    return P.Generate(rid=rid, sampling=sampling, stream=stream, trace_id=trace_id, prefix_only=prefix_only, **fields)
+    unknown = set(options) - SAMPLING_FIELDS - CONSTRAINT_FIELDS - set(LOGPROB_FIELDS) - {"trace_id", "prefix_only"}
+    if unknown:
+        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    if isinstance(options.get("stop"), str):
+        options = {**options, "stop": [options["stop"]]}
+    sampling = {k: list(v) if k in ("stop", "stop_token_ids") else v for k, v in options.items() if k in SAMPLING_FIELDS}
+    constraint = {k: v for k, v in options.items() if k in CONSTRAINT_FIELDS and v is not None}
+    if isinstance(constraint.get("json_schema"), dict):
+        constraint["json_schema"] = json.dumps(constraint["json_schema"])
+    logprobs = {LOGPROB_FIELDS[k]: v for k, v in options.items() if k in LOGPROB_FIELDS}
+    return P.Generate(
+        rid=rid, stream=stream, sampling=P.SamplingOptions(**sampling),
+        constraint=P.Constraint(**constraint) if constraint else None,
+        logprobs=P.LogprobOptions(**logprobs) if logprobs else None,
+        trace_id=options.get("trace_id"), prefix_only=options.get("prefix_only", False), **fields,
+    )
 
 
 def _result(msg: P.Done) -> Result:
     u = msg.usage
-    return Result(msg.text, msg.output_ids, msg.finish_reason, u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+    return Result(msg.text, msg.output_ids, msg.finish_reason, u.prompt_tokens, u.cached_tokens, u.completion_tokens,
+                  msg.matched_stop, msg.output_logprobs, msg.output_top_logprobs, msg.prompt_logprobs,
+                  msg.prompt_top_logprobs)
+
+
+def _expected_results(msg: msgspec.Struct) -> int:
+    return msg.sampling.n if isinstance(msg, P.Generate) else 1
+
+
+def _collect(msg: P.Generate, done: list[P.Done]) -> Result | list[Result]:
+    results = [_result(d) for d in sorted(done, key=lambda d: d.index)]
+    return results if msg.sampling.n > 1 else results[0]
 
 
 def _raise_if_error(msg: P.Response | Exception) -> P.Response:
@@ -75,17 +115,20 @@ class Client:
         self.aio = AsyncClient(self)
 
     def _call(self, msg: P.Generate | P.Info | P.Stats | P.Flush | P.Ping | P.Shutdown | P.Abort) -> Iterator[P.Response]:
-        """Send `msg` and yield its replies; on early exit (or timeout) abort a Generate."""
+        """Send `msg` and yield its replies until its last one (n results for an n-sample Generate);
+        on early exit (or timeout) abort a Generate."""
         box: queue.SimpleQueue = queue.SimpleQueue()
         self.conn.send(msg, box.put)
         finished = False
+        results_left = _expected_results(msg)
         try:
             while True:
                 try:
                     raw = box.get(timeout=self.timeout)
                 except queue.Empty:
                     raise TimeoutError(f"no reply from the engine within {self.timeout} s") from None
-                finished = not isinstance(raw, P.Chunk)
+                results_left -= not isinstance(raw, P.Chunk)
+                finished = results_left == 0 or not isinstance(raw, (P.Chunk, P.Done))
                 reply = _raise_if_error(raw)
                 yield reply
                 if finished:
@@ -111,16 +154,15 @@ class Client:
                 return reply
         raise EngineError("engine_error", "reply stream ended without a result")
 
-    def generate(self, prompt: Prompt, *, max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (),
-                 ignore_eos: bool = False, trace_id: str | None = None, prefix_only: bool = False) -> Result:
-        """Generate from text, token ids, or chat messages; returns when the request finishes."""
-        msg = _generate_message(self.conn.new_rid(), prompt, False, max_new_tokens, stop_token_ids, ignore_eos, trace_id, prefix_only)
-        return _result(self._one(msg))
+    def generate(self, prompt: Prompt, **options: Any) -> Result | list[Result]:
+        """Generate from text, token ids, or chat messages; returns when the request finishes (a list
+        of n results for n > 1). Options: see `_generate_message`."""
+        msg = _generate_message(self.conn.new_rid(), prompt, False, options)
+        return _collect(msg, [r for r in self._call(msg) if isinstance(r, P.Done)])
 
-    def stream(self, prompt: Prompt, *, max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (),
-               ignore_eos: bool = False, trace_id: str | None = None) -> Iterator[StreamChunk]:
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamChunk]:
         """Yield chunks as tokens are generated; closing the iterator early aborts the request."""
-        msg = _generate_message(self.conn.new_rid(), prompt, True, max_new_tokens, stop_token_ids, ignore_eos, trace_id, False)
+        msg = _generate_message(self.conn.new_rid(), prompt, True, options)
         for reply in self._call(msg):
             if isinstance(reply, P.Chunk):
                 yield StreamChunk(reply.text, reply.token_ids)
@@ -159,10 +201,12 @@ class AsyncClient:
         box: asyncio.Queue = asyncio.Queue()
         self.client.conn.send(msg, lambda reply: loop.call_soon_threadsafe(box.put_nowait, reply))
         finished = False
+        results_left = _expected_results(msg)
         try:
             while True:
                 raw = await asyncio.wait_for(box.get(), self.client.timeout)
-                finished = not isinstance(raw, P.Chunk)
+                results_left -= not isinstance(raw, P.Chunk)
+                finished = results_left == 0 or not isinstance(raw, (P.Chunk, P.Done))
                 reply = _raise_if_error(raw)
                 yield reply
                 if finished:
@@ -170,21 +214,16 @@ class AsyncClient:
         finally:
             self.client._release(msg, finished)
 
-    async def generate(self, prompt: Prompt, *, max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (),
-                       ignore_eos: bool = False, trace_id: str | None = None, prefix_only: bool = False) -> Result:
-        msg = _generate_message(self.client.conn.new_rid(), prompt, False, max_new_tokens, stop_token_ids, ignore_eos, trace_id, prefix_only)
+    async def generate(self, prompt: Prompt, **options: Any) -> Result | list[Result]:
+        msg = _generate_message(self.client.conn.new_rid(), prompt, False, options)
         calls = self._call(msg)
         try:
-            async for reply in calls:
-                if isinstance(reply, P.Done):
-                    return _result(reply)
+            return _collect(msg, [r async for r in calls if isinstance(r, P.Done)])
         finally:
             await calls.aclose()
-        raise EngineError("engine_error", "reply stream ended without a result")
 
-    async def stream(self, prompt: Prompt, *, max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (),
-                     ignore_eos: bool = False, trace_id: str | None = None) -> AsyncIterator[StreamChunk]:
-        msg = _generate_message(self.client.conn.new_rid(), prompt, True, max_new_tokens, stop_token_ids, ignore_eos, trace_id, False)
+    async def stream(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamChunk]:
+        msg = _generate_message(self.client.conn.new_rid(), prompt, True, options)
         calls = self._call(msg)
         try:
             async for reply in calls:

@@ -19,12 +19,41 @@ class _Message(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", kw_
     rid: str
 
 
-class SamplingOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Decoding controls of one request."""
+class SamplingOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Decoding controls of one request (temperature 0 = greedy)."""
 
     max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = []
     stop_token_ids: list[int] = []
     ignore_eos: bool = False
+    n: int = 1
+
+
+class Constraint(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Grammar-constrained decoding: set exactly one field."""
+
+    regex: str | None = None
+    json_schema: str | None = None
+    choices: list[str] | None = None
+    lark: str | None = None
+
+
+class LogprobOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """`output`: logprob of each generated token; `top_k`: that many alternatives per position;
+    `prompt_start`: prompt logprobs from that position (-1: none)."""
+
+    output: bool = False
+    top_k: int = 0
+    prompt_start: int = -1
 
 
 class Generate(_Message, tag="generate"):
@@ -35,6 +64,8 @@ class Generate(_Message, tag="generate"):
     input_ids: list[int] | None = None
     messages: list[dict[str, Any]] | None = None
     sampling: SamplingOptions = msgspec.field(default_factory=SamplingOptions)
+    constraint: Constraint | None = None
+    logprobs: LogprobOptions | None = None
     stream: bool = False
     trace_id: str | None = None
     prefix_only: bool = False
@@ -84,11 +115,23 @@ class Chunk(_Message, tag="chunk"):
     token_ids: list[int]
 
 
+# [logprob, token_id, token_text], as SGLang reports them; None for the first prompt token.
+TokenLogprob = tuple[float, int, str]
+
+
 class Done(_Message, tag="done"):
+    """A finished generation; `index` tells the samples of an n > 1 request apart."""
+
     text: str
     output_ids: list[int]
     finish_reason: str
     usage: Usage
+    index: int = 0
+    matched_stop: str | int | None = None
+    output_logprobs: list[TokenLogprob] | None = None
+    output_top_logprobs: list[list[TokenLogprob]] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_top_logprobs: list[list[TokenLogprob]] | None = None
 
 
 class Error(_Message, tag="error"):
