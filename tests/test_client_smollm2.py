@@ -109,3 +109,39 @@ def test_a_spawned_engine_stops_when_its_owner_exits(tmp_path):
     else:
         os.kill(engine_pid, signal.SIGKILL)
         pytest.fail("the spawned engine outlived its owner")
+
+
+def test_generation_controls_through_the_protocol(served):
+    import json
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}
+    r = served.generate([{"role": "user", "content": "Name a city as JSON."}], json_schema=schema, max_new_tokens=40)
+    assert set(json.loads(r.text)) == {"city"}
+    r = served.generate("Pick one:", choices=["alpha", "beta"], max_new_tokens=8)
+    assert r.text in ("alpha", "beta")
+    r = served.generate("The year is", regex=r"\d{4}", logprobs=True, top_logprobs=2, logprob_start_len=1)
+    assert len(r.text) == 4 and r.text.isdigit()
+    lp, token, text = r.output_logprobs[0]
+    assert token == r.output_ids[0] and lp <= 0 and isinstance(text, str)
+    assert len(r.prompt_logprobs) == r.prompt_tokens - 1 and all(p[0] <= 0 for p in r.prompt_logprobs)
+    assert all(len(top) == 2 for top in r.output_top_logprobs)
+    samples = served.generate("Say something:", n=3, temperature=1.0, seed=7, max_new_tokens=8)
+    assert len(samples) == 3 and len({tuple(s.output_ids) for s in samples}) > 1
+    stop_text = "".join(c.text for c in served.stream("Count: 1, 2, 3, 4, 5, 6, 7", stop=", 9", max_new_tokens=30))
+    assert ", 9" not in stop_text
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(regex="("), "invalid regex"),
+    (dict(json_schema='{"type": "nonsense"}'), "invalid JSON schema"),
+    (dict(lark="start: foo"), "invalid Lark"),
+    (dict(regex="a", choices=["b"]), "exactly one"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+])
+def test_invalid_generation_controls_are_errors_naming_the_problem(served, bad, words):
+    with pytest.raises(radixlm.EngineError) as err:
+        served.generate("hi", max_new_tokens=4, **bad)
+    assert err.value.code == "invalid_request" and words in err.value.message
+    assert served.generate("hi", max_new_tokens=2).completion_tokens >= 1
