@@ -107,14 +107,16 @@ class Scheduler:
                 budget -= n
                 if req.kv_len + n < req.fill_len:
                     self.chunked = req
-        for req in self.running:
-            n = req.fill_len - req.kv_len
-            if n > 1 and n <= budget and self.kv.available() >= n:
-                # Grammar-forced tokens (jump-forward): computed in one extend pass.
-                self.kv.extend_slots(req, n)
-                reqs.append(req)
-                lens.append(n)
-                budget -= n
+        pending = [(r, r.fill_len - r.kv_len) for r in self.running]
+        if any(n > 1 for _, n in pending):
+            # Grammar-forced tokens (jump-forward) are computed in one extend pass; the other running
+            # requests ride along with their one new token, so a round stays one pass.
+            for req, n in pending:
+                if n <= budget and self.kv.available() >= n:
+                    self.kv.extend_slots(req, n)
+                    reqs.append(req)
+                    lens.append(n)
+                    budget -= n
         reserved = sum(min(r.remaining_output, self.cfg.reserve_clip) for r in self.running)
         waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache) if self.waiting else []
         for req in waiting:
