@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         radix_cache=not args.no_radix_cache,
         max_context=args.max_context,
         dtype=args.dtype,
+        jump_forward=not args.no_jump_forward,
     )
     run_server(args.model, endpoint, config, args.parent_pid)
     return 0
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context", type=int, help="longest prompt + output (default: the model's)")
     serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                        help="weights and KV precision (bfloat16: about 3x faster prefill and batched decode on CPU)")
+    serve.add_argument("--no-jump-forward", action="store_true", help="decode grammar-forced tokens one by one")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="the main job: chat through the engine on the embedded model")

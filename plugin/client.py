@@ -238,10 +238,10 @@ def _engine_options_to_flags(options: dict[str, Any]) -> list[str]:
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            if name != "radix_cache":
+            if name not in ("radix_cache", "jump_forward"):
                 raise TypeError(f"unknown boolean engine option {name!r}")
             if not value:
-                flags.append("--no-radix-cache")
+                flags.append(flag.replace("--", "--no-", 1))
         else:
             flags += [flag, str(value)]
     return flags
