@@ -104,8 +104,8 @@ class Engine:
             text = self.tokenizer.apply_chat_template(messages)
         return self.tokenizer.encode(text)
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids) if self.tokenizer else ""
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens) if self.tokenizer else ""
 
     def info(self) -> dict:
         """What a client may want to know about the model and the engine's configuration."""
@@ -297,5 +297,5 @@ class Engine:
     def flush_cache(self) -> None:
         """Drop every cached prefix (only when idle)."""
         if self.has_work():
-            raise RuntimeError("cannot flush the cache while requests are running")
+            raise ValueError("cannot flush the cache while requests are running")
         self.kv.cache.reset()

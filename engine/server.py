@@ -131,6 +131,9 @@ class EngineServer:
             self._dispatch(identity, msg)
         except ValueError as exc:
             self._send(identity, P.Error(rid=msg.rid, code="invalid_request", message=str(exc)))
+        except Exception as exc:  # a bug handling one message must not stop the engine for everyone
+            log.exception("handling %s failed", type(msg).__name__)
+            self._send(identity, P.Error(rid=msg.rid, code="engine_error", message=f"{type(exc).__name__}: {exc}"))
 
     def _dispatch(self, identity: bytes, msg: P.Request) -> None:
         key = f"{identity.hex()}/{msg.rid}"
@@ -201,7 +204,7 @@ class EngineServer:
     def _with_text(self, pairs: list | None) -> list | None:
         if pairs is None:
             return None
-        return [None if p is None else (p[0], p[1], self.engine.detokenize([p[1]])) for p in pairs]
+        return [None if p is None else (p[0], p[1], self.engine.detokenize([p[1]], skip_special_tokens=False)) for p in pairs]
 
     def _done(self, live: _Live, r: GenerationResult) -> P.Done:
         usage = P.Usage(prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens)

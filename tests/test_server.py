@@ -191,3 +191,20 @@ def test_runtime_dir_is_private_and_tcp_defaults_to_loopback():
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
     assert path.stat().st_uid == os.getuid()
     assert tcp_endpoint(5555) == "tcp://127.0.0.1:5555"
+
+
+def test_flushing_while_busy_is_an_error_not_a_crash(tmp_path):
+    with fake_server(tmp_path) as server:
+        sock = raw_socket(server)
+        gen = P.Generate(rid="long", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=100000, ignore_eos=True))
+        sock.send_multipart([P.VERSION, P.encode(gen)])
+        sock.send_multipart([P.VERSION, P.encode(P.Flush(rid="f"))])
+        reply = recv(sock)
+        assert isinstance(reply, P.Error) and reply.code == "invalid_request" and "flush" in reply.message
+        sock.send_multipart([P.VERSION, P.encode(P.Abort(rid="a", target="long"))])
+        assert isinstance(recv(sock), P.Reply)
+        sock.close()
+        c = client_for(server)
+        c.flush_cache()
+        assert c.generate(PROMPT, max_new_tokens=2, ignore_eos=True).completion_tokens == 2
+        c.close()

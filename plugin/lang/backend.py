@@ -1,0 +1,136 @@
+"""The backend interface the frontend language runs on, and `EngineBackend` over the ZeroMQ client.
+
+A backend sees only TEXT prompts (the program state keeps its running prompt as text) so that an
+HTTP backend can implement the same few calls later.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from .chat import probe_chat_template
+
+
+@dataclass
+class Usage:
+    """Token counts of one engine request (as the engine reported them)."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int = 0
+    kind: str = "gen"
+
+
+@dataclass
+class GenOutput:
+    text: str
+    finish_reason: str
+    usage: Usage
+    matched_stop: Any = None
+
+
+@dataclass
+class ChoiceScore:
+    """Logprobs of the tokens that spell one choice after a prefix, and the request's usage."""
+
+    token_logprobs: list[float]
+    token_ids: list[int]
+    usage: Usage
+    healed: bool = False  # the prefix's last token merged with the choice's first text
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def generate(self, prompt: str, **options: Any) -> GenOutput:
+        """Generate after `prompt`. Options: max_new_tokens, stop, temperature, top_p, top_k, seed,
+        regex, json_schema, ..."""
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """Yield generated text pieces."""
+
+    def cache_prefix(self, prompt: str) -> Usage:
+        """Compute and cache `prompt` without generating (a prefix hint)."""
+
+    def score_choices(self, prefix: str, choices: list[str]) -> list[ChoiceScore]:
+        """Logprobs of each choice's tokens given `prefix`, scored together."""
+
+    def chat_template_parts(self) -> dict[str, tuple[str, str]] | None:
+        """{role: (begin text, end text)} for system/user/assistant in the model's chat template, or
+        None when the model has no template this backend can express as text."""
+
+
+class EngineBackend:
+    """A Backend over a radixlm `Client` (default: `radixlm.connect()`)."""
+
+    def __init__(self, client: Any = None, max_workers: int = 64, **connect_options: Any) -> None:
+        if client is None:
+            from ..client import connect
+
+            client = connect(**connect_options)
+        self.client = client
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="radixlm-lang")
+        self._parts: dict | None = None
+        self._parts_probed = False
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(self, prompt: str, **options: Any) -> GenOutput:
+        r = self.client.generate(prompt, **options)
+        return GenOutput(r.text, r.finish_reason, Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens),
+                         r.matched_stop)
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        for chunk in self.client.stream(prompt, **options):
+            if chunk.text:
+                yield chunk.text
+
+    def cache_prefix(self, prompt: str) -> Usage:
+        r = self.client.generate(prompt, prefix_only=True)
+        return Usage(r.prompt_tokens, r.cached_tokens, 0, kind="prefix")
+
+    # -- select ---------------------------------------------------------------------------------
+    def score_choices(self, prefix: str, choices: list[str]) -> list[ChoiceScore]:
+        """Send the prefix once (prefix_only, also asking the logprob of its LAST token so that its id
+        is known), then every `prefix + choice` concurrently as prefix_only requests with prompt
+        logprobs from the prefix's last position. Token healing: `prefix + choice` is tokenized as one
+        text; if the token at the prefix's last position is not the prefix's own last token, the
+        boundary merged and that merged token counts as part of the choice."""
+        if not prefix:
+            raise ValueError("select needs a non-empty prefix")
+        head = self.client.generate(prefix, prefix_only=True, logprob_start_len=1 << 30)
+        n = head.prompt_tokens
+        last_id = head.prompt_logprobs[-1][1] if n > 1 and head.prompt_logprobs and head.prompt_logprobs[-1] else None
+        start = max(n - 1, 0)
+
+        def one(choice: str) -> ChoiceScore:
+            r = self.client.generate(prefix + choice, prefix_only=True, logprob_start_len=start)
+            entries = list(r.prompt_logprobs or [])
+            healed = not entries or entries[0] is None or entries[0][1] != last_id
+            picked = entries if healed else entries[1:]
+            picked = [e for e in picked if e is not None]
+            return ChoiceScore([e[0] for e in picked], [e[1] for e in picked],
+                               Usage(r.prompt_tokens, r.cached_tokens, 0, kind="select"), healed)
+
+        return list(self._pool.map(one, choices))
+
+    # -- chat -----------------------------------------------------------------------------------
+    def chat_template_parts(self) -> dict[str, tuple[str, str]] | None:
+        if not self._parts_probed:
+            self._parts = probe_chat_template(self.client)
+            self._parts_probed = True
+        return self._parts
+
+
+_default: list[Backend | None] = [None]
+
+
+def set_default_backend(backend: Backend) -> None:
+    _default[0] = backend
+
+
+def get_default_backend() -> Backend:
+    if _default[0] is None:
+        _default[0] = EngineBackend()
+    return _default[0]
