@@ -1,0 +1,210 @@
+"""LangChain messages -> the engine's chat messages, and tool calling under a grammar: the tools'
+argument schemas become one JSON schema (an anyOf over {"name": <tool>, "arguments": <its schema>},
+plus {"answer": <text>} when the model may also answer), so every tool call the engine produces
+parses into valid arguments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any, Sequence
+
+from langchain_core.messages import (AIMessage, BaseMessage, ChatMessage, FunctionMessage, HumanMessage,
+                                     SystemMessage, ToolMessage)
+
+# The grammar writes JSON the way json.dumps does with these separators; history is rendered the same
+# way so a tool loop's earlier turns stay byte-identical (and so stay in the engine's prefix cache).
+SEPARATORS = (", ", ": ")
+# Longest string value a constrained reply may hold unless its schema says otherwise.
+MAX_STRING = 100
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=SEPARATORS)
+
+
+def _text_of(content: Any) -> str:
+    """Plain text of a message's content (a string or a list of content blocks); a text-only model
+    cannot take images, audio or files."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") in ("text", "text-plain") and "text" in block:
+            parts.append(block["text"])
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call", "reasoning", "thinking"):
+            continue  # rendered from message.tool_calls instead / not shown to the model
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(f"content block of type {kind!r} is not supported: this engine serves text-only models")
+    return "".join(parts)
+
+
+def render_tool_call(name: str, args: dict) -> str:
+    return dumps({"name": name, "arguments": args})
+
+
+def to_engine_messages(messages: Sequence[BaseMessage], tools_prompt: str | None = None) -> list[dict[str, str]]:
+    """LangChain messages as the engine's {"role", "content"} chat messages. Tool calls of an
+    AIMessage are rendered as the JSON the tool grammar produces; a ToolMessage becomes a "tool" turn.
+    `tools_prompt` is appended to the (first) system message, or becomes one."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": _text_of(m.content)})
+        elif isinstance(m, HumanMessage):
+            out.append({"role": "user", "content": _text_of(m.content)})
+        elif isinstance(m, AIMessage):
+            text = _text_of(m.content)
+            calls = [render_tool_call(tc["name"], tc["args"]) for tc in m.tool_calls]
+            out.append({"role": "assistant", "content": "\n".join(([text] if text else []) + calls)})
+        elif isinstance(m, ToolMessage):
+            text = _text_of(m.content) if not isinstance(m.content, str) else m.content
+            if getattr(m, "status", "success") == "error":
+                text = f"Error: {text}"
+            out.append({"role": "tool", "content": text})
+        elif isinstance(m, FunctionMessage):
+            out.append({"role": "tool", "content": _text_of(m.content)})
+        elif isinstance(m, ChatMessage):
+            out.append({"role": m.role, "content": _text_of(m.content)})
+        else:
+            raise ValueError(f"unsupported message type {type(m).__name__}")
+    if tools_prompt:
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + tools_prompt}
+        else:
+            out.insert(0, {"role": "system", "content": tools_prompt})
+    return out
+
+
+def _rewrite_refs(node: Any, rename: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str):
+                for old, new in rename.items():
+                    if v == old:
+                        v = new
+                        break
+                out[k] = v
+            else:
+                out[k] = _rewrite_refs(v, rename)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, rename) for v in node]
+    return node
+
+
+def tighten(node: Any, max_string: int | None = MAX_STRING) -> Any:
+    """Objects without an explicit `additionalProperties` get `false` (the model cannot invent keys),
+    strings without a `maxLength` get `max_string` (a small greedy model cannot loop inside a string
+    until its token budget ends). Every output still satisfies the original schema."""
+    if isinstance(node, dict):
+        node = {k: (tighten(v, max_string) if k not in ("const", "enum", "default", "examples") else v)
+                for k, v in node.items()}
+        if node.get("type") == "object" and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        if node.get("type") == "string" and max_string and not any(
+                k in node for k in ("maxLength", "enum", "const", "pattern", "format")):
+            node["maxLength"] = max_string
+        return node
+    if isinstance(node, list):
+        return [tighten(v, max_string) for v in node]
+    return node
+
+
+def arguments_schema(parameters: dict | None, prefix: str, defs: dict[str, Any]) -> dict:
+    """A tool's argument schema with its local definitions moved into `defs` under unique names."""
+    schema = copy.deepcopy(parameters or {"type": "object", "properties": {}})
+    schema.pop("title", None)
+    schema.pop("description", None)
+    rename: dict[str, str] = {}
+    for key in ("$defs", "definitions"):
+        for name, sub in (schema.pop(key, None) or {}).items():
+            new = f"{prefix}{name}"
+            rename[f"#/{key}/{name}"] = f"#/$defs/{new}"
+            defs[new] = sub
+    if rename:
+        schema = _rewrite_refs(schema, rename)
+        for name in [n for n in defs if n.startswith(prefix)]:
+            defs[name] = _rewrite_refs(defs[name], rename)
+    if schema.get("type") is None and "properties" in schema:
+        schema["type"] = "object"
+    if schema.get("type") == "object" and "properties" not in schema:
+        schema["properties"] = {}
+    return schema
+
+
+def tool_call_grammar(tools: Sequence[dict], choice: str | None, max_string: int | None = MAX_STRING) -> dict:
+    """JSON schema of one reply: a call of one of `tools` (OpenAI tool dicts), restricted to the tool
+    named by `choice`, or, when `choice` is "auto", also a final answer {"answer": text}."""
+    defs: dict[str, Any] = {}
+    branches = []
+    for i, t in enumerate(tools):
+        fn = t["function"]
+        if choice not in (None, "auto", "any") and fn["name"] != choice:
+            continue
+        args = arguments_schema(fn.get("parameters"), f"t{i}_", defs)
+        branches.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": args},
+                         "required": ["name", "arguments"], "additionalProperties": False})
+    if not branches:
+        raise ValueError(f"tool_choice {choice!r} names none of the bound tools")
+    branches = tighten(branches, max_string)
+    if choice == "auto":
+        branches.append({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+                         "additionalProperties": False})
+    schema: dict[str, Any] = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    if defs:
+        schema = {**schema, "$defs": tighten(defs, max_string)}
+    return schema
+
+
+def tools_prompt(tools: Sequence[dict], choice: str | None) -> str:
+    lines = ["You can call these tools:"]
+    for t in tools:
+        fn = t["function"]
+        params = fn.get("parameters") or {}
+        lines.append(f"- {fn['name']}: {fn.get('description', '').strip()} "
+                     f"Arguments: {dumps(params.get('properties', {}))}")
+    lines.append('To call a tool, reply with JSON: {"name": <tool name>, "arguments": {<arguments>}}.')
+    if choice == "auto":
+        lines.append('When no tool is needed, reply with JSON: {"answer": <your answer>}.')
+    elif choice not in (None, "any"):
+        lines.append(f"Call the tool {choice}.")
+    return "\n".join(lines)
+
+
+def _salvage_answer(text: str) -> str | None:
+    """The answer text of a reply cut short inside {"answer": "..."}."""
+    head = '{"answer": "'
+    if not text.startswith(head):
+        return None
+    body = text[len(head):]
+    for end in range(len(body), -1, -1):
+        try:
+            return json.loads('"' + body[:end] + '"')
+        except json.JSONDecodeError:
+            continue
+    return ""
+
+
+def parse_reply(text: str) -> tuple[str, list[dict], list[dict]]:
+    """(content, tool_calls, invalid_tool_calls) of a grammar-constrained reply."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        answer = _salvage_answer(text)
+        if answer is not None:
+            return answer, [], []
+        return "", [], [{"type": "invalid_tool_call", "name": None, "args": text, "id": _call_id(),
+                         "error": f"reply was cut off before the tool call was complete ({err})"}]
+    if "answer" in obj:
+        return obj["answer"], [], []
+    return "", [{"type": "tool_call", "name": obj["name"], "args": obj["arguments"], "id": _call_id()}], []
+
+
+def _call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
