@@ -57,9 +57,16 @@ class Decoding:
             req.output_ids.extend(forced)
 
     def _find_stop_string(self, req: Request) -> bool:
-        """Look for a stop string in the output text (across token boundaries); remember where it starts."""
+        """Look for a stop string in the output text (across token boundaries); remember where it starts.
+
+        A new match must end in the newest tokens, so each step decodes only a tail window of them;
+        the whole output is decoded once, when the tail shows a match, to place the trim exactly."""
         if self.detokenize is None:
             raise ValueError("stop strings need a tokenizer")
+        window = 2 * max(len(s) for s in req.params.stop) + 4
+        tail = self.detokenize(req.output_ids[-window:])
+        if not any(s in tail for s in req.params.stop):
+            return False
         text = self.detokenize(req.output_ids)
         hits = [(text.find(s), s) for s in req.params.stop]
         hits = [(i, s) for i, s in hits if i >= 0]
