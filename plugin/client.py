@@ -99,6 +99,14 @@ def _collect(msg: P.Generate, done: list[P.Done]) -> Result | list[Result]:
     return results if msg.sampling.n > 1 else results[0]
 
 
+def _stream_item(reply: P.Response, include_result: bool) -> StreamChunk | Result | None:
+    if isinstance(reply, P.Chunk):
+        return StreamChunk(reply.text, reply.token_ids)
+    if include_result and isinstance(reply, P.Done):
+        return _result(reply)
+    return None
+
+
 def _raise_if_error(msg: P.Response | Exception) -> P.Response:
     if isinstance(msg, Exception):
         raise msg
@@ -160,12 +168,15 @@ class Client:
         msg = _generate_message(self.conn.new_rid(), prompt, False, options)
         return _collect(msg, [r for r in self._call(msg) if isinstance(r, P.Done)])
 
-    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamChunk]:
-        """Yield chunks as tokens are generated; closing the iterator early aborts the request."""
+    def stream(self, prompt: Prompt, include_result: bool = False, **options: Any) -> Iterator[StreamChunk | Result]:
+        """Yield chunks as tokens are generated; closing the iterator early aborts the request.
+        `include_result`: also yield each finished `Result` (usage, finish reason, logprobs) after
+        its chunks, as OpenAI's `stream_options.include_usage` does."""
         msg = _generate_message(self.conn.new_rid(), prompt, True, options)
         for reply in self._call(msg):
-            if isinstance(reply, P.Chunk):
-                yield StreamChunk(reply.text, reply.token_ids)
+            item = _stream_item(reply, include_result)
+            if item is not None:
+                yield item
 
     def info(self) -> dict:
         return self._one(P.Info(rid=self.conn.new_rid())).data
@@ -222,13 +233,15 @@ class AsyncClient:
         finally:
             await calls.aclose()
 
-    async def stream(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamChunk]:
+    async def stream(self, prompt: Prompt, include_result: bool = False,
+                     **options: Any) -> AsyncIterator[StreamChunk | Result]:
         msg = _generate_message(self.client.conn.new_rid(), prompt, True, options)
         calls = self._call(msg)
         try:
             async for reply in calls:
-                if isinstance(reply, P.Chunk):
-                    yield StreamChunk(reply.text, reply.token_ids)
+                item = _stream_item(reply, include_result)
+                if item is not None:
+                    yield item
         finally:
             await calls.aclose()
 

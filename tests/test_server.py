@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fake_model import FakeModel
+import radixlm
 from radixlm import EngineError, protocol as P
 from radixlm.endpoint import runtime_dir, tcp_endpoint
 from server_harness import client_for, fake_server
@@ -28,12 +29,22 @@ def test_generate_stream_and_async_agree(tmp_path):
         assert full.output_ids == FakeModel().reference(PROMPT, 12)
         streamed = [t for ch in c.stream(PROMPT, max_new_tokens=12, ignore_eos=True) for t in ch.token_ids]
         assert streamed == full.output_ids
+        *chunks, result = c.stream(PROMPT, include_result=True, max_new_tokens=12, ignore_eos=True)
+        assert isinstance(result, radixlm.Result) and result.output_ids == full.output_ids
+        assert [t for ch in chunks for t in ch.token_ids] == full.output_ids
+        assert (result.completion_tokens, result.finish_reason) == (12, "length")
+
+        async def astream():
+            return [item async for item in c.aio.stream(PROMPT, include_result=True, max_new_tokens=12,
+                                                         ignore_eos=True)]
+
+        assert asyncio.run(astream())[-1].output_ids == result.output_ids
 
         async def run():
             return await asyncio.gather(*[c.aio.generate(PROMPT, max_new_tokens=12, ignore_eos=True) for _ in range(5)])
 
         assert all(r.output_ids == full.output_ids for r in asyncio.run(run()))
-        assert c.stats()["requests_finished"] == 7
+        assert c.stats()["requests_finished"] == 9
         c.close()
 
 
