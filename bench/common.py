@@ -1,6 +1,8 @@
-"""Small helpers shared by the benches: threads, timing, the HF baseline model, tables, results JSON.
+"""Small helpers shared by the benches: threads, timing, the HF baseline model, tables, results JSON,
+and the optimal prefix-cache hit rate of a workload.
 
-Benches are run as scripts (`python bench/<name>.py`); they put this folder on sys.path to import it.
+The single-topic benches are run as scripts (`python bench/<name>.py`); they put this folder on
+sys.path to import it. The suite (`radixlm bench`) imports it as `radixlm.bench.common`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,30 @@ def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[fl
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def optimal_hit_rate(calls: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[float, int, int]:
+    """Best possible fraction of prompt tokens served from a prefix cache with unlimited memory.
+
+    `calls` are (prompt ids, output ids) pairs. Calls are served shortest prompt first (a later
+    step of an agent always has a longer prompt than the step it extends); each computes the prompt
+    tokens not yet in the trie of earlier prompts and outputs (at least one token, as an engine
+    always computes the last prompt token), then its prompt + output joins the trie.
+    Returns (rate, cacheable tokens, total prompt tokens); rate 0.0 when there are no prompt tokens."""
+    root: dict = {}
+    computed = 0
+    for prompt, output in sorted(calls, key=lambda c: len(c[0])):
+        node, matched = root, 0
+        for t in prompt:
+            if t not in node:
+                break
+            node, matched = node[t], matched + 1
+        computed += 1 if matched == len(prompt) else len(prompt) - matched
+        node = root
+        for t in (*prompt, *output):
+            node = node.setdefault(t, {})
+    total = sum(len(p) for p, _ in calls)
+    return ((total - computed) / total if total else 0.0), total - computed, total
 
 
 def load_hf_model(folder: str | Path):

@@ -19,28 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, print_table, save_results, warn_if_busy  # noqa: E402
 
 import radixlm as sgl  # noqa: E402
-
-TOPICS = ["saving water", "learning chess", "growing tomatoes", "writing letters", "cycling in winter",
-          "baking bread", "reading faster", "sleeping well", "packing light", "cooking rice"]
-EXAMPLES = ("Here are worked examples of careful step-by-step reasoning about everyday plans. "
-            "Example: to plan a picnic, first check the weather, then pick a park, then pack food. " * 4)
-
-
-@sgl.function
-def tree_of_thought(s, topic, hint=True):
-    s += sgl.system("You are a careful planner. " + EXAMPLES)
-    s += sgl.user(f"Think about {topic}.")
-    s += sgl.assistant_begin()
-    level1 = s.fork(3, cache_prefix=hint)
-    level1 += [f" Idea {i + 1}:" for i in range(3)]
-    level1 += sgl.gen("idea", max_tokens=8, stop="\n")
-    for branch in level1:
-        level2 = branch.fork(3, cache_prefix=hint)
-        level2 += [f" Step {j + 1}:" for j in range(3)]
-        level2 += sgl.gen("step", max_tokens=8, stop="\n")
-        level2.join()
-    level1.join()
-    s += sgl.assistant_end()
+from radixlm.bench.workloads.tree_of_thought import EXAMPLES, TOPICS, tree_of_thought  # noqa: E402
 
 
 @sgl.function

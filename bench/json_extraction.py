@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -24,37 +23,11 @@ import torch  # noqa: E402
 from common import machine_info, print_table, save_results, setup_torch, warn_if_busy  # noqa: E402
 
 import radixlm.engine.engine as engine_module  # noqa: E402
+from radixlm.bench.workloads.json_extraction import INSTRUCTION, SCHEMA, paragraphs  # noqa: E402
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
 from radixlm.engine.grammar import GrammarSpec, GrammarState  # noqa: E402
 from radixlm.engine.loader import load_model  # noqa: E402
 from radixlm.engine.request import SamplingParams  # noqa: E402
-
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 32},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "occupation": {"type": "string", "maxLength": 24},
-        "city": {"type": "string", "maxLength": 24},
-        "year_joined": {"type": "integer", "minimum": 1950, "maximum": 2030},
-    },
-    "required": ["name", "age", "occupation", "city", "year_joined"],
-    "additionalProperties": False,
-}
-FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jia"]
-LAST = ["Smith", "Rossi", "Okafor", "Novak", "Tanaka", "Garcia", "Dubois", "Khan", "Berg", "Silva"]
-JOBS = ["engineer", "teacher", "nurse", "pilot", "chef", "architect", "farmer", "librarian"]
-CITIES = ["Lyon", "Osaka", "Lagos", "Porto", "Denver", "Krakow", "Pune", "Bergen"]
-
-
-def paragraphs(n: int) -> list[str]:
-    rng = random.Random(0)
-    out = []
-    for _ in range(n):
-        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
-        out.append(f"{name} is a {rng.randrange(22, 70)}-year-old {rng.choice(JOBS)} who lives in {rng.choice(CITIES)}. "
-                   f"{name.split()[0]} joined the company in {rng.randrange(1980, 2024)} and enjoys hiking at weekends.")
-    return out
 
 
 class GrammarTimer:
@@ -118,7 +91,7 @@ def main() -> None:
     loaded = load_model("smollm2", dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     tok = loaded.tokenizer
     prompts = [tok.encode(tok.apply_chat_template([
-        {"role": "system", "content": "Extract the person's details as JSON with the fields name, age, occupation, city, year_joined."},
+        {"role": "system", "content": INSTRUCTION},
         {"role": "user", "content": p}])) for p in paragraphs(args.paragraphs)]
     timer = GrammarTimer()
     res = {}

@@ -26,12 +26,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_hf_model, markdown_table, print_table, save_results, setup_torch, warn_if_busy  # noqa: E402
+from common import (  # noqa: E402
+    load_hf_model, markdown_table, optimal_hit_rate, print_table, save_results, setup_torch, warn_if_busy,
+)
 
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
 from radixlm.engine.loader import load_model  # noqa: E402
@@ -75,26 +76,6 @@ def question(tok, index: int) -> list[int]:
         words.append(f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} that {rng.choice(VERBS)} the")
         ids = tok.encode(" ".join(words) + f" {rng.choice(NOUNS)}: what is its {rng.choice(ATTRIBUTES)}?\nAnswer:")
     return ids
-
-
-def optimal_hit_rate(prompts: Sequence[Sequence[int]]) -> tuple[float, int, int]:
-    """Best possible fraction of prompt tokens served from a prefix cache: serve prompts shortest
-    first; each computes the tokens not yet in the trie of earlier prompts (at least one token, as
-    the engine always computes the last prompt token). Returns (rate, cacheable, total)."""
-    root: dict = {}
-    computed = 0
-    for prompt in sorted(prompts, key=len):
-        node, matched = root, 0
-        for t in prompt:
-            if t not in node:
-                break
-            node, matched = node[t], matched + 1
-        computed += 1 if matched == len(prompt) else len(prompt) - matched
-        node = root
-        for t in prompt:
-            node = node.setdefault(t, {})
-    total = sum(len(p) for p in prompts)
-    return (total - computed) / total, total - computed, total
 
 
 # ---------------------------------------------------------------- systems
@@ -204,7 +185,7 @@ def main() -> None:
     prefix = few_shot_prefix(tok)
     questions = [question(tok, i) for i in range(n)]
     prompts = [prefix + q for q in questions]
-    optimal, cacheable, total = optimal_hit_rate(prompts)
+    optimal, cacheable, total = optimal_hit_rate([(p, []) for p in prompts])
     eos = min(loaded.eos_token_ids) if loaded.eos_token_ids else 0
     print(f"workload: {n} requests = {len(prefix)}-token shared few-shot prefix + distinct question "
           f"({min(map(len, questions))}-{max(map(len, questions))} tokens), {OUTPUT_TOKENS} output tokens "

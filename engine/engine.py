@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .attention.select import BACKENDS, make_attention
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
@@ -43,12 +44,16 @@ class EngineConfig:
     dedup_min_shared: int = 32
     dtype: str = "float32"
     jump_forward: bool = True
+    attention_backend: str = "auto"  # "auto" (torch on CPU, triton on CUDA), "torch" or "triton"
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {self.attention_backend!r}; "
+                             f"choose one of {', '.join(BACKENDS)}")
         for name in ("kv_cache_tokens", "max_running_requests", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -65,6 +70,8 @@ class Engine:
         tokenizer: Tokenizer | None = None,
     ) -> None:
         config.validate()
+        if config.attention_backend != "auto":  # "auto" keeps the backend the model was built with
+            model.attention = make_attention(config.attention_backend, model.device)
         self.model, self.config, self.tokenizer = model, config, tokenizer
         mcfg = model.cfg
         max_context = min(config.max_context or mcfg.max_position_embeddings, mcfg.max_position_embeddings)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .attention.torch_backend import TorchAttention
+from .attention.select import make_attention
 from .model.config import ModelConfig
 from .model.llama import LlamaModel
 from .model_source import load_weights, resolve_model
@@ -32,10 +32,11 @@ class LoadedModel:
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Resolve `name` (alias, .gguf or HF folder), load weights and tokenizer, and build the model."""
+    """Resolve `name` (alias, .gguf or HF folder), load weights and tokenizer, and build the model
+    with the attention backend for `device` (torch on CPU, triton on CUDA)."""
     start = time.perf_counter()
     folder = resolve_model(name)
     config = ModelConfig.from_folder(folder)
-    model = LlamaModel(config, load_weights(folder), TorchAttention(), device=device, dtype=dtype)
+    model = LlamaModel(config, load_weights(folder), make_attention("auto", device), device=device, dtype=dtype)
     tokenizer = Tokenizer(folder)
     return LoadedModel(name, folder, config, model, tokenizer, time.perf_counter() - start)

@@ -8,56 +8,25 @@ cache serves each step's shared prefix) and the total time.
 from __future__ import annotations
 
 import argparse
-import ast
-import operator
 import time
 
 import dspy
 
 from radixlm.adapters.dspy import LM, JSONAdapter
-
-KNOWLEDGE = {
-    "eiffel tower": "The Eiffel Tower in Paris is 330 metres tall and was completed in 1889.",
-    "mount everest": "Mount Everest is 8849 metres high, the highest mountain above sea level.",
-    "python": "Python is a programming language created by Guido van Rossum, first released in 1991.",
-    "moon": "The Moon is about 384400 km from Earth and takes 27.3 days to orbit it.",
-    "metre": "One metre is about 3.281 feet.",
-}
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Mod: operator.mod}
+from radixlm.demo.tools import calculator, search
 
 
-def _eval(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-        return _eval(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_eval(node.left), _eval(node.right))
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_eval(node.operand))
-    raise ValueError(f"unsupported expression element {type(node).__name__}")
+class Task(dspy.Signature):
+    """Answer the question. Look facts up with `search`, do arithmetic with `calculator`, and finish as
+    soon as the observations contain the answer."""
 
-
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as '330 * 3.281' and return the result."""
-    try:
-        return str(_eval(ast.parse(str(expression), mode="eval")))
-    except Exception as exc:  # the agent sees the error and can try again
-        return f"error: {exc}"
-
-
-def search(query: str) -> str:
-    """Look a topic up in the local knowledge base and return the matching facts."""
-    q = str(query).lower()
-    hits = [fact for key, fact in KNOWLEDGE.items() if key in q or any(w in key for w in q.split() if len(w) > 3)]
-    return " ".join(hits) if hits else "no result"
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
 
 
 def run(question: str, endpoint: str | None = None, max_iters: int = 4) -> dspy.Prediction:
     lm = LM("smollm2", endpoint, cache=False, max_tokens=160)
-    agent = dspy.ReAct("question -> answer", tools=[calculator, search], max_iters=max_iters)
+    agent = dspy.ReAct(Task, tools=[calculator, search], max_iters=max_iters)
     start = time.perf_counter()
     with dspy.context(lm=lm, adapter=JSONAdapter()):
         pred = agent(question=question)

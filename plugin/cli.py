@@ -1,13 +1,10 @@
-"""The `radixlm` command: `info` about a model, and `demo`, the main job on the embedded model."""
+"""The `radixlm` command: `info` about a model, `serve`, `bench` (the benchmark suite), and `demo`, the main
+job on the embedded model."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-
-DEFAULT_QUESTION = "In two sentences, why does reusing a shared prompt prefix make LLM agents faster?"
-
 
 def _info(args: argparse.Namespace) -> int:
     from radixlm.engine.loader import load_model
@@ -25,33 +22,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from radixlm.engine.engine import Engine, EngineConfig
-    from radixlm.engine.request import SamplingParams
+    from radixlm.demo import run_demo
 
-    start = time.perf_counter()
-    engine = Engine.from_model(args.model, EngineConfig(dtype=args.dtype))
-    tok = engine.tokenizer
-    print(f"engine ready in {time.perf_counter() - start:.1f} s ({args.model})")
-    messages = [{"role": "user", "content": args.question}]
-    prompt = tok.encode(tok.apply_chat_template(messages))
-    t0 = time.perf_counter()
-    first = engine.generate([prompt], SamplingParams(max_new_tokens=args.max_tokens))[0]
-    t1 = time.perf_counter()
-    messages += [{"role": "assistant", "content": first.text},
-                 {"role": "user", "content": "Summarise that in five words."}]
-    follow = tok.encode(tok.apply_chat_template(messages))
-    second = engine.generate([follow], SamplingParams(max_new_tokens=args.max_tokens))[0]
-    t2 = time.perf_counter()
-    print(f"\nQ: {args.question}\nA: {first.text}\n")
-    print(f"first call : {first.prompt_tokens} prompt tokens ({first.cached_tokens} cached), "
-          f"{first.completion_tokens} generated in {t1 - t0:.2f} s "
-          f"({first.completion_tokens / (t1 - t0):.1f} tok/s incl. prefill)")
-    print(f"follow-up  : {second.prompt_tokens} prompt tokens ({second.cached_tokens} cached from the first call), "
-          f"{second.completion_tokens} generated in {t2 - t1:.2f} s -> {second.text!r}")
-    stats = engine.stats_dict()
-    print(f"engine     : hit rate {stats['hit_rate']:.0%}, {stats['forward_passes']} forward passes, "
-          f"decode {stats['decode_tokens_per_s']:.1f} tok/s")
-    return 0
+    return run_demo(args.model, args.agents, args.dtype)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from radixlm.bench.suite import build_parser as bench_parser
+    from radixlm.bench.suite import main as bench_main
+
+    return bench_main(bench_parser().parse_args(args.bench_args))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         dtype=args.dtype,
         jump_forward=not args.no_jump_forward,
+        attention_backend=args.attention_backend,
     )
     run_server(args.model, endpoint, config, args.parent_pid)
     return 0
@@ -96,12 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                        help="weights and KV precision (bfloat16: about 3x faster prefill and batched decode on CPU)")
     serve.add_argument("--no-jump-forward", action="store_true", help="decode grammar-forced tokens one by one")
+    serve.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto",
+                       help="attention kernels (auto: torch on CPU, triton on CUDA)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
-    demo = sub.add_parser("demo", help="the main job: chat through the engine on the embedded model")
+    # The suite parses its own options (`radixlm bench --help`), so the other commands never import it.
+    bench = sub.add_parser("bench", add_help=False, help="the benchmark suite: SGLang-paper workloads on radixlm and "
+                           "its peers (HF transformers, llama-cpp-python); see `radixlm bench --help`")
+    bench.set_defaults(func=_bench)
+    demo = sub.add_parser("demo", help="the main job: DSPy ReAct agents and a LangChain agent at once on the "
+                          "embedded model through one engine, with live progress and a reuse summary")
     demo.add_argument("--model", default="smollm2")
-    demo.add_argument("--question", default=DEFAULT_QUESTION)
-    demo.add_argument("--max-tokens", type=int, default=96)
+    demo.add_argument("--agents", type=int, default=4, help="number of DSPy ReAct agents (plus one LangChain agent)")
     demo.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     demo.set_defaults(func=_demo)
     return parser
@@ -109,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `radixlm` console command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except FileNotFoundError as exc:

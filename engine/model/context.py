@@ -62,7 +62,7 @@ class ForwardContext:
             # One-token extends (the next call of an agent, a finished request's last-token pass)
             # attend like decode rows: one batched call instead of one call each.
             lens = torch.tensor([len(seq_slots[i]) for i in singles])
-            index = torch.zeros(len(singles), int(lens.max()), dtype=torch.long)
+            index = torch.zeros(len(singles), int(lens.max()), dtype=torch.long, device=out_slots.device)
             for row, i in enumerate(singles):
                 index[row, : lens[row]] = seq_slots[i]
             ends = torch.tensor(extend_lens).cumsum(0) - 1
@@ -78,7 +78,8 @@ class ForwardContext:
         out_slots = kv_index[rows, kv_lens - 1]
         mask = None
         if bool((kv_lens != kv_index.shape[1]).any()):
-            mask = (torch.arange(kv_index.shape[1])[None, :] < kv_lens[:, None])[:, None, None, :]
+            cols = torch.arange(kv_index.shape[1], device=kv_index.device)
+            mask = (cols[None, :] < kv_lens.to(kv_index.device)[:, None])[:, None, None, :]
         shared = 0
         if batch > 1:
             limit = int(kv_lens.min()) - 1

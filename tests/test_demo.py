@@ -1,0 +1,70 @@
+"""The main job (`radixlm demo`), its tools and progress board, and the DSPy ReAct example."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from radixlm.demo.progress import Board
+from radixlm.demo.tools import calculator, search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_calculator_evaluates_arithmetic_and_reports_errors():
+    assert calculator("330 * 3.281") == str(330 * 3.281)
+    assert calculator("-(2 + 3) ** 2 % 7") == str(-(2 + 3) ** 2 % 7)
+    assert calculator("__import__('os')").startswith("error: unsupported expression element Call")
+    assert calculator("2 ** 1000").startswith("error: exponent too large")
+    assert calculator("1 +").startswith("error:")
+
+
+def test_search_finds_facts_by_topic_or_word():
+    assert "330 metres" in search("Eiffel Tower height")
+    assert "1991" in search("when was python released")
+    assert search("zebra") == "no result"
+
+
+def test_board_without_a_terminal_prints_one_line_per_status_change():
+    out = io.StringIO()
+    with Board([("a", "DSPy"), ("b", "LangChain")], out=out) as board:
+        board.update("a", "thinking")
+        board.update("b", calls=2, prompt_tokens=100, cached_tokens=80)  # counters only: no line
+        board.update("b", "answer: 42", done=True)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("a          thinking") and "answer: 42" in lines[1]
+    assert board.rows["b"].done and not board.rows["a"].done and board.rows["b"].cached_tokens == 80
+
+
+def _run(args: list[str], timeout: int) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_dspy_and_langchain_agents_at_once_and_reports_reuse():
+    out = _run([sys.executable, "-m", "radixlm.cli", "demo", "--agents", "2"], timeout=600)
+    rows = re.findall(r"^  (\S+)\s+(DSPy|LangChain)\s+(\d+) calls, (\d+)/(\d+) prompt tokens", out, re.M)
+    assert [r[0] for r in rows] == ["dspy-1", "dspy-2", "langchain"], out
+    assert all(int(calls) >= 1 and int(prompt) > 0 for _, _, calls, _, prompt in rows)
+    # the DSPy agents share their signature's prompt: later calls are served mostly from the cache
+    assert any(int(cached) > 0.5 * int(prompt) for _, fw, _, cached, prompt in rows if fw == "DSPy"), out
+    assert "3 agents ran at once" in out and "prefix reuse:" in out and "3 agent traces" in out
+
+
+@pytest.mark.slow
+def test_dspy_react_example_prints_trajectory_and_per_step_reuse(tmp_path):
+    endpoint = f"ipc://{tmp_path / 'engine.sock'}"
+    out = _run([sys.executable, "examples/dspy_react.py", "--max-iters", "2", "--endpoint", endpoint], timeout=600)
+    assert "trajectory:" in out and "answer:" in out and "total time:" in out
+    steps = [tuple(map(int, m)) for m in re.findall(r"call \d+: (\d+) / (\d+) prompt tokens cached", out)]
+    assert 2 <= len(steps) <= 3  # ReAct steps, then the extract call
+    assert all(cached >= 0.8 * prompt for cached, prompt in steps[1:-1]), steps  # the spawned engine exits with it
