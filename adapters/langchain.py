@@ -30,7 +30,8 @@ from radixlm import protocol as P
 from radixlm.client import Client, Result
 
 from .langchain_common import astream_with_result, get_client, stream_with_result, trace_id_for
-from .langchain_tools import MAX_STRING, dumps, parse_reply, tighten, to_engine_messages, tool_call_grammar, tools_prompt
+from .langchain_tools import (MAX_STRING, dumps, parse_reply, response_format_schema, text_answer_schema, tighten,
+                              to_engine_messages, tool_call_grammar, tools_prompt)
 
 __all__ = ["ChatRadixLM", "RadixLLM"]
 
@@ -153,41 +154,51 @@ class ChatRadixLM(_RadixLMParams, BaseChatModel):
     # -- requests --------------------------------------------------------------------------------
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any,
-                 kwargs: dict[str, Any]) -> tuple[list[dict], dict[str, Any], bool]:
-        """(engine messages, generation options, whether the reply is a tool-call grammar reply)."""
+                 kwargs: dict[str, Any]) -> tuple[list[dict], dict[str, Any], str | None]:
+        """(engine messages, generation options, reply format): the reply format is None for free text,
+        "tools" for a tool-grammar reply whose answer is {"answer": text}, "tools+json" for one whose
+        answer is the `response_format` object itself."""
         kwargs = dict(kwargs)
-        kwargs.pop("ls_structured_output_format", None)
-        kwargs.pop("structured_output_format", None)
-        kwargs.pop("stream", None)
+        for key in ("ls_structured_output_format", "structured_output_format", "stream"):
+            kwargs.pop(key, None)
         tools = kwargs.pop("tools", None)
         choice = kwargs.pop("tool_choice", None)
+        response_format = kwargs.pop("response_format", None)
         opts = self._options(stop, kwargs)
         trace = trace_id_for(run_manager)
         if trace is not None:
             opts["trace_id"] = trace
-        constrained = any(k in opts for k in ("json_schema", "regex", "choices", "lark"))
-        if tools and choice != "none":
+        answer = response_format_schema(response_format, self.max_string_length) if response_format else None
+        if tools:
             choice = choice or "auto"
-            opts["json_schema"] = tool_call_grammar(tools, choice, self.max_string_length)
-            opts["max_new_tokens"] = max(opts["max_new_tokens"], self.tool_max_tokens)
-            opts.pop("stop", None)  # a stop string inside the JSON would cut the call short
-            return to_engine_messages(messages, tools_prompt(tools, choice)), opts, True
-        if isinstance(opts.get("json_schema"), dict):
+            budget = opts["max_new_tokens"]
+            # A text answer is capped at ~4 characters per token of max_tokens: a small model that
+            # loops inside it stops near the budget the caller asked for.
+            opts["json_schema"] = tool_call_grammar(tools, choice, self.max_string_length,
+                                                    answer or text_answer_schema(4 * budget))
+            if choice != "none":
+                opts["max_new_tokens"] = max(budget, self.tool_max_tokens)
+            opts.pop("stop", None)  # a stop string inside the JSON would cut the reply short
+            prompt = to_engine_messages(messages, tools_prompt(tools, json_answer=answer is not None))
+            return prompt, opts, "tools+json" if answer is not None else "tools"
+        if answer is not None:
+            opts["json_schema"] = answer
+        elif isinstance(opts.get("json_schema"), dict):
             opts["json_schema"] = tighten(opts["json_schema"], self.max_string_length)
-        if constrained:
+        if any(k in opts for k in ("json_schema", "regex", "choices", "lark")):
             opts["max_new_tokens"] = max(opts["max_new_tokens"], self.tool_max_tokens)
-        return to_engine_messages(messages), opts, False
+        return to_engine_messages(messages), opts, None
 
     def _message(self, text: str, finish_reason: str, prompt_tokens: int, cached: int, completion: int,
-                 output_logprobs: list | None, top_logprobs: list | None, tool_reply: bool,
+                 output_logprobs: list | None, top_logprobs: list | None, reply_format: str | None,
                  chunk: bool = False) -> AIMessage | AIMessageChunk:
         metadata: dict[str, Any] = {"model_name": self.model, "finish_reason": finish_reason,
                                     "model_provider": "radixlm"}
         if output_logprobs is not None:
             metadata["logprobs"] = _logprobs_metadata(output_logprobs, top_logprobs)
         usage = _usage(prompt_tokens, cached, completion)
-        if tool_reply:
-            content, calls, invalid = parse_reply(text)
+        if reply_format is not None:
+            content, calls, invalid = parse_reply(text, json_answer=reply_format == "tools+json")
             if calls and finish_reason == "stop":
                 metadata["finish_reason"] = "tool_calls"
             if chunk:
@@ -202,9 +213,9 @@ class ChatRadixLM(_RadixLMParams, BaseChatModel):
         extra = {"chunk_position": "last"} if chunk else {}
         return cls(content=text, usage_metadata=usage, response_metadata=metadata, **extra)
 
-    def _from_result(self, r: Result, tool_reply: bool) -> ChatResult:
+    def _from_result(self, r: Result, reply_format: str | None) -> ChatResult:
         msg = self._message(r.text, r.finish_reason, r.prompt_tokens, r.cached_tokens, r.completion_tokens,
-                            r.output_logprobs, r.output_top_logprobs, tool_reply)
+                            r.output_logprobs, r.output_top_logprobs, reply_format)
         info: dict[str, Any] = {"finish_reason": msg.response_metadata["finish_reason"]}
         if r.output_logprobs is not None:
             info["logprobs"] = msg.response_metadata["logprobs"]
@@ -213,28 +224,28 @@ class ChatRadixLM(_RadixLMParams, BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        prompt, opts, tool_reply = self._request(messages, stop, run_manager, kwargs)
-        return self._from_result(self._client().generate(prompt, **opts), tool_reply)
+        prompt, opts, reply_format = self._request(messages, stop, run_manager, kwargs)
+        return self._from_result(self._client().generate(prompt, **opts), reply_format)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        prompt, opts, tool_reply = self._request(messages, stop, run_manager, kwargs)
-        return self._from_result(await self._client().aio.generate(prompt, **opts), tool_reply)
+        prompt, opts, reply_format = self._request(messages, stop, run_manager, kwargs)
+        return self._from_result(await self._client().aio.generate(prompt, **opts), reply_format)
 
-    def _final_chunk(self, done: P.Done, tool_reply: bool, streamed_text: bool) -> ChatGenerationChunk:
+    def _final_chunk(self, done: P.Done, reply_format: str | None, streamed_text: bool) -> ChatGenerationChunk:
         u = done.usage
         msg = self._message("" if streamed_text else done.text, done.finish_reason, u.prompt_tokens,
                             u.cached_tokens, u.completion_tokens, done.output_logprobs, done.output_top_logprobs,
-                            tool_reply, chunk=True)
+                            reply_format, chunk=True)
         return ChatGenerationChunk(message=msg, generation_info={"finish_reason": msg.response_metadata["finish_reason"]})
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        prompt, opts, tool_reply = self._request(messages, stop, run_manager, kwargs)
-        constrained = tool_reply or "json_schema" in opts
+        prompt, opts, reply_format = self._request(messages, stop, run_manager, kwargs)
+        constrained = reply_format is not None or "json_schema" in opts
         for reply in stream_with_result(self._client(), prompt, opts):
             if isinstance(reply, P.Done):
-                chunk = self._final_chunk(reply, tool_reply, streamed_text=not constrained)
+                chunk = self._final_chunk(reply, reply_format, streamed_text=not constrained)
             elif constrained or not reply.text:
                 continue  # a grammar reply is delivered whole, so every chunk parses
             else:
@@ -246,11 +257,11 @@ class ChatRadixLM(_RadixLMParams, BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        prompt, opts, tool_reply = self._request(messages, stop, run_manager, kwargs)
-        constrained = tool_reply or "json_schema" in opts
+        prompt, opts, reply_format = self._request(messages, stop, run_manager, kwargs)
+        constrained = reply_format is not None or "json_schema" in opts
         async for reply in astream_with_result(self._client(), prompt, opts):
             if isinstance(reply, P.Done):
-                chunk = self._final_chunk(reply, tool_reply, streamed_text=not constrained)
+                chunk = self._final_chunk(reply, reply_format, streamed_text=not constrained)
             elif constrained or not reply.text:
                 continue
             else:
@@ -264,8 +275,11 @@ class ChatRadixLM(_RadixLMParams, BaseChatModel):
     def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
                    tool_choice: str | dict | bool | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools. `tool_choice`: "auto" (default: call a tool or answer), "any" / "required" / True
-        (must call one), "none" (no tool), a tool's name or {"type": "function", "function": {"name": ...}}
-        (must call that one). Calls are generated under a JSON-schema grammar, so they always parse."""
+        (must call one), "none" (must answer), a tool's name or {"type": "function", "function": {"name": ...}}
+        (must call that one). Calls are generated under a JSON-schema grammar, so they always parse. The
+        tools stay in the prompt whatever the choice, so an agent that forces its last step to answer
+        keeps its cached prefix. A `response_format` bound as well (OpenAI style, as `langchain.agents`
+        binds it) is the schema of the answer, returned as JSON text in the content."""
         formatted = [convert_to_openai_tool(t) for t in tools]
         names = [t["function"]["name"] for t in formatted]
         if isinstance(tool_choice, dict):

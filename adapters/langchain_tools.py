@@ -1,7 +1,8 @@
 """LangChain messages -> the engine's chat messages, and tool calling under a grammar: the tools'
 argument schemas become one JSON schema (an anyOf over {"name": <tool>, "arguments": <its schema>},
-plus {"answer": <text>} when the model may also answer), so every tool call the engine produces
-parses into valid arguments."""
+plus the final answer when the model may also answer), so every tool call the engine produces
+parses into valid arguments. The final answer is {"answer": <text>} or, with a `response_format`,
+an object of its schema."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from langchain_core.messages import (AIMessage, BaseMessage, ChatMessage, Functi
 SEPARATORS = (", ", ": ")
 # Longest string value a constrained reply may hold unless its schema says otherwise.
 MAX_STRING = 100
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def dumps(obj: Any) -> str:
@@ -100,16 +102,23 @@ def _rewrite_refs(node: Any, rename: dict[str, str]) -> Any:
 
 def tighten(node: Any, max_string: int | None = MAX_STRING) -> Any:
     """Objects without an explicit `additionalProperties` get `false` (the model cannot invent keys),
-    strings without a `maxLength` get `max_string` (a small greedy model cannot loop inside a string
-    until its token budget ends). Every output still satisfies the original schema."""
+    strings without a `maxLength` get `max_string` and integers without bounds JSON's safe-integer
+    range (a small greedy model cannot loop inside a string or a number until its token budget ends).
+    Every output still satisfies the original schema."""
     if isinstance(node, dict):
         node = {k: (tighten(v, max_string) if k not in ("const", "enum", "default", "examples") else v)
                 for k, v in node.items()}
-        if node.get("type") == "object" and "additionalProperties" not in node:
+        kind = node.get("type")
+        if kind == "object" and "additionalProperties" not in node:
             node["additionalProperties"] = False
-        if node.get("type") == "string" and max_string and not any(
+        if kind == "string" and max_string and not any(
                 k in node for k in ("maxLength", "enum", "const", "pattern", "format")):
             node["maxLength"] = max_string
+        if kind == "integer" and not any(k in node for k in ("enum", "const")):
+            for bound, exclusive, value in (("minimum", "exclusiveMinimum", -MAX_SAFE_INTEGER),
+                                            ("maximum", "exclusiveMaximum", MAX_SAFE_INTEGER)):
+                if bound not in node and exclusive not in node:
+                    node[bound] = value
         return node
     if isinstance(node, list):
         return [tighten(v, max_string) for v in node]
@@ -138,31 +147,53 @@ def arguments_schema(parameters: dict | None, prefix: str, defs: dict[str, Any])
     return schema
 
 
-def tool_call_grammar(tools: Sequence[dict], choice: str | None, max_string: int | None = MAX_STRING) -> dict:
+def text_answer_schema(max_chars: int | None = None) -> dict:
+    """Schema of a plain final answer {"answer": <text of at most `max_chars` characters>}."""
+    text: dict[str, Any] = {"type": "string"}
+    if max_chars:
+        text["maxLength"] = max_chars
+    return {"type": "object", "properties": {"answer": text}, "required": ["answer"], "additionalProperties": False}
+
+
+def response_format_schema(response_format: dict, max_string: int | None = MAX_STRING) -> dict:
+    """The JSON schema of an OpenAI-style `response_format`: {"type": "json_schema", "json_schema":
+    {"schema": ...}} (what `langchain.agents` binds for its ProviderStrategy) or {"type": "json_object"}."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema" and isinstance(response_format.get("json_schema"), dict):
+        return tighten(response_format["json_schema"].get("schema") or {"type": "object"}, max_string)
+    raise ValueError(f"unsupported response_format {response_format!r}: use type json_schema or json_object")
+
+
+def tool_call_grammar(tools: Sequence[dict], choice: str | None, max_string: int | None = MAX_STRING,
+                      answer: dict | None = None) -> dict:
     """JSON schema of one reply: a call of one of `tools` (OpenAI tool dicts), restricted to the tool
-    named by `choice`, or, when `choice` is "auto", also a final answer {"answer": text}."""
+    named by `choice`; when `choice` is "auto" also a final answer, when "none" only that answer.
+    `answer` is the final answer's schema (default: `text_answer_schema()`)."""
     defs: dict[str, Any] = {}
     branches = []
-    for i, t in enumerate(tools):
+    for i, t in enumerate(tools if choice != "none" else []):
         fn = t["function"]
         if choice not in (None, "auto", "any") and fn["name"] != choice:
             continue
         args = arguments_schema(fn.get("parameters"), f"t{i}_", defs)
         branches.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": args},
                          "required": ["name", "arguments"], "additionalProperties": False})
-    if not branches:
+    if not branches and choice != "none":
         raise ValueError(f"tool_choice {choice!r} names none of the bound tools")
     branches = tighten(branches, max_string)
-    if choice == "auto":
-        branches.append({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
-                         "additionalProperties": False})
+    if choice in ("auto", "none"):
+        branches.append(answer or text_answer_schema())
     schema: dict[str, Any] = branches[0] if len(branches) == 1 else {"anyOf": branches}
     if defs:
         schema = {**schema, "$defs": tighten(defs, max_string)}
     return schema
 
 
-def tools_prompt(tools: Sequence[dict], choice: str | None) -> str:
+def tools_prompt(tools: Sequence[dict], json_answer: bool = False) -> str:
+    """The system-prompt text that describes `tools` and the reply format. It does not depend on
+    `tool_choice` (the grammar enforces that), so an agent that changes it keeps its cached prefix."""
     lines = ["You can call these tools:"]
     for t in tools:
         fn = t["function"]
@@ -170,10 +201,8 @@ def tools_prompt(tools: Sequence[dict], choice: str | None) -> str:
         lines.append(f"- {fn['name']}: {fn.get('description', '').strip()} "
                      f"Arguments: {dumps(params.get('properties', {}))}")
     lines.append('To call a tool, reply with JSON: {"name": <tool name>, "arguments": {<arguments>}}.')
-    if choice == "auto":
-        lines.append('When no tool is needed, reply with JSON: {"answer": <your answer>}.')
-    elif choice not in (None, "any"):
-        lines.append(f"Call the tool {choice}.")
+    lines.append("When no tool is needed, reply with your answer as a JSON object." if json_answer
+                 else 'When no tool is needed, reply with JSON: {"answer": <your answer>}.')
     return "\n".join(lines)
 
 
@@ -191,19 +220,20 @@ def _salvage_answer(text: str) -> str | None:
     return ""
 
 
-def parse_reply(text: str) -> tuple[str, list[dict], list[dict]]:
-    """(content, tool_calls, invalid_tool_calls) of a grammar-constrained reply."""
+def parse_reply(text: str, json_answer: bool = False) -> tuple[str, list[dict], list[dict]]:
+    """(content, tool_calls, invalid_tool_calls) of a grammar-constrained reply. With `json_answer`
+    a final answer is a JSON object of its own (kept as the content text), else {"answer": text}."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
-        answer = _salvage_answer(text)
+        answer = None if json_answer else _salvage_answer(text)
         if answer is not None:
             return answer, [], []
         return "", [], [{"type": "invalid_tool_call", "name": None, "args": text, "id": _call_id(),
-                         "error": f"reply was cut off before the tool call was complete ({err})"}]
-    if "answer" in obj:
-        return obj["answer"], [], []
-    return "", [{"type": "tool_call", "name": obj["name"], "args": obj["arguments"], "id": _call_id()}], []
+                         "error": f"reply was cut off before it was complete ({err})"}]
+    if isinstance(obj, dict) and set(obj) == {"name", "arguments"}:
+        return "", [{"type": "tool_call", "name": obj["name"], "args": obj["arguments"], "id": _call_id()}], []
+    return (text if json_answer else obj["answer"]), [], []
 
 
 def _call_id() -> str:

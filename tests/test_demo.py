@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_calculator_evaluates_arithmetic_and_reports_errors():
-    assert calculator("330 * 3.281") == str(330 * 3.281)
-    assert calculator("-(2 + 3) ** 2 % 7") == str(-(2 + 3) ** 2 % 7)
+    assert calculator("330 * 3.281") == "1082.73"
+    assert calculator("-(2 + 3) ** 2 % 7") == str(-(2 + 3) ** 2 % 7) and calculator("1 / 3") == "0.3333333333"
     assert calculator("__import__('os')").startswith("error: unsupported expression element Call")
     assert calculator("2 ** 1000").startswith("error: exponent too large")
     assert calculator("1 +").startswith("error:")

@@ -1,10 +1,16 @@
 """ChatRadixLM / RadixLLM against a real engine on SmolLM2: LangChain's standard integration tests plus
-grammar-constrained tool calls, structured output, prefix reuse in a tool loop, and batching."""
+grammar-constrained tool calls, structured output, prefix reuse in a tool loop, batching, and the agents
+of examples/langchain_react.py."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
 import pytest
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from pydantic import BaseModel, Field
@@ -61,30 +67,38 @@ def add(a: int, b: int) -> int:
 
 
 @tool
-def search(query: str) -> str:
-    """Search the local knowledge base for a query."""
+def search(query: str, limit: int = 3) -> str:
+    """Search the local knowledge base for a query; return at most `limit` results."""
     return f"No results for {query}."
 
 
 @tool
-def convert(value: float, unit: str) -> str:
+def convert(value: float, unit: Literal["feet", "pounds", "miles", "fahrenheit"]) -> str:
     """Convert a value to the given unit."""
     return f"{value} {unit}"
 
 
+TOOLS = {t.name: t for t in (add, search, convert)}
 PROMPTS = ["What is 2 plus 3?", "Find documents about whales.", "Convert 5 meters to feet.", "Hello there!",
            "Who wrote Hamlet?", "Add 10 and 32.", "Search for the capital of Peru.", "What is 7 kilograms in pounds?",
-           "Tell me a joke.", "Sum 1 and 1 please."]
+           "Tell me a joke.", "Sum 1 and 1 please.", "How hot is 30 celsius in fahrenheit?", "What is 123 + 456?",
+           "Look up the history of Rome.", "Ten kilometres in miles?", "Give me 3 results about cats.",
+           "", "Add minus four and nine.", "Search: \"quoted\" text & symbols {}", "1e3 pounds", "What time is it?"]
 
 
-def test_tool_calls_always_parse_with_valid_arguments(endpoint):
-    llm = ChatRadixLM(endpoint=endpoint, max_tokens=64).bind_tools([add, search, convert], tool_choice="any")
-    schemas = {t.name: t.args_schema for t in (add, search, convert)}
-    replies = llm.batch(PROMPTS)
-    for reply in replies:
-        assert len(reply.tool_calls) == 1 and not reply.invalid_tool_calls
+async def test_tool_calls_always_parse_with_valid_arguments(endpoint):
+    """20 prompts x 3 tools, each tool forced by name, plus the model's own pick among all three: every
+    reply is exactly one call whose arguments validate against its tool and run it."""
+    llm = ChatRadixLM(endpoint=endpoint, max_tokens=64)
+    jobs = [(name, llm.bind_tools(list(TOOLS.values()), tool_choice=name), p) for name in TOOLS for p in PROMPTS]
+    jobs += [(None, llm.bind_tools(list(TOOLS.values()), tool_choice="any"), p) for p in PROMPTS]
+    replies = await asyncio.gather(*(bound.ainvoke(p) for _, bound, p in jobs))
+    for (forced, _, prompt), reply in zip(jobs, replies):
+        assert len(reply.tool_calls) == 1 and not reply.invalid_tool_calls, (prompt, reply)
         call = reply.tool_calls[0]
-        schemas[call["name"]].model_validate(call["args"])  # raises when the arguments are invalid
+        assert call["name"] == (forced or call["name"]) and reply.response_metadata["finish_reason"] == "tool_calls"
+        TOOLS[call["name"]].args_schema.model_validate(call["args"])  # raises when the arguments are invalid
+        assert isinstance(TOOLS[call["name"]].invoke(call), ToolMessage)
 
 
 def test_named_tool_choice_and_auto(endpoint):
@@ -107,6 +121,19 @@ def test_structured_output_is_a_valid_object(endpoint, method):
     assert isinstance(city, City)
 
 
+@pytest.mark.parametrize("strategy", ["ToolStrategy", "ProviderStrategy"])
+def test_create_agent_structured_response(endpoint, strategy):
+    """`create_agent` with a response format: ToolStrategy binds it as a tool with tool_choice="any",
+    ProviderStrategy as an OpenAI-style `response_format` next to the tools; both yield a valid object."""
+    agents = pytest.importorskip("langchain.agents")
+    from langchain.agents import structured_output
+
+    agent = agents.create_agent(ChatRadixLM(endpoint=endpoint, max_tokens=64), [search],
+                                response_format=getattr(structured_output, strategy)(City))
+    state = agent.invoke({"messages": [HumanMessage("Describe Paris.")]}, {"recursion_limit": 8})
+    assert isinstance(state["structured_response"], City)
+
+
 def test_tool_loop_reuses_the_cached_prefix(endpoint):
     llm = ChatRadixLM(endpoint=endpoint, max_tokens=64).bind_tools([add, search, convert], tool_choice="any")
     messages = [HumanMessage("Add 1 and 2, then keep adding.")]
@@ -123,10 +150,48 @@ def test_tool_loop_reuses_the_cached_prefix(endpoint):
 
 
 def test_llm_batch_reaches_the_engine_as_one_batch(endpoint, client):
-    llm = RadixLLM(endpoint=endpoint, max_tokens=8, logprobs=True)
-    before = client.stats()["extend_passes"]
-    result = llm.generate([f"Question {i}: what is {i} + {i}?" for i in range(16)])
-    passes = client.stats()["extend_passes"] - before
-    assert len(result.generations) == 16
-    assert all(g[0].generation_info["logprobs"]["content"] for g in result.generations)
-    assert passes <= 4, passes
+    """`BaseLLM.batch` hands all 16 prompts to `_generate` at once, which sends them together: the engine
+    prefills them in a few passes and decodes them side by side. Sent one at a time, each prompt would
+    take its own prefill pass and its own decode passes (one token per pass)."""
+    llm = RadixLLM(endpoint=endpoint, max_tokens=8)
+    keys = ("requests_finished", "extend_passes", "decode_passes", "generated_tokens")
+    before = client.stats()
+    texts = llm.batch([f"Question {i}: what is {i} + {i}?" for i in range(16)], ignore_eos=True)
+    after = client.stats()
+    delta = {k: after[k] - before[k] for k in keys}
+    assert len(texts) == 16 and all(isinstance(t, str) and t for t in texts)
+    assert delta["requests_finished"] == 16 and delta["generated_tokens"] == 16 * 8, delta
+    assert delta["extend_passes"] <= 4, delta
+    assert delta["generated_tokens"] >= 4 * delta["decode_passes"], delta
+
+
+def test_llm_generation_info_has_logprobs(endpoint):
+    result = RadixLLM(endpoint=endpoint, max_tokens=4, logprobs=True).generate(["Hello", "Bye"])
+    for (g,) in result.generations:
+        assert len(g.generation_info["logprobs"]["content"]) == g.generation_info["completion_tokens"] > 0
+
+
+def _example_module():
+    path = Path(__file__).resolve().parents[1] / "examples" / "langchain_react.py"
+    spec = importlib.util.spec_from_file_location("langchain_react_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("agent, question", [("react_core", "How tall is the Eiffel Tower in feet?"),
+                                             ("react_agent", "How long is the Great Wall of China in miles?")])
+def test_example_agents_call_tools_answer_and_reuse_the_cache(endpoint, client, agent, question):
+    """The example's two agents (langchain-core loop, `create_agent`): they call tools, answer by the last
+    step, every later step finds >= 80% of its prompt cached, and all calls of a run share one trace."""
+    if agent == "react_agent":
+        pytest.importorskip("langchain.agents")
+    example = _example_module()
+    traces_before = set(client.stats()["traces"])
+    messages = getattr(example, agent)(ChatRadixLM(endpoint=endpoint, max_tokens=64), question, max_steps=3)
+    steps = [m for m in messages if isinstance(m, AIMessage)]
+    assert steps[0].tool_calls and not steps[-1].tool_calls and steps[-1].content and len(steps) <= 3
+    assert sum(isinstance(m, ToolMessage) for m in messages) == sum(len(s.tool_calls) for s in steps)
+    assert all(r >= 0.8 for r in example.cache_reuse(messages)[1:]), example.cache_reuse(messages)
+    new_traces = {k: v for k, v in client.stats()["traces"].items() if k not in traces_before}
+    assert [t["calls"] for t in new_traces.values()] == [len(steps)], new_traces

@@ -14,7 +14,9 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from radixlm.adapters import langchain_common
 from radixlm.adapters.langchain import ChatRadixLM, RadixLLM
-from radixlm.adapters.langchain_tools import parse_reply, to_engine_messages, tool_call_grammar, tools_prompt
+from radixlm.adapters.langchain_tools import (parse_reply, text_answer_schema, tighten, to_engine_messages,
+                                              tool_call_grammar)
+from radixlm.client import Result
 
 UNUSED = "ipc:///nonexistent/radixlm-unit-test.sock"
 
@@ -73,14 +75,18 @@ def test_tool_grammar_covers_each_tool_and_the_answer_only_for_auto():
         "type": "object", "properties": {"i": {"$ref": "#/$defs/I"}}, "$defs": {"I": {"type": "integer"}}}}}
     hoisted = tool_call_grammar([raw], "any")
     assert hoisted["properties"]["arguments"]["properties"]["i"] == {"$ref": "#/$defs/t0_I"}
-    assert hoisted["$defs"] == {"t0_I": {"type": "integer"}}
+    assert hoisted["$defs"] == {"t0_I": {"type": "integer", "minimum": -(2**53 - 1), "maximum": 2**53 - 1}}
+    assert tighten({"type": "integer", "exclusiveMinimum": 0}) == {"type": "integer", "exclusiveMinimum": 0,
+                                                                   "maximum": 2**53 - 1}
     assert auto["anyOf"][2]["required"] == ["answer"]
     assert len(tool_call_grammar(tools, "any")["anyOf"]) == 2
     named = tool_call_grammar(tools, "add")
     assert named["properties"]["name"] == {"const": "add"} and named["additionalProperties"] is False
     with pytest.raises(ValueError):
         tool_call_grammar(tools, "nope")
-    assert "answer" in tools_prompt(tools, "auto") and "answer" not in tools_prompt(tools, "any")
+    assert tool_call_grammar(tools, "none") == text_answer_schema()
+    assert tool_call_grammar(tools, "auto", answer=text_answer_schema(40))["anyOf"][2]["properties"]["answer"] == \
+        {"type": "string", "maxLength": 40}
 
 
 def test_replies_parse_into_tool_calls_or_answers():
@@ -89,6 +95,8 @@ def test_replies_parse_into_tool_calls_or_answers():
     assert parse_reply('{"answer": "hi \\"there\\""}')[0] == 'hi "there"'
     assert parse_reply('{"answer": "cut sho')[0] == "cut sho"
     assert parse_reply('{"name": "add", "argu')[2][0]["type"] == "invalid_tool_call"
+    city = '{"name": "Paris", "population": 2}'
+    assert parse_reply(city, json_answer=True) == (city, [], [])
 
 
 def test_bind_tools_normalises_tool_choice():
@@ -115,3 +123,43 @@ def test_trace_id_is_the_root_run_of_the_tree():
         outer.invoke("hi", config={"run_id": __import__("uuid").UUID(int=7)})
     trace, parent = seen[0]
     assert trace == str(__import__("uuid").UUID(int=7)) and parent != __import__("uuid").UUID(int=7)
+
+
+class FakeClient:
+    """Records what the adapter sends and replies with canned text."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply, self.sent = reply, []
+
+    def generate(self, prompt, **opts):
+        self.sent.append((prompt, opts))
+        return Result(text=self.reply, output_ids=[], finish_reason="stop", prompt_tokens=10, cached_tokens=8,
+                      completion_tokens=3)
+
+
+def fake_model(monkeypatch, reply: str, **params) -> tuple[ChatRadixLM, FakeClient]:
+    client = FakeClient(reply)
+    monkeypatch.setattr(ChatRadixLM, "_client", lambda self: client)
+    return ChatRadixLM(endpoint=UNUSED, **params), client
+
+
+def test_tool_choice_keeps_the_prompt_and_none_forces_a_short_answer(monkeypatch):
+    llm, client = fake_model(monkeypatch, '{"answer": "five"}', max_tokens=16)
+    assert llm.bind_tools([add], tool_choice="none").invoke("2 + 3?").content == "five"
+    llm.bind_tools([add], tool_choice="any").invoke("2 + 3?")
+    (none_prompt, none_opts), (any_prompt, any_opts) = client.sent
+    assert none_prompt == any_prompt  # the cached prefix survives a change of tool_choice
+    assert none_opts["json_schema"] == text_answer_schema(64) and none_opts["max_new_tokens"] == 16
+    assert any_opts["max_new_tokens"] == llm.tool_max_tokens
+
+
+def test_response_format_is_the_answer_schema_next_to_the_tools(monkeypatch):
+    llm, client = fake_model(monkeypatch, '{"name": "Paris", "population": 2}')
+    fmt = {"type": "json_schema", "json_schema": {"name": "City", "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "population": {"type": "integer"}}}}}
+    reply = llm.bind_tools([add], response_format=fmt).invoke("Paris?")
+    assert json.loads(reply.content) == {"name": "Paris", "population": 2} and not reply.tool_calls
+    answer = client.sent[0][1]["json_schema"]["anyOf"][1]
+    assert answer["properties"]["name"] == {"type": "string", "maxLength": 100}
+    llm.bind(response_format={"type": "json_object"}).invoke("Paris?")
+    assert client.sent[1][1]["json_schema"] == {"type": "object"}

@@ -91,8 +91,23 @@ def _count(run: AgentRun, history: list[dict]) -> None:
     run.cached_tokens = sum((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0) for u in usages)
 
 
-def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, max_steps: int = 5) -> AgentRun:
-    """A LangChain tool-calling loop (ChatRadixLM.bind_tools, grammar-constrained calls) under one root run."""
+def _solved_example() -> list:
+    """One solved question as chat turns (search, calculator, answer): a 135M model follows a worked
+    example far better than instructions. It is part of every call's prefix, so the cache serves it."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    steps = [("search", {"query": "mount everest"}, search("mount everest")),
+             ("calculator", {"expression": "8849 * 3.281"}, calculator("8849 * 3.281"))]
+    turns: list = [HumanMessage("How high is Mount Everest in feet?")]
+    for i, (name, args, result) in enumerate(steps):
+        turns += [AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"solved{i}"}]),
+                  ToolMessage(result, tool_call_id=f"solved{i}")]
+    return turns + [AIMessage(f"Mount Everest is about {steps[-1][2]} feet high.")]
+
+
+def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, max_steps: int = 4) -> AgentRun:
+    """A LangChain tool-calling loop (ChatRadixLM.bind_tools, grammar-constrained calls) under one root run;
+    its last step must answer (tool_choice="none")."""
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
     from langchain_core.runnables import RunnableLambda
     from langchain_core.tools import tool
@@ -101,14 +116,15 @@ def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, m
 
     run = AgentRun(name, "LangChain", question)
     tools = {t.name: t for t in (tool(_recorded(calculator, run, board)), tool(_recorded(search, run, board)))}
-    agent = ChatRadixLM(endpoint=endpoint, max_tokens=128, temperature=0.0).bind_tools(list(tools.values()),
-                                                                                       tool_choice="auto")
-    messages: list = [SystemMessage(INSTRUCTIONS), HumanMessage(question)]
+    llm = ChatRadixLM(endpoint=endpoint, max_tokens=64, temperature=0.0)
+    act = llm.bind_tools(list(tools.values()), tool_choice="auto")
+    answer = llm.bind_tools(list(tools.values()), tool_choice="none")
+    messages: list = [SystemMessage(INSTRUCTIONS), *_solved_example(), HumanMessage(question)]
 
     def loop(_: object) -> str:
         for step in range(max_steps):
             board.update(name, f"thinking (LM call {step + 1})")
-            reply: AIMessage = agent.invoke(messages)
+            reply: AIMessage = (act if step < max_steps - 1 else answer).invoke(messages)
             usage = reply.usage_metadata or {}
             run.calls += 1
             run.prompt_tokens += usage.get("input_tokens", 0)
