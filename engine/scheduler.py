@@ -232,6 +232,8 @@ class Scheduler:
             if reason is not None:
                 req.status, req.finish_reason = ReqStatus.FINISHED, reason
                 self.running.remove(req)
+                # Share the output's KV now: the agent's next call may be admitted before the ghost pass.
+                self.kv.checkpoint(req)
                 self.finishing.append(req)
                 finished.append(req)
         return finished

@@ -126,6 +126,22 @@ def test_next_call_reuses_prompt_and_generated_tokens():
     assert result.cached_tokens >= len(prompt) + len(out)
 
 
+def test_a_call_admitted_before_the_ghost_pass_still_reuses_the_output():
+    engine = make_engine()
+    prompt = list(range(1, 25))
+    first = engine.add_request(prompt, SamplingParams(max_new_tokens=10, ignore_eos=True))
+    finished = []
+    while not finished:
+        finished = engine.step(allow_ghost_only=False)
+        engine.check_integrity()
+    out = finished[0].output_ids
+    assert finished[0].rid == first.rid and engine.scheduler.only_ghosts_pending()
+    # the agent's next call arrives while the finished call's last-token pass is still pending
+    req = engine.add_request(prompt + out + [7, 8, 9], SamplingParams(max_new_tokens=2))
+    result = run_checked(engine)[req.rid]
+    assert result.cached_tokens >= len(prompt) + len(out) - 1
+
+
 def test_siblings_sharing_an_uncached_prefix_compute_it_once():
     prompts = shared_prefix_prompts(6, 64, seed=6)
     engine = make_engine()
