@@ -55,13 +55,39 @@ def react_step_schema(schema: dict[str, Any], tools: dict[str, Any]) -> dict[str
     return {"anyOf": branches}
 
 
+def cap_strings(schema: Any, max_chars: int) -> Any:
+    """`schema` with a maxLength of `max_chars` on every free string (no maxLength, enum, const,
+    pattern or format of its own), so greedy decoding cannot loop inside one string until
+    max_tokens cuts the JSON off; the output then always parses."""
+    if isinstance(schema, list):
+        return [cap_strings(item, max_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: cap_strings(v, max_chars) if k not in ("enum", "const") else v for k, v in schema.items()}
+    types = out.get("type")
+    if (types == "string" or (isinstance(types, list) and "string" in types)) and \
+            not ({"maxLength", "enum", "const", "pattern", "format"} & out.keys()):
+        out["maxLength"] = max_chars
+    return out
+
+
+def string_budget(max_tokens: int | None, schema: dict[str, Any]) -> int:
+    """Characters each free string of an output may take: the token budget (about 3 characters a
+    token), shared by the top-level string fields and a share for the JSON around them."""
+    tokens = max_tokens or 512
+    branches = schema.get("anyOf", [schema])
+    strings = max(sum(1 for p in b.get("properties", {}).values() if p.get("type") == "string") for b in branches)
+    return max(32, 3 * tokens // (strings + 1))
+
+
 class JSONAdapter(dspy.JSONAdapter):
     """dspy.JSONAdapter that, on a radixlm LM, always sends the full output schema as a
     json_schema constraint (DSPy itself falls back to schema-less JSON mode for signatures with
     dict fields, such as ReAct's). Other LMs get DSPy's behaviour unchanged. A response_format
     passed by the caller wins. Inside a running dspy.ReAct, each tool's arguments are held to that
     tool's parameters (`react_step_schema`). Otherwise `flat_mappings=True` (default) holds
-    dict[str, Any] fields to objects of scalar values; False allows any JSON values."""
+    dict[str, Any] fields to objects of scalar values; False allows any JSON values. Free strings
+    are capped to a share of max_tokens (`cap_strings`), so the reply is complete JSON."""
 
     def __init__(self, *args: Any, flat_mappings: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,6 +99,8 @@ class JSONAdapter(dspy.JSONAdapter):
         try:
             schema = output_schema(signature, self.use_native_function_calling, self.flat_mappings)
             schema = react_step_schema(schema, current_tools() or {})
+            max_tokens = lm_kwargs.get("max_tokens", lm.kwargs.get("max_tokens"))
+            schema = cap_strings(schema, string_budget(max_tokens, schema))
         except Exception:
             return super()._prepare_response_format(lm, lm_kwargs, signature)
         lm_kwargs["response_format"] = {"type": "json_schema",

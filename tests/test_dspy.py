@@ -10,8 +10,7 @@ import dspy
 import pytest
 
 import radixlm
-from radixlm.adapters.dspy import LM, AsyncRadixEngine, ChatAdapter, JSONAdapter, RadixEngine, output_schema
-from radixlm.adapters.dspy_adapters import react_step_schema
+from radixlm.adapters.dspy import LM, AsyncRadixEngine, ChatAdapter, JSONAdapter, RadixEngine
 
 pytestmark = pytest.mark.slow
 
@@ -75,14 +74,6 @@ def test_json_adapter_sends_a_schema_and_its_output_parses(lm):
     assert set(schema["properties"]) == {"country", "population_millions", "is_capital"}
 
 
-def test_radix_json_adapter_constrains_open_mappings():
-    react = dspy.ReAct("question -> answer", tools=[lambda x: x], max_iters=1)
-    schema = output_schema(react.react.signature, True)
-    assert schema["properties"]["next_tool_name"]["enum"] == ["<lambda>", "finish"]
-    assert schema["properties"]["next_tool_args"]["type"] == "object"
-    assert set(schema["required"]) == {"next_thought", "next_tool_name", "next_tool_args"}
-
-
 def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression like '2 * 21'."""
     try:
@@ -102,18 +93,6 @@ class AgentTask(dspy.Signature):
 
     question: str = dspy.InputField()
     answer: str = dspy.OutputField()
-
-
-def test_react_step_grammar_holds_each_tool_to_its_parameters():
-    react = dspy.ReAct(AgentTask, tools=[calculator, search], max_iters=1)
-    schema = react_step_schema(output_schema(react.react.signature, False), react.tools)
-    by_tool = {b["properties"]["next_tool_name"]["const"]: b["properties"]["next_tool_args"] for b in schema["anyOf"]}
-    assert by_tool["calculator"]["properties"] == {"expression": {"type": "string"}}
-    assert by_tool["search"]["required"] == ["query"] and by_tool["finish"]["properties"] == {}
-    assert all(args["additionalProperties"] is False for args in by_tool.values())
-    # a signature that is not a ReAct step, or tools that do not match its names, pass unchanged
-    plain = output_schema(dspy.Predict(Facts).signature, False)
-    assert react_step_schema(plain, react.tools) is plain
 
 
 def test_react_reuses_prefixes_and_carries_one_trace(client, lm):
