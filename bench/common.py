@@ -67,6 +67,18 @@ def optimal_hit_rate(calls: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tu
     return ((total - computed) / total if total else 0.0), total - computed, total
 
 
+class FirstTokenTimer:
+    """HF logits processor that records when generate produced its first logits (the end of prefill)."""
+
+    def __init__(self) -> None:
+        self.time: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.time is None:
+            self.time = time.perf_counter()
+        return scores
+
+
 def load_hf_model(folder: str | Path):
     """The HF transformers baseline: float32, eval mode (call it under torch.inference_mode())."""
     from transformers import AutoModelForCausalLM

@@ -15,20 +15,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from radixlm.engine.grammar import GrammarSpec
 from radixlm.engine.tokenizer import Tokenizer
 
-from .common import load_hf_model
+from .common import FirstTokenTimer, load_hf_model
 from .peer_backend import PeerBackend, trim_stop
-
-
-class _FirstToken(LogitsProcessor):
-    """Records when generate produced its first logits (the end of prefill)."""
-
-    def __init__(self) -> None:
-        self.time: float | None = None
-
-    def __call__(self, input_ids, scores):
-        if self.time is None:
-            self.time = time.perf_counter()
-        return scores
 
 
 class _Grammar(LogitsProcessor):
@@ -53,7 +41,7 @@ class HFBackend(PeerBackend):
         self.eos = self.tok.hf.eos_token_id
 
     def _generate(self, ids, max_new_tokens, stop, grammar: GrammarSpec | None, t0):
-        first = _FirstToken()
+        first = FirstTokenTimer()
         processors = [first]
         if grammar is not None:
             processors.append(_Grammar(self.grammar_backend().new_state(grammar), len(ids)))

@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    load_hf_model, markdown_table, optimal_hit_rate, print_table, save_results, setup_torch, warn_if_busy,
+    FirstTokenTimer, load_hf_model, markdown_table, optimal_hit_rate, print_table, save_results, setup_torch,
+    warn_if_busy,
 )
 
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
@@ -111,18 +112,6 @@ def run_engine(loaded, config: EngineConfig, prompts: list[list[int]]) -> dict:
     return out
 
 
-class _FirstToken:
-    """Logits processor that records when generate produced its first logits (end of prefill)."""
-
-    def __init__(self) -> None:
-        self.time: float | None = None
-
-    def __call__(self, input_ids, scores):
-        if self.time is None:
-            self.time = time.perf_counter()
-        return scores
-
-
 def run_hf(model, prompts: list[list[int]], total_requests: int, eos: int) -> dict:
     """Serve `prompts` one at a time; rates per request extrapolate to the whole queue."""
     from transformers import LogitsProcessorList
@@ -133,7 +122,7 @@ def run_hf(model, prompts: list[list[int]], total_requests: int, eos: int) -> di
         model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=2, do_sample=False, pad_token_id=eos)
         for ids in prompts:
             inp = torch.tensor([ids])
-            rec = _FirstToken()
+            rec = FirstTokenTimer()
             t0 = time.perf_counter()
             out = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=OUTPUT_TOKENS,
                                  min_new_tokens=OUTPUT_TOKENS, do_sample=False, pad_token_id=eos,

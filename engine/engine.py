@@ -254,9 +254,11 @@ class Engine:
         s.generated_tokens += sampled
         if batch.mode is ForwardMode.EXTEND:
             s.extend_passes += 1
+            s.extend_seconds += seconds
             s.computed_tokens += sum(batch.extend_lens) + len(batch.ghosts)
         else:
             s.decode_passes += 1
+            s.decode_seconds += seconds
             s.computed_tokens += len(batch.reqs) + len(batch.ghosts)
         s.evicted_tokens = self.kv.evicted_tokens
         s.retractions = self.scheduler.retractions

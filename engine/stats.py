@@ -30,6 +30,8 @@ class EngineStats:
     extend_passes: int = 0
     decode_passes: int = 0
     busy_seconds: float = 0.0
+    extend_seconds: float = 0.0  # busy_seconds split by pass kind: extend (prefill, jump-forward) ...
+    decode_seconds: float = 0.0  # ... and decode
     traces: dict[str, TraceStats] = field(default_factory=dict)
 
     def record_finished(self, trace_id: str | None, prompt: int, cached: int, output: int) -> None:

@@ -124,6 +124,10 @@ def test_next_call_reuses_prompt_and_generated_tokens():
     req = engine.add_request(follow, SamplingParams(max_new_tokens=2))
     result = run_checked(engine)[req.rid]
     assert result.cached_tokens >= len(prompt) + len(out)
+    stats = engine.stats_dict()
+    assert stats["extend_passes"] >= 2 and stats["decode_passes"] >= 9
+    assert stats["extend_seconds"] > 0 and stats["decode_seconds"] > 0
+    assert stats["extend_seconds"] + stats["decode_seconds"] == pytest.approx(stats["busy_seconds"])
 
 
 def test_a_call_admitted_before_the_ghost_pass_still_reuses_the_output():
