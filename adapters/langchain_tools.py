@@ -148,8 +148,8 @@ def arguments_schema(parameters: dict | None, prefix: str, defs: dict[str, Any])
 
 
 def text_answer_schema(max_chars: int | None = None) -> dict:
-    """Schema of a plain final answer {"answer": <text of at most `max_chars` characters>}."""
-    text: dict[str, Any] = {"type": "string"}
+    """Schema of a plain final answer {"answer": <non-empty text of at most `max_chars` characters>}."""
+    text: dict[str, Any] = {"type": "string", "minLength": 1}
     if max_chars:
         text["maxLength"] = max_chars
     return {"type": "object", "properties": {"answer": text}, "required": ["answer"], "additionalProperties": False}

@@ -86,7 +86,7 @@ def test_tool_grammar_covers_each_tool_and_the_answer_only_for_auto():
         tool_call_grammar(tools, "nope")
     assert tool_call_grammar(tools, "none") == text_answer_schema()
     assert tool_call_grammar(tools, "auto", answer=text_answer_schema(40))["anyOf"][2]["properties"]["answer"] == \
-        {"type": "string", "maxLength": 40}
+        {"type": "string", "minLength": 1, "maxLength": 40}
 
 
 def test_replies_parse_into_tool_calls_or_answers():

@@ -12,6 +12,8 @@ KNOWLEDGE = {
     "moon": "The Moon is about 384400 km from Earth and takes 27.3 days to orbit it.",
     "metre": "One metre is about 3.281 feet.",
     "light": "Light travels about 299792 km per second in a vacuum.",
+    "great wall": "The Great Wall of China is about 21196 kilometres long.",
+    "kilometre": "One kilometre is about 0.621 miles.",
 }
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
