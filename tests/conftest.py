@@ -1,12 +1,14 @@
-"""Shared fixtures: the real SmolLM2 model (ours and the HF reference), loaded once per session."""
+"""Shared fixtures: the real SmolLM2 model (ours and the HF reference), loaded once per session, and an
+engine process serving it for one test module."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
 
+import radixlm
 from radixlm.engine.loader import LoadedModel, load_model
 
 
@@ -20,3 +22,13 @@ def hf_smollm2(smollm2: LoadedModel) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(smollm2.folder), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def smollm2_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[radixlm.Client]:
+    """A client of a `radixlm serve` process spawned on SmolLM2 at a private ipc endpoint
+    (`client.conn.endpoint`), shut down after the module."""
+    endpoint = f"ipc://{tmp_path_factory.mktemp('engine') / 'engine.sock'}"
+    client = radixlm.connect(endpoint, model="smollm2", timeout=300)
+    yield client
+    client.shutdown()

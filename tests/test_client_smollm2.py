@@ -22,11 +22,8 @@ QUESTIONS = ["What is the capital of France?", "Name a large animal.", "Write on
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    endpoint = f"ipc://{tmp_path_factory.mktemp('ipc') / 'engine.sock'}"
-    client = radixlm.connect(endpoint, model="smollm2", timeout=120)
-    yield client
-    client.shutdown()
+def served(smollm2_engine):
+    return smollm2_engine
 
 
 def test_sync_async_and_streaming_equal_the_in_process_engine(served, smollm2):

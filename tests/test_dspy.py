@@ -9,18 +9,14 @@ import uuid
 import dspy
 import pytest
 
-import radixlm
 from radixlm.adapters.dspy import LM, AsyncRadixEngine, ChatAdapter, JSONAdapter, RadixEngine
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    endpoint = f"ipc://{tmp_path_factory.mktemp('dspy') / 'engine.sock'}"
-    client = radixlm.connect(endpoint, model="smollm2", timeout=120)
-    yield client
-    client.shutdown()
+def client(smollm2_engine):
+    return smollm2_engine
 
 
 @pytest.fixture

@@ -23,12 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    ep = f"ipc://{tmp_path_factory.mktemp('lc') / 'engine.sock'}"
-    client = radixlm.connect(ep, model="smollm2", timeout=300)
-    yield ep
-    client.shutdown()
-    forget_client(ep, "smollm2")
+def endpoint(smollm2_engine):
+    yield smollm2_engine.conn.endpoint
+    forget_client(smollm2_engine.conn.endpoint, "smollm2")
 
 
 @pytest.fixture(scope="module")
