@@ -39,6 +39,11 @@ class _Live:
     index: int = 0
     sent_tokens: int = 0
     sent_text: str = ""
+    # Incremental detokenization: `text` is the output decoded up to `read_offset` tokens; each step
+    # decodes only ids[prefix_offset:], the tokens since the previous step plus the ones before them.
+    text: str = ""
+    prefix_offset: int = 0
+    read_offset: int = 0
 
 
 class EngineServer:
@@ -221,17 +226,28 @@ class EngineServer:
         if len(ids) <= live.sent_tokens:
             return
         req = live.req
-        text = self.engine.detokenize(ids)
         if req.finish_reason is None:
-            if text.endswith("\ufffd"):
+            if not self._decode_new(live, ids):
                 return  # an incomplete UTF-8 sequence: wait for the next token
-            text = text[: len(text) - _stop_prefix_len(text, req.params.stop)]
-        elif req.stop_text_end is not None:
-            text = text[: req.stop_text_end]
+            text = live.text[: len(live.text) - _stop_prefix_len(live.text, req.params.stop)]
+        else:
+            text = self.engine.detokenize(ids)  # once per request, at its end
+            if req.stop_text_end is not None:
+                text = text[: req.stop_text_end]
         delta = text[len(live.sent_text) :] if text.startswith(live.sent_text) else text
         new_ids = ids[live.sent_tokens :]
         live.sent_tokens, live.sent_text = len(ids), text
         self._send(live.identity, P.Chunk(rid=live.rid, text=delta, token_ids=list(new_ids)))
+
+    def _decode_new(self, live: _Live, ids: list[int]) -> bool:
+        """Extend `live.text` with the new tokens' text; False while it ends inside a UTF-8 sequence."""
+        before = self.engine.detokenize(ids[live.prefix_offset : live.read_offset])
+        after = self.engine.detokenize(ids[live.prefix_offset :])
+        if after.endswith("\ufffd"):
+            return False
+        live.text += after[len(before) :]
+        live.prefix_offset, live.read_offset = live.read_offset, len(ids)
+        return True
 
 
 def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:

@@ -43,6 +43,18 @@ def test_sync_async_and_streaming_equal_the_in_process_engine(served, smollm2):
     assert served.stats(check_integrity=True)["integrity"] == "ok"
 
 
+def test_streamed_text_is_decoded_incrementally_without_broken_characters(served):
+    for prompt in ["Write a line of emoji: 😀🎉", "Écris une phrase en français avec des accents: é, à, ç."]:
+        full = served.generate(prompt, max_new_tokens=40, ignore_eos=True)
+        chunks = list(served.stream(prompt, max_new_tokens=40, ignore_eos=True))
+        assert "".join(c.text for c in chunks) == full.text
+        # a character split across tokens is held back until complete (only a cut-off end stays broken)
+        assert not any("\ufffd" in c.text for c in chunks[:-1])
+        if "🎉" in full.text:  # an emoji takes two tokens: one chunk carries both
+            assert any(len(c.token_ids) > 1 and "🎉" in c.text for c in chunks)
+        assert [t for c in chunks for t in c.token_ids] == full.output_ids
+
+
 def test_cancelling_an_async_task_aborts_its_request(served):
     async def run():
         task = asyncio.create_task(served.aio.generate("Tell me a very long story.", max_new_tokens=2000, ignore_eos=True))
