@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
 from radixlm.engine.grammar import GrammarBackend, GrammarSpec
@@ -20,7 +21,7 @@ from radixlm.lang.chat import CANDIDATES, PROBE, render
 from .calls import CallLog
 
 
-class PeerBackend:
+class PeerBackend(ABC):
     """Backend over a sequential peer; records every call in `self.log` (replace it per workload)."""
 
     def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
@@ -31,17 +32,17 @@ class PeerBackend:
         self._grammars: GrammarBackend | None = None
 
     # -- what subclasses implement --------------------------------------------------------------
+    @abstractmethod
     def _generate(self, ids: list[int], max_new_tokens: int, stop: list[str], grammar: GrammarSpec | None,
                   t0: float) -> tuple[list[int], str, str, int, float]:
         """Greedy generation after `ids`: (output ids, text with the stop string trimmed, finish reason,
         prompt tokens served from the peer's own cache, perf_counter time of the first token)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _score(self, seqs: list[list[int]], starts: list[int]) -> tuple[list[list[float]], list[int]]:
         """Logprobs of seqs[i][starts[i]:] given what precedes each token; all seqs share their
         first min(starts) tokens. Returns (logprobs per seq, prompt tokens of each seq that were
         not computed for it: served from the peer's cache or from the shared part of this call)."""
-        raise NotImplementedError
 
     def flush(self) -> None:
         """Forget any cached state (start a workload cold); peers without a cache have none."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 from .calls import CallLog
@@ -26,7 +27,7 @@ class Unavailable(Exception):
     """The system cannot run here; the message says why (it goes into the results)."""
 
 
-class System:
+class System(ABC):
     """One system: `backend` (program language), `dspy_lm(max_tokens)`, a `log` of its calls."""
 
     name: str
@@ -34,8 +35,9 @@ class System:
     log: CallLog
     backend: Any
 
+    @abstractmethod
     def dspy_lm(self, max_tokens: int):
-        raise NotImplementedError
+        """A dspy.LM on this system that answers with at most `max_tokens` tokens."""
 
     def begin(self) -> None:
         """Start a workload from an empty cache."""
