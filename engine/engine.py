@@ -3,13 +3,15 @@ drive it; one step is one scheduled forward pass (extend or decode) over the pag
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 
 from .attention.select import BACKENDS, make_attention
+from .containment import GeneratorSnapshot, culprits, describe
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
@@ -22,29 +24,39 @@ from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import NoRadixCache, RadixCache
 from .request import GenerationResult, Request, ReqStatus, SamplingParams
 from .sampler import SampleOutput, sample
-from .scheduler import Batch, Scheduler, SchedulerConfig
+from .scheduler import Batch, Scheduler
 from .stats import EngineStats
 from .tokenizer import Tokenizer
+from .validation import Limits, check_params, check_prompt
 
 
+log = logging.getLogger("radixlm.engine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _option(default, help: str, choices=None):  # noqa: A002 - `help` as argparse names it
+    """A config field with the help text (and choices) that its `radixlm serve` flag shows."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """User-facing engine options (the `radixlm serve` flags)."""
+    """User-facing engine options: the single source of the `radixlm serve` flags and of
+    `radixlm.connect(**engine_options)` (see radixlm.config_flags)."""
 
-    kv_cache_tokens: int = 32768
-    max_running_requests: int = 128
-    chunk_size: int = 1024
-    policy: str = "lpm"
-    radix_cache: bool = True
-    max_context: int | None = None
-    reserve_clip: int = 256
-    dedup_min_shared: int = 32
-    dtype: str = "float32"
-    jump_forward: bool = True
-    attention_backend: str = "auto"  # "auto" (torch on CPU, triton on CUDA), "torch" or "triton"
+    kv_cache_tokens: int = _option(32768, "KV pool size in tokens")
+    max_running_requests: int = _option(128, "most requests decoding at once")
+    chunk_size: int = _option(1024, "most prompt tokens per extend pass")
+    policy: str = _option("lpm", "order of the waiting queue", POLICIES)
+    radix_cache: bool = _option(True, "reuse cached prefixes (--no-radix-cache: the cache-off ablation)")
+    max_context: int | None = _option(None, "longest prompt + output (default: the model's)")
+    reserve_clip: int = _option(256, "output tokens reserved per running request at admission, at most")
+    dedup_min_shared: int = _option(32, "shared uncached tokens that make a sibling wait a round to reuse them")
+    dtype: str = _option("float32", "weights and KV precision (bfloat16: about 3x faster prefill and "
+                         "batched decode on CPU)", DTYPES)
+    jump_forward: bool = _option(True, "compute grammar-forced tokens in one pass "
+                                 "(--no-jump-forward: decode them one by one)")
+    attention_backend: str = _option("auto", "attention kernels (auto: torch on CPU, triton on CUDA)", BACKENDS)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -80,15 +92,14 @@ class Engine:
         rows = ReqToTokenPool(config.max_running_requests + 2, max_context + 1, device=model.device)
         cache = RadixCache(pool.allocator) if config.radix_cache else NoRadixCache(pool.allocator)
         self.kv = KVManager(pool, rows, cache)
-        sched_cfg = SchedulerConfig(config.policy, config.chunk_size, config.max_running_requests,
-                                    max_context, config.reserve_clip, config.dedup_min_shared)
         detok = tokenizer.decode if tokenizer else None
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
                                  config.jump_forward, detok)
-        self.scheduler = Scheduler(self.kv, sched_cfg, self.decoding)
+        self.scheduler = Scheduler(self.kv, config, self.decoding)
         self._grammars: GrammarBackend | None = None
         self.stats = EngineStats()
         self.max_context = max_context
+        self.limits = Limits(mcfg.vocab_size, max_context, pool.allocator.capacity)
 
     @classmethod
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
@@ -129,23 +140,16 @@ class Engine:
             "max_running_requests": self.config.max_running_requests,
             "eos_token_ids": sorted(self.decoding.eos),
             "jump_forward": self.config.jump_forward,
+            "config": asdict(self.config),
         }
 
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
                     rid: str | None = None, prefix_only: bool = False, trace_id: str | None = None) -> Request:
         """Queue a request; raises ValueError naming the problem for invalid input. A `prefix_only`
         request computes and caches its prompt and finishes without generating."""
-        params.validate()
         ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise ValueError("prompt is empty")
-        vocab = self.model.cfg.vocab_size
-        if any(t < 0 or t >= vocab for t in ids):
-            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab})")
-        if len(ids) >= self.max_context:
-            raise ValueError(f"prompt is {len(ids)} tokens; the context holds {self.max_context}")
-        if len(ids) + 1 > self.kv.pool.allocator.capacity:
-            raise ValueError(f"prompt is {len(ids)} tokens; the KV pool holds {self.kv.pool.allocator.capacity}")
+        check_prompt(ids, self.limits)
+        check_params(params, self.limits)
         req = Request(ids, params, prefix_only=prefix_only, trace_id=trace_id)
         if params.grammar is not None:
             req.grammar = self.grammars().new_state(params.grammar)
@@ -181,17 +185,74 @@ class Engine:
                 raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")
             return []
         start = time.perf_counter()
-        logits, sample_rows, prompt_plan = self._forward(batch)
+        failed: list[Request] = []
+        ran = self._forward_isolating(batch, failed)
+        if ran is None:
+            return [self._result(r) for r in failed]
+        batch, (logits, sample_rows, prompt_plan) = ran
         for req, first_row, first_pos, count in prompt_plan:
             record_prompt_logprobs(req, logits[first_row : first_row + count], first_pos)
-        out = self._sample(batch.sampling, logits[sample_rows])
+        batch, out = self._sample_isolating(batch, logits[sample_rows], failed)
         now = time.perf_counter()
         for req in batch.sampling:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
         self._count(batch, len(out.tokens), now - start)
-        return [self._result(r) for r in finished]
+        return [self._result(r) for r in failed + finished]
+
+    def _fail(self, batch: Batch, req: Request, message: str, failed: list[Request]) -> None:
+        log.warning("request %s failed alone: %s", req.rid, message)
+        was_ghost = req in batch.ghosts  # finished already: its result was reported
+        self.scheduler.fail(req, message, batch.pending(req))
+        if not was_ghost:
+            failed.append(req)
+
+    def _forward_isolating(self, batch: Batch, failed: list[Request]) -> tuple[Batch, tuple] | None:
+        """Run the pass; if it raises, fail only the requests whose solo pass raises and run the rest
+        (None when nothing is left)."""
+        try:
+            return batch, self._forward(batch)
+        except Exception as exc:  # noqa: BLE001 - attributed to requests below
+            first = exc
+        members = batch.reqs + batch.ghosts
+        bad = culprits(members, lambda r: self._forward(batch.only(r))) if len(members) > 1 else [(members[0], first)]
+        if not bad:  # fails only as a whole: nothing to attribute it to
+            bad = [(r, first) for r in members]
+        for req, exc in bad:
+            self._fail(batch, req, f"the forward pass failed on this request: {describe(exc)}", failed)
+        rest = batch.without([r for r, _ in bad])
+        if not rest.reqs and not rest.ghosts:
+            return None
+        try:
+            return rest, self._forward(rest)
+        except Exception as exc:  # noqa: BLE001 - the rest fails as a group, the engine goes on
+            for req in rest.reqs + rest.ghosts:
+                self._fail(rest, req, f"the forward pass failed: {describe(exc)}", failed)
+            return None
+
+    def _sample_isolating(self, batch: Batch, logits: torch.Tensor, failed: list[Request]) -> tuple[Batch, SampleOutput]:
+        """Sample `batch.sampling` (row i of `logits` is request i); if it raises, fail only the
+        requests whose solo sampling (grammar mask included) raises and sample the rest."""
+        reqs = batch.sampling
+        snapshot = GeneratorSnapshot([r.generator for r in reqs])
+        try:
+            return batch, self._sample(reqs, logits)
+        except Exception as exc:  # noqa: BLE001 - attributed to requests below
+            first = exc
+
+        def alone(i: int) -> None:
+            snapshot.restore()
+            self._sample([reqs[i]], logits[i : i + 1])
+
+        bad = culprits(range(len(reqs)), alone) if len(reqs) > 1 else [(0, first)]
+        bad = bad or [(i, first) for i in range(len(reqs))]
+        for i, exc in bad:
+            self._fail(batch, reqs[i], f"sampling failed on this request (grammar mask or sampler): {describe(exc)}", failed)
+        batch = batch.without([reqs[i] for i, _ in bad])
+        keep = [i for i, r in enumerate(reqs) if r in batch.sampling]
+        snapshot.restore()
+        return batch, self._sample(batch.sampling, logits[keep])
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
         states = [r.grammar for r in reqs]

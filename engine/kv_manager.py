@@ -93,6 +93,11 @@ class KVManager:
         self.table[req.row, : match.length] = match.slots
         req.prefix_node, req.prefix_len, req.kv_len = match.node, match.length, match.length
 
+    def drop_pending(self, req: Request, n: int) -> None:
+        """Free the `n` slots allocated past `kv_len` for a pass that the request no longer takes part in."""
+        if n and req.row is not None:
+            self.pool.allocator.free(self.table[req.row, req.kv_len : req.kv_len + n].clone())
+
     def release(self, req: Request) -> None:
         """Give all of the request's KV to the cache (or the free list) and free its row."""
         if req.row is None:

@@ -22,6 +22,7 @@ from radixlm import protocol as P
 from .engine import Engine, EngineConfig
 from .grammar import GrammarSpec
 from .request import GenerationResult, Request, SamplingParams
+from .validation import check_n
 
 log = logging.getLogger("radixlm.server")
 # How long a finished request's last-token KV pass waits for a next call to ride along with.
@@ -57,6 +58,9 @@ class EngineServer:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # Enforced by libzmq while receiving: a peer sending a larger frame is disconnected before
+        # the engine reads or decodes any of it (clients check the size before sending).
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
         if endpoint.startswith("ipc://"):
             Path(endpoint[len("ipc://") :]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.sock.bind(endpoint)
@@ -123,10 +127,6 @@ class EngineServer:
         if version != P.VERSION:
             self._send(identity, P.Error(rid=rid, code="bad_version", message=f"protocol {version[:32]!r} is not {P.VERSION!r}"))
             return
-        if len(payload) > P.MAX_MESSAGE_BYTES:
-            self._send(identity, P.Error(rid=rid, code="too_large",
-                                         message=f"message of {len(payload)} bytes exceeds {P.MAX_MESSAGE_BYTES}"))
-            return
         try:
             msg = P.decode_request(payload)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -172,20 +172,23 @@ class EngineServer:
 
     def _generate(self, identity: bytes, key: str, msg: P.Generate) -> None:
         n = msg.sampling.n
+        check_n(n, msg.stream)  # before anything is built per sample
         keys = [f"{key}#{i}" for i in range(n)]
         if any(k in self.live for k in keys):
             self._send(identity, P.Error(rid=msg.rid, code="duplicate_request", message=f"request {msg.rid!r} is already running"))
             return
-        if not 1 <= n <= 64:
-            raise ValueError(f"n must be in [1, 64], got {n}")
-        if n > 1 and msg.stream:
-            raise ValueError("streaming supports n = 1 only; send n separate streaming requests")
         ids = self.engine.prompt_ids(text=msg.text, input_ids=msg.input_ids, messages=msg.messages)
         params = sampling_params(msg)
-        reqs = []
-        for i, k in enumerate(keys):
-            sample_params = replace(params, seed=params.seed + i) if params.seed is not None and i else params
-            reqs.append(self.engine.add_request(ids, sample_params, rid=k, prefix_only=msg.prefix_only, trace_id=msg.trace_id))
+        reqs: list[Request] = []
+        try:
+            for i, k in enumerate(keys):
+                sample_params = replace(params, seed=params.seed + i) if params.seed is not None and i else params
+                reqs.append(self.engine.add_request(ids, sample_params, rid=k, prefix_only=msg.prefix_only,
+                                                    trace_id=msg.trace_id))
+        except Exception:
+            for req in reqs:  # all samples or none
+                self.engine.abort(req.rid)
+            raise
         for i, (k, req) in enumerate(zip(keys, reqs)):
             self.live[k] = _Live(identity, msg.rid, req, msg.stream, index=i)
 
@@ -199,11 +202,15 @@ class EngineServer:
                 self._send(live.identity, P.Error(rid=live.rid, code="engine_error", message="engine step failed; see engine log"))
             self.live.clear()
             return
-        for live in [lv for lv in self.live.values() if lv.stream]:
+        for live in [lv for lv in self.live.values() if lv.stream and lv.req.error is None]:
             self._stream(live)
         for result in finished:
             live = self.live.pop(result.rid, None)
-            if live is not None:
+            if live is None:
+                continue
+            if result.error is not None:
+                self._send(live.identity, P.Error(rid=live.rid, code="request_failed", message=result.error))
+            else:
                 self._send(live.identity, self._done(live, result))
 
     def _with_text(self, pairs: list | None) -> list | None:

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence, Union
 import msgspec
 
 from . import protocol as P
+from .config_flags import options_to_flags
 from .connection import Connection, EngineDiedError, EngineError
 from .endpoint import default_endpoint
 
@@ -246,24 +247,10 @@ class AsyncClient:
             await calls.aclose()
 
 
-def _engine_options_to_flags(options: dict[str, Any]) -> list[str]:
-    flags = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            if name not in ("radix_cache", "jump_forward"):
-                raise TypeError(f"unknown boolean engine option {name!r}")
-            if not value:
-                flags.append(flag.replace("--", "--no-", 1))
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
 def spawn_engine(endpoint: str, model: str, **engine_options: Any) -> subprocess.Popen:
     """Start `radixlm serve` as a child process that exits when this process does."""
     cmd = [sys.executable, "-m", "radixlm.cli", "serve", "--model", model, "--endpoint", endpoint,
-           "--parent-pid", str(os.getpid()), *_engine_options_to_flags(engine_options)]
+           "--parent-pid", str(os.getpid()), *options_to_flags(engine_options)]
     proc = subprocess.Popen(cmd)
     atexit.register(lambda: proc.poll() is None and proc.terminate())
     return proc

@@ -80,7 +80,10 @@ class Connection:
         """Queue `msg`; replies with its rid go to `callback` until `forget(rid)`."""
         if self._dead is not None:
             raise self._dead
-        self._outbox.put((P.encode(msg), msg.rid, callback))
+        payload = P.encode(msg)
+        if len(payload) > P.MAX_MESSAGE_BYTES:
+            raise ValueError(f"message of {len(payload)} bytes exceeds the engine's limit of {P.MAX_MESSAGE_BYTES}")
+        self._outbox.put((payload, msg.rid, callback))
         os.write(self._wake_w, b"x")
 
     def forget(self, rid: str) -> None:

@@ -135,8 +135,9 @@ class Done(_Message, tag="done"):
 
 
 class Error(_Message, tag="error"):
-    """`code` is one of: bad_message, bad_version, too_large, invalid_request, unknown_request,
-    duplicate_request, engine_error."""
+    """`code` is one of: bad_message, bad_version, invalid_request (rejected at the door, nothing
+    allocated), request_failed (failed alone inside a step; the others went on), unknown_request,
+    duplicate_request, unauthorized, engine_error."""
 
     code: str
     message: str
