@@ -118,10 +118,12 @@ class Scheduler:
                     self.chunked = req
         pending = [(r, r.fill_len - r.kv_len) for r in self.running]
         if any(n > 1 for _, n in pending):
-            # Grammar-forced tokens (jump-forward) are computed in one extend pass; the other running
-            # requests ride along with their one new token, so a round stays one pass.
+            # Grammar-forced tokens (jump-forward) are computed in extend passes; the other running
+            # requests ride along with their one new token, so a round stays one pass. A run longer
+            # than the chunk budget or the free KV is split across rounds (sampled after its last part).
             for req, n in pending:
-                if n <= budget and self.kv.available() >= n:
+                n = min(n, budget, self.kv.available())
+                if n > 0:
                     self.kv.extend_slots(req, n)
                     reqs.append(req)
                     lens.append(n)

@@ -16,8 +16,8 @@ from radixlm.engine.server import EngineServer
 
 
 @contextmanager
-def fake_server(tmp_path: Path, **cfg) -> Iterator[EngineServer]:
-    engine = Engine(FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
+def fake_server(tmp_path: Path, model: FakeModel | None = None, **cfg) -> Iterator[EngineServer]:
+    engine = Engine(model or FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
     endpoint = f"ipc://{tmp_path / ('e-' + uuid.uuid4().hex[:8] + '.sock')}"
     server = EngineServer(engine, endpoint)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
