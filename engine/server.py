@@ -27,6 +27,8 @@ from .validation import check_n
 log = logging.getLogger("radixlm.server")
 # How long a finished request's last-token KV pass waits for a next call to ride along with.
 GHOST_WAIT_MS = 5
+# How often clients with requests in flight are sent a Heartbeat (a gone client's requests are aborted).
+CLIENT_PROBE_S = 1.0
 
 
 @dataclass
@@ -66,6 +68,7 @@ class EngineServer:
         self.sock.bind(endpoint)
         self.live: dict[str, _Live] = {}
         self._stopping = False
+        self._last_probe = time.monotonic()
 
     def stop(self) -> None:
         self._stopping = True
@@ -83,6 +86,8 @@ class EngineServer:
                 if self.engine.has_work():
                     # A back-to-back call should not queue behind a lone ghost pass: let it ride along.
                     self._step(allow_ghost_only=not arrived)
+                if time.monotonic() - self._last_probe >= CLIENT_PROBE_S:
+                    self._probe_clients()
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.info("parent process %d exited; shutting down", self.parent_pid)
                     break
@@ -116,6 +121,12 @@ class EngineServer:
                     self.engine.abort(key)
                     del self.live[key]
             return False
+
+    def _probe_clients(self) -> None:
+        """Heartbeat every client with requests in flight; `_send` aborts the requests of one that is gone."""
+        self._last_probe = time.monotonic()
+        for identity in {live.identity for live in self.live.values()}:
+            self._send(identity, P.Heartbeat())
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) != 3:

@@ -19,7 +19,7 @@ import msgspec
 
 from . import protocol as P
 from .config_flags import options_to_flags
-from .connection import Connection, EngineDiedError, EngineError
+from .connection import HEARTBEAT_TIMEOUT_S, Connection, EngineDiedError, EngineError
 from .endpoint import default_endpoint
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
@@ -265,16 +265,20 @@ def _ready(conn: Connection, wait: float) -> dict | None:
 
 
 def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool = True,
-            timeout: float | None = None, startup_timeout: float = 600.0, **engine_options: Any) -> Client:
+            timeout: float | None = None, startup_timeout: float = 600.0,
+            heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, **engine_options: Any) -> Client:
     """Attach to the engine at `endpoint` (default: the user's ipc socket) or, if none answers and
-    `spawn` is true, start one on `model` with `engine_options` (EngineConfig fields) and wait for it."""
+    `spawn` is true, start one on `model` with `engine_options` (EngineConfig fields, the same names
+    as the `radixlm serve` flags) and wait for it. A call fails with EngineDiedError when the engine
+    sends nothing for `heartbeat_timeout` seconds."""
     endpoint = endpoint or default_endpoint()
     socket_file = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
     if socket_file is None or socket_file.exists():
-        conn = Connection(endpoint)
+        conn = Connection(endpoint, heartbeat_timeout=heartbeat_timeout)
         pong = _ready(conn, 1.0)
         if pong is not None:
-            conn.engine_pid = pong["pid"]
+            if socket_file is not None:  # same host: its pid is ours to watch too
+                conn.engine_pid = pong["pid"]
             return Client(conn, timeout)
         conn.close()
         if not spawn:
@@ -284,7 +288,7 @@ def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool 
     print(f"radixlm: starting an engine for {model!r} at {endpoint} (the first start converts the model once)",
           file=sys.stderr)
     proc = spawn_engine(endpoint, model, **engine_options)
-    conn = Connection(endpoint, proc)
+    conn = Connection(endpoint, proc, heartbeat_timeout)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

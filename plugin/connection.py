@@ -1,8 +1,12 @@
 """One client's link to the engine: a background I/O thread owns the DEALER socket.
 
 Callers on any thread (or asyncio loop) hand messages to `send` with a callback; the I/O thread
-forwards them, routes each reply to the callback registered for its rid, and watches the engine
-process: if it dies, every pending callback receives an EngineDiedError within about 0.3 s.
+forwards them, routes each reply to the callback registered for its rid, and watches the engine.
+Liveness is a heartbeat over the socket, so it works for an engine on another host: while calls are
+pending the thread pings the engine every second, and if nothing at all arrives from it for
+`heartbeat_timeout` seconds (frozen, unreachable, or dead) every pending callback receives an
+EngineDiedError. A spawned child, or an engine on this host's ipc socket, is also watched by its pid:
+its exit is noticed within about 0.3 s.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from . import protocol as P
 
 log = logging.getLogger("radixlm.client")
 LIVENESS_INTERVAL_S = 0.25
+HEARTBEAT_INTERVAL_S = 1.0
+# A step of a large model on a CPU can keep the engine from answering for many seconds: be patient.
+HEARTBEAT_TIMEOUT_S = 60.0
 
 Callback = Callable[[Union[P.Response, Exception]], None]
 
@@ -56,8 +63,9 @@ def _pid_alive(pid: int) -> bool:
 class Connection:
     """DEALER socket + I/O thread + per-rid reply routing + engine liveness watch."""
 
-    def __init__(self, endpoint: str, process: subprocess.Popen | None = None) -> None:
-        self.endpoint, self.process = endpoint, process
+    def __init__(self, endpoint: str, process: subprocess.Popen | None = None,
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S) -> None:
+        self.endpoint, self.process, self.heartbeat_timeout = endpoint, process, heartbeat_timeout
         self.engine_pid: int | None = process.pid if process else None
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
@@ -70,6 +78,7 @@ class Connection:
         self._lock = threading.Lock()
         self._dead: Exception | None = None
         self._closing = False
+        self._last_heard = self._last_ping = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="radixlm-io", daemon=True)
         self._thread.start()
 
@@ -127,6 +136,8 @@ class Connection:
                 continue
             if callback is not None:
                 with self._lock:
+                    if not self._pending:  # the engine owes us nothing until now
+                        self._last_heard = time.monotonic()
                     self._pending[rid] = callback
             self._sock.send_multipart([P.VERSION, payload])
 
@@ -136,6 +147,7 @@ class Connection:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self._last_heard = time.monotonic()
             try:
                 msg = P.decode_response(frames[-1])
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -151,15 +163,20 @@ class Connection:
     def _check_engine(self) -> None:
         if self._dead is not None:
             return
-        if self.process is not None:
-            code = self.process.poll()
-            dead = code is not None
-            why = f"engine process {self.process.pid} exited with code {code}"
-        elif self.engine_pid is not None:
-            dead = not _pid_alive(self.engine_pid)
-            why = f"engine process {self.engine_pid} is gone"
-        else:
-            return
+        dead, why = False, ""
+        if self.process is not None and self.process.poll() is not None:
+            dead, why = True, f"engine process {self.process.pid} exited with code {self.process.returncode}"
+        elif self.process is None and self.engine_pid is not None and not _pid_alive(self.engine_pid):
+            dead, why = True, f"engine process {self.engine_pid} is gone"
+        elif self._pending:
+            now = time.monotonic()
+            silent = now - self._last_heard
+            if silent > self.heartbeat_timeout:
+                dead, why = True, (f"engine at {self.endpoint} did not answer for {silent:.1f} s "
+                                   f"(heartbeat_timeout {self.heartbeat_timeout} s): frozen, unreachable or dead")
+            elif now - self._last_ping >= HEARTBEAT_INTERVAL_S:
+                self._last_ping = now
+                self._sock.send_multipart([P.VERSION, P.encode(P.Ping(rid="heartbeat"))])
         if dead:
             self._dead = EngineDiedError(why)
             with self._lock:

@@ -149,7 +149,14 @@ class Reply(_Message, tag="reply"):
     data: dict[str, Any] = {}
 
 
-Response = Union[Chunk, Done, Error, Reply]
+class Heartbeat(_Message, tag="heartbeat"):
+    """Sent by the engine about once a second to each client with requests in flight: a client that
+    is gone is found this way (its requests are aborted) even when it streams nothing."""
+
+    rid: str = ""
+
+
+Response = Union[Chunk, Done, Error, Reply, Heartbeat]
 
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _response_decoder = msgspec.msgpack.Decoder(Response)

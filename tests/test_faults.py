@@ -135,7 +135,7 @@ def test_server_streams_survive_a_validation_a_grammar_and_a_forward_culprit(tmp
         c.close()
 
 
-@pytest.mark.parametrize("cfg", [dict(chunk_size=8), dict(kv_cache_tokens=40, reserve_clip=1)])
+@pytest.mark.parametrize("cfg", [dict(kv_cache_tokens=2048, chunk_size=8), dict(kv_cache_tokens=40, reserve_clip=1)])
 def test_a_forced_run_longer_than_the_chunk_or_the_free_kv_is_split_not_skipped(cfg):
     """Jump-forward appends grammar-forced tokens to be computed later; a run of 24 of them cannot
     fit one pass here, so it is computed in parts and the request goes on exactly as the model says."""
