@@ -365,7 +365,9 @@ class Engine:
         self.kv.check_integrity(self.scheduler.live())
 
     def flush_cache(self) -> None:
-        """Drop every cached prefix (only when idle)."""
+        """Drop every cached prefix (only when idle; pending last-token passes are dropped too)."""
+        if self.scheduler.only_ghosts_pending():
+            self.scheduler.drop_ghost_passes()
         if self.has_work():
             raise ValueError("cannot flush the cache while requests are running")
         self.kv.cache.reset()

@@ -195,13 +195,19 @@ class Scheduler:
                 self.kv.release(req)
         return kept
 
+    def drop_ghost_passes(self) -> bool:
+        """Release finished requests without computing their last token's KV; False if there were none."""
+        if not self.finishing:
+            return False
+        for req in self.finishing:
+            self.kv.release(req)
+        self.finishing = []
+        return True
+
     def _retract_one(self, exclude: Request | None = None) -> bool:
         """Free memory: first drop pending ghost passes, then requeue the least-progressed running
         request. Returns False when there was nothing to free."""
-        if self.finishing:
-            for req in self.finishing:
-                self.kv.release(req)
-            self.finishing = []
+        if self.drop_ghost_passes():
             return True
         victims = [r for r in self.running if r is not exclude]
         if not victims:

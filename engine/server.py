@@ -7,6 +7,7 @@ cannot even be routed, a log line); it never stops the loop or touches other cli
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import msgspec
 import zmq
 
 from radixlm import protocol as P
+from radixlm.auth import needs_curve, owner_token_path, serve_with_curve, write_owner_token
 
 from .engine import Engine, EngineConfig
 from .grammar import GrammarSpec
@@ -49,13 +51,29 @@ class _Live:
     read_offset: int = 0
 
 
+def check_bind_allowed(endpoint: str, curve_keys: Path | None) -> None:
+    """Refuse TCP beyond loopback without CurveZMQ keys (see radixlm.auth)."""
+    if needs_curve(endpoint) and curve_keys is None:
+        raise PermissionError(f"refusing to serve {endpoint} without authentication: anyone who reaches it "
+                              "could use and stop the engine; give a CurveZMQ keys directory (--curve-keys, "
+                              "see radixlm.auth.create_keys) or bind a loopback address")
+
+
 class EngineServer:
     """Serves one Engine on `endpoint` until a Shutdown message, `stop()`, or the parent's death."""
 
-    def __init__(self, engine: Engine, endpoint: str, parent_pid: int | None = None) -> None:
+    def __init__(self, engine: Engine, endpoint: str, parent_pid: int | None = None,
+                 curve_keys: Path | None = None) -> None:
+        """`curve_keys`: a keys directory (radixlm.auth); required for TCP beyond loopback."""
+        check_bind_allowed(endpoint, curve_keys)
         self.engine, self.endpoint, self.parent_pid = engine, endpoint, parent_pid
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
+        self._authenticator = serve_with_curve(self.sock, Path(curve_keys)) if curve_keys is not None else None
+        # ipc sockets sit in the owner's 0700 directory and curve admits only listed keys: every peer is
+        # trusted. On loopback TCP any local user may connect, so Shutdown/Flush need the owner token.
+        trusted = endpoint.startswith("ipc://") or curve_keys is not None
+        self.owner_token = None if trusted else write_owner_token(endpoint)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -93,6 +111,10 @@ class EngineServer:
                     break
         finally:
             self.sock.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
+            if self.owner_token is not None:
+                owner_token_path(self.endpoint).unlink(missing_ok=True)
             if self.endpoint.startswith("ipc://"):
                 try:
                     os.unlink(self.endpoint[len("ipc://") :])
@@ -174,12 +196,18 @@ class EngineServer:
                 self.engine.check_integrity()
                 data["integrity"] = "ok"
             self._send(identity, P.Reply(rid=msg.rid, data=data))
+        elif isinstance(msg, (P.Flush, P.Shutdown)) and not self._is_owner(msg.token):
+            self._send(identity, P.Error(rid=msg.rid, code="unauthorized",
+                                         message=f"{type(msg).__name__} needs the owner token on {self.endpoint}"))
         elif isinstance(msg, P.Flush):
             self.engine.flush_cache()
             self._send(identity, P.Reply(rid=msg.rid, data={"flushed": True}))
         elif isinstance(msg, P.Shutdown):
             self._send(identity, P.Reply(rid=msg.rid, data={"shutdown": True}))
             self.stop()
+
+    def _is_owner(self, token: str | None) -> bool:
+        return self.owner_token is None or (token is not None and hmac.compare_digest(token, self.owner_token))
 
     def _generate(self, identity: bytes, key: str, msg: P.Generate) -> None:
         n = msg.sampling.n
@@ -300,11 +328,13 @@ def sampling_params(msg: P.Generate) -> SamplingParams:
     )
 
 
-def run_server(model: str, endpoint: str, config: EngineConfig, parent_pid: int | None = None) -> None:
+def run_server(model: str, endpoint: str, config: EngineConfig, parent_pid: int | None = None,
+               curve_keys: Path | None = None) -> None:
     """Load `model`, bind `endpoint` and serve until shut down."""
     logging.basicConfig(level=logging.INFO, format="radixlm engine: %(message)s")
+    check_bind_allowed(endpoint, curve_keys)  # before the model load, not after
     start = time.perf_counter()
     engine = Engine.from_model(model, config)
-    server = EngineServer(engine, endpoint, parent_pid)
+    server = EngineServer(engine, endpoint, parent_pid, curve_keys)
     log.info("serving %s on %s (ready in %.1f s)", model, endpoint, time.perf_counter() - start)
     server.serve_forever()

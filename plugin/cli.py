@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 def _info(args: argparse.Namespace) -> int:
     from radixlm.engine.loader import load_model
@@ -45,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("radixlm serve: give --endpoint or --port, not both")
     endpoint = args.endpoint or (tcp_endpoint(args.port) if args.port else default_endpoint())
     config = dataclass_from_args(EngineConfig, args)
-    run_server(args.model, endpoint, config, args.parent_pid)
+    run_server(args.model, endpoint, config, args.parent_pid, args.curve_keys)
     return 0
 
 
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default="smollm2", help="alias (smollm2), local HF folder, or .gguf file")
     serve.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT (default: ipc socket in a 0700 per-user directory)")
     serve.add_argument("--port", type=int, help="serve on tcp://127.0.0.1:PORT")
+    serve.add_argument("--curve-keys", type=Path, help="CurveZMQ keys directory (radixlm.auth.create_keys); "
+                       "required to serve TCP beyond loopback")
     engine_options = serve.add_argument_group("engine options (radixlm.connect(**options) takes the same names)")
     add_dataclass_flags(engine_options, EngineConfig)
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)

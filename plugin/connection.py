@@ -25,6 +25,7 @@ import msgspec
 import zmq
 
 from . import protocol as P
+from .auth import connect_with_curve
 
 log = logging.getLogger("radixlm.client")
 LIVENESS_INTERVAL_S = 0.25
@@ -64,13 +65,16 @@ class Connection:
     """DEALER socket + I/O thread + per-rid reply routing + engine liveness watch."""
 
     def __init__(self, endpoint: str, process: subprocess.Popen | None = None,
-                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S) -> None:
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, curve_keys: str | Path | None = None) -> None:
+        """`curve_keys`: a keys directory (radixlm.auth) for an engine that requires CurveZMQ."""
         self.endpoint, self.process, self.heartbeat_timeout = endpoint, process, heartbeat_timeout
         self.engine_pid: int | None = process.pid if process else None
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.IDENTITY, uuid.uuid4().bytes)
+        if curve_keys is not None:
+            connect_with_curve(self._sock, Path(curve_keys))
         self._sock.connect(endpoint)
         self._outbox: queue.SimpleQueue[tuple[bytes, str, Callback | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()

@@ -88,7 +88,9 @@ class Stats(_Message, tag="stats"):
 
 
 class Flush(_Message, tag="flush"):
-    pass
+    """Drop every cached prefix. On loopback TCP only the owner (`token`, see radixlm.auth) may."""
+
+    token: str | None = None
 
 
 class Ping(_Message, tag="ping"):
@@ -96,7 +98,9 @@ class Ping(_Message, tag="ping"):
 
 
 class Shutdown(_Message, tag="shutdown"):
-    pass
+    """Stop the engine. On loopback TCP only the owner (`token`, see radixlm.auth) may."""
+
+    token: str | None = None
 
 
 Request = Union[Generate, Abort, Info, Stats, Flush, Ping, Shutdown]

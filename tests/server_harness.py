@@ -16,6 +16,17 @@ from radixlm.engine.server import EngineServer
 
 
 @contextmanager
+def serve_in_thread(server: EngineServer) -> Iterator[EngineServer]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+
+
+@contextmanager
 def fake_server(tmp_path: Path, model: FakeModel | None = None, **cfg) -> Iterator[EngineServer]:
     engine = Engine(model or FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
     endpoint = f"ipc://{tmp_path / ('e-' + uuid.uuid4().hex[:8] + '.sock')}"
