@@ -21,7 +21,7 @@ from .model.context import ForwardContext, ForwardMode, use_context
 from .model.llama import LlamaModel
 from .policy import POLICIES
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
-from .radix_cache import NoRadixCache, RadixCache
+from .radix_cache import IntegrityError, NoRadixCache, RadixCache
 from .request import GenerationResult, Request, ReqStatus, SamplingParams
 from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler
@@ -361,7 +361,11 @@ class Engine:
         )
 
     def check_integrity(self) -> None:
-        """Raise IntegrityError if any KV slot is owned twice or lost, or the tree is inconsistent."""
+        """Raise IntegrityError if any KV slot, lock or request row is owned twice or lost, a request's
+        prefix is not its tree path, a waiting request holds anything, or the tree is inconsistent."""
+        for req in self.scheduler.waiting:
+            if req.row is not None or req.prefix_node is not None:
+                raise IntegrityError(f"waiting request {req.rid} holds a row or a lock")
         self.kv.check_integrity(self.scheduler.live())
 
     def flush_cache(self) -> None:

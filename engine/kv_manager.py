@@ -12,7 +12,7 @@ from typing import Iterable, Union
 import torch
 
 from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
-from .radix_cache import IntegrityError, NoRadixCache, RadixCache
+from .radix_cache import IntegrityError, NoRadixCache, RadixCache, TreeNode
 from .request import Request
 
 PrefixCache = Union[RadixCache, NoRadixCache]
@@ -107,13 +107,29 @@ class KVManager:
         self.rows.free(req.row)
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
 
-    def check_integrity(self, live: Iterable[Request]) -> None:
-        """Every allocatable slot is owned exactly once: free list, tree, or one request's private range."""
+    def check_integrity(self, live: Iterable[Request], pinned: Iterable[TreeNode] = ()) -> None:
+        """Every allocatable slot is owned exactly once: free list, tree, or one request's private range;
+        every lock has a holder (a live request's prefix, or a `pinned` node) and every holder its lock;
+        each live request's row lists its tree path's slots for its prefix; no request row leaked."""
         self.cache.check_integrity()
         owned = [self.pool.allocator.free_slots(), self.cache.slots_in_tree()]
+        holders, rows = list(pinned), set()
         for req in live:
-            if req.row is not None:
-                owned.append(self.table[req.row, req.prefix_len : req.kv_len])
+            if req.row is None:
+                continue
+            if req.row in rows:
+                raise IntegrityError(f"request row {req.row} is held by two requests")
+            rows.add(req.row)
+            holders.append(req.prefix_node)
+            owned.append(self.table[req.row, req.prefix_len : req.kv_len])
+            ids, slots = self.cache.path_of(req.prefix_node)
+            if ids != req.fill_ids[: req.prefix_len] or not torch.equal(self.table[req.row, : req.prefix_len], slots):
+                raise IntegrityError(f"request {req.rid}: its prefix ({req.prefix_len} tokens) is not the tree path "
+                                     f"it holds ({len(ids)} tokens), or its row lists other slots")
+        if len(rows) + self.rows.available != self.table.shape[0]:
+            raise IntegrityError(f"request rows leaked: {len(rows)} held by live requests, {self.rows.available} free, "
+                                 f"{self.table.shape[0]} in all")
+        self.cache.check_locks(holders)
         every = torch.cat(owned)
         capacity = self.pool.allocator.capacity
         if every.numel() != capacity or torch.unique(every).numel() != capacity:

@@ -149,3 +149,45 @@ def test_a_forced_run_longer_than_the_chunk_or_the_free_kv_is_split_not_skipped(
     first = model.reference(prompt, 1)
     assert results[req.rid].output_ids == first + forced + model.reference(prompt + first + forced, 5)
     assert_nothing_held(engine)
+
+
+def _decoding_engine() -> tuple[Engine, list]:
+    engine = Engine(FakeModel(), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
+    reqs = [engine.add_request(p, PARAMS) for p in OTHERS[:2]]
+    engine.step()
+    engine.step()
+    engine.check_integrity()
+    return engine, reqs
+
+
+def _leak_lock(engine, reqs):
+    engine.kv.cache.lock(reqs[0].prefix_node)
+
+
+def _lose_lock(engine, reqs):
+    engine.kv.cache.unlock(reqs[0].prefix_node)
+    engine.kv.cache.lock(engine.kv.cache.root)
+
+
+def _wrong_prefix_slot(engine, reqs):
+    engine.kv.table[reqs[0].row, 0] += 1
+
+
+def _leak_row(engine, reqs):
+    engine.kv.rows.alloc()
+
+
+def _waiting_holds_row(engine, reqs):
+    extra = engine.add_request([50, 51], PARAMS)
+    extra.row = engine.kv.rows.alloc()
+
+
+@pytest.mark.parametrize("corrupt", [_leak_lock, _lose_lock, _wrong_prefix_slot, _leak_row, _waiting_holds_row])
+def test_each_integrity_check_fires(corrupt):
+    from radixlm.engine.radix_cache import IntegrityError
+
+    engine, reqs = _decoding_engine()
+    assert reqs[0].prefix_len > 0, "the request holds a tree path"
+    corrupt(engine, reqs)
+    with pytest.raises(IntegrityError):
+        engine.check_integrity()
