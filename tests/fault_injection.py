@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import torch
 
-from fake_model import FakeConfig, FakeModel
+from fake_model import FakeModel
 
 
 class PoisonError(RuntimeError):
     """What the poisoned model raises."""
 
 
-class PoisonedModel(FakeModel):
-    """The fake model, except that a pass computing `poison` raises (in any row of any batch)."""
+class PoisonedModel:
+    """Wraps a model (the fake one or SmolLM2): a pass computing token `poison`, in any row of any
+    batch, raises; everything else is the wrapped model's."""
 
-    def __init__(self, poison: int, cfg: FakeConfig = FakeConfig()) -> None:
-        super().__init__(cfg)
-        self.poison = poison
+    def __init__(self, model: object, poison: int) -> None:
+        self._model, self.poison = model, poison
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if bool((ids == self.poison).any()):
             raise PoisonError(f"injected fault: token {self.poison} in the pass")
-        return super().__call__(ids, positions)
+        return self._model(ids, positions)
 
 
 class BrokenGrammar:

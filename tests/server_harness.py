@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +43,17 @@ def fake_server(tmp_path: Path, model: FakeModel | None = None, **cfg) -> Iterat
 
 def client_for(server: EngineServer, timeout: float = 10.0) -> Client:
     return Client(Connection(server.endpoint), timeout=timeout)
+
+
+def settled_stats(client: Client, timeout: float = 10.0) -> dict:
+    """Stats with integrity checked, once nothing runs and every slot is free or evictable (pending
+    last-token passes of finished requests hold their locks for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = client.stats(check_integrity=True)
+        idle = not stats["running"] and not stats["waiting"]
+        if idle and stats["pool_free"] + stats["cache_evictable"] == stats["pool_capacity"]:
+            return stats
+        if time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)

@@ -13,7 +13,7 @@ from fault_injection import (BrokenGrammarBackend, PoisonedModel, culprit_for_de
 from radixlm import EngineError
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.request import FinishReason, SamplingParams
-from server_harness import client_for, fake_server
+from server_harness import client_for, fake_server, settled_stats
 
 EOS = 0
 BUDGET = 12
@@ -42,7 +42,7 @@ def assert_nothing_held(engine: Engine) -> None:
 def test_a_forward_fault_fails_only_its_request(where):
     find = culprit_for_prefill if where == "prefill" else culprit_for_decode
     culprit, poison = find(FakeModel(), OTHERS, BUDGET)
-    engine = Engine(PoisonedModel(poison), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
+    engine = Engine(PoisonedModel(FakeModel(), poison), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
     reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
     bad = engine.add_request(culprit, PARAMS)
     results = drained(engine)
@@ -74,7 +74,7 @@ def test_a_seeded_request_beside_a_culprit_samples_as_without_it():
     solo = alone.add_request(OTHERS[0], params)
     expected = drained(alone)[solo.rid].output_ids
     culprit, poison = culprit_for_prefill(FakeModel(), [OTHERS[0]], BUDGET)
-    engine = Engine(PoisonedModel(poison), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
+    engine = Engine(PoisonedModel(FakeModel(), poison), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
     req = engine.add_request(OTHERS[0], params)
     engine.step()
     bad = engine.add_request(culprit, PARAMS)
@@ -85,7 +85,7 @@ def test_a_seeded_request_beside_a_culprit_samples_as_without_it():
 
 def test_a_chunked_culprit_frees_the_chunks_it_already_computed():
     _, poison = culprit_for_prefill(FakeModel(), OTHERS, BUDGET)
-    engine = Engine(PoisonedModel(poison), EngineConfig(kv_cache_tokens=2048, chunk_size=8), eos_token_ids=[EOS])
+    engine = Engine(PoisonedModel(FakeModel(), poison), EngineConfig(kv_cache_tokens=2048, chunk_size=8), eos_token_ids=[EOS])
     reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
     bad = engine.add_request([t for t in range(1, 40) if t != poison][:29] + [poison], PARAMS)  # fourth chunk
     results = drained(engine)
@@ -99,7 +99,7 @@ def test_server_streams_survive_a_validation_a_grammar_and_a_forward_culprit(tmp
     a step, while four streams decode."""
     wide = FakeConfig(vocab_size=4096)  # long streams that leave tokens no other request computes
     culprit, poison = culprit_for_decode(FakeModel(wide), OTHERS, LONG)
-    with fake_server(tmp_path, model=PoisonedModel(poison, wide)) as server:
+    with fake_server(tmp_path, model=PoisonedModel(FakeModel(wide), poison)) as server:
         server.engine.grammars = BrokenGrammarBackend
         c = client_for(server)
         streamed: dict[int, list[int]] = {}
@@ -129,7 +129,7 @@ def test_server_streams_survive_a_validation_a_grammar_and_a_forward_culprit(tmp
         for t in threads:
             t.join(timeout=30)
         assert [streamed[i] for i in range(len(OTHERS))] == [FakeModel(wide).reference(p, LONG) for p in OTHERS]
-        stats = c.stats(check_integrity=True)
+        stats = settled_stats(c)
         assert stats["integrity"] == "ok" and stats["running"] == 0 and stats["waiting"] == 0
         assert stats["pool_free"] + stats["cache_evictable"] == stats["pool_capacity"]
         c.close()
