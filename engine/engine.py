@@ -22,7 +22,7 @@ from .model.llama import LlamaModel
 from .policy import POLICIES
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
-from .request import GenerationResult, Request, ReqStatus, SamplingParams
+from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams
 from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler
 from .stats import EngineStats
@@ -119,7 +119,12 @@ class Engine:
         if self.tokenizer is None:
             raise ValueError("this engine has no tokenizer; send input_ids")
         if messages is not None:
-            text = self.tokenizer.apply_chat_template(messages)
+            try:
+                text = self.tokenizer.apply_chat_template(messages)
+            except ValueError:
+                raise
+            except Exception as exc:  # the template's own errors (missing keys, wrong types) are bad input
+                raise ValueError(f"the chat messages cannot be rendered with the model's template: {describe(exc)}") from exc
         return self.tokenizer.encode(text)
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -326,7 +331,11 @@ class Engine:
 
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
-        text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+        try:
+            text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+        except Exception as exc:  # noqa: BLE001 - this request's output cannot be reported; the others can
+            req.finish_reason, req.error = FinishReason.ERROR, f"detokenizing the output failed: {describe(exc)}"
+            return req.result(None)
         if text is not None and req.stop_text_end is not None:
             text = text[: req.stop_text_end]
         return req.result(text)

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 import zmq
@@ -241,16 +242,34 @@ class EngineServer:
                 self._send(live.identity, P.Error(rid=live.rid, code="engine_error", message="engine step failed; see engine log"))
             self.live.clear()
             return
-        for live in [lv for lv in self.live.values() if lv.stream and lv.req.error is None]:
-            self._stream(live)
+        for key, live in list(self.live.items()):
+            if live.stream and live.req.error is None:
+                self._contained(key, live, lambda: self._stream(live))
         for result in finished:
-            live = self.live.pop(result.rid, None)
+            live = self.live.get(result.rid)
             if live is None:
                 continue
             if result.error is not None:
+                del self.live[result.rid]
                 self._send(live.identity, P.Error(rid=live.rid, code="request_failed", message=result.error))
-            else:
-                self._send(live.identity, self._done(live, result))
+            elif self._contained(result.rid, live, lambda: self._send(live.identity, self._done(live, result))):
+                self.live.pop(result.rid, None)
+
+    def _contained(self, key: str, live: _Live, reply: Callable[[], object]) -> bool:
+        """Run `reply` (building and sending one request's chunk or result); if building it raises,
+        that request alone is aborted and answered with an Error. False when it failed."""
+        try:
+            reply()
+            return True
+        except zmq.ZMQError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. its text cannot be decoded: fail this request only
+            log.exception("replying to %s failed", key)
+            self.live.pop(key, None)
+            self.engine.abort(key)
+            self._send(live.identity, P.Error(rid=live.rid, code="request_failed",
+                                              message=f"building the reply failed: {type(exc).__name__}: {exc}"))
+            return False
 
     def _with_text(self, pairs: list | None) -> list | None:
         if pairs is None:

@@ -191,3 +191,28 @@ def test_each_integrity_check_fires(corrupt):
     corrupt(engine, reqs)
     with pytest.raises(IntegrityError):
         engine.check_integrity()
+
+
+def test_a_reply_that_cannot_be_built_fails_only_its_request(tmp_path):
+    """The server's own per-request work (incremental text of a stream) is contained too."""
+    _, poison = culprit_for_prefill(FakeModel(), OTHERS, BUDGET)
+    with fake_server(tmp_path) as server:
+        real = server.engine.detokenize
+
+        def detokenize(ids, skip_special_tokens=True):
+            if poison in ids:
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected fault")
+            return real(ids, skip_special_tokens)
+
+        server.engine.detokenize = detokenize
+        c = client_for(server)
+        good = OTHERS[0]  # computes no poison token
+        bad_prompt = next(p for p in ([a, b] for a in range(1, 64) for b in range(1, 64))
+                          if poison in FakeModel().reference(p, 3) and poison not in p)
+        with pytest.raises(EngineError) as err:
+            list(c.stream(bad_prompt, max_new_tokens=3, ignore_eos=True))
+        assert err.value.code == "request_failed" and "UnicodeDecodeError" in err.value.message
+        assert c.generate(good, max_new_tokens=BUDGET, ignore_eos=True).output_ids == FakeModel().reference(good, BUDGET)
+        stats = settled_stats(c)
+        assert stats["integrity"] == "ok" and stats["pool_free"] + stats["cache_evictable"] == stats["pool_capacity"]
+        c.close()
