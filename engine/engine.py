@@ -15,7 +15,7 @@ from .containment import GeneratorSnapshot, culprits, describe
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
-from .kv_pool import KVPool, ReqToTokenPool
+from .kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from .loader import LoadedModel, load_model
 from .model.context import ForwardContext, ForwardMode, use_context
 from .model.llama import LlamaModel
@@ -97,6 +97,7 @@ class Engine:
                                  config.jump_forward, detok)
         self.scheduler = Scheduler(self.kv, config, self.decoding)
         self._grammars: GrammarBackend | None = None
+        self._in_flight: Batch | None = None  # the pass being run, for `recover`
         self.stats = EngineStats()
         self.max_context = max_context
         self.limits = Limits(mcfg.vocab_size, max_context, pool.allocator.capacity)
@@ -181,10 +182,40 @@ class Engine:
         return self._result(req) if req else None
 
     def step(self, allow_ghost_only: bool = True) -> list[GenerationResult]:
-        """Run one scheduled forward pass; return the requests that finished in it. With
+        """Run one scheduled forward pass; return the requests that finished (or failed) in it. With
         `allow_ghost_only` false, a pass that would only write finished requests' last-token KV is
-        deferred so that it rides along with the next request's pass."""
+        deferred so that it rides along with the next request's pass.
+
+        A failure is pinned on the requests it belongs to (see containment.py). One that no request
+        can be blamed for (an engine bug) fails every request and `recover`s, so the engine serves on."""
+        try:
+            return self._step(allow_ghost_only)
+        except Exception as exc:  # noqa: BLE001 - logged, reported to every request, state rebuilt
+            log.exception("engine step failed and no request could be blamed; failing all and recovering")
+            return self.recover(f"engine error (not caused by this request): {describe(exc)}")
+
+    def recover(self, message: str) -> list[GenerationResult]:
+        """Fail every request with `message` and rebuild the KV bookkeeping (free list, rows, an empty
+        cache) so that nothing a broken step left behind stays leaked; the model and buffers stay."""
+        s, batch = self.scheduler, self._in_flight
+        reqs = list(s.waiting) + s.running + ([s.chunked] if s.chunked else [])
+        reqs += [r for r in (batch.reqs if batch else []) if r not in reqs]
+        pool, table = self.kv.pool, self.kv.table
+        pool.allocator = SlotAllocator(pool.num_slots)
+        rows = ReqToTokenPool(table.shape[0], table.shape[1], device=table.device)
+        self.kv = KVManager(pool, rows, type(self.kv.cache)(pool.allocator))
+        self.scheduler, self._in_flight = Scheduler(self.kv, self.config, self.decoding), None
+        failed = [r for r in reqs if r.status is not ReqStatus.FINISHED]
+        for req in reqs + s.finishing:
+            req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
+        for req in failed:
+            req.status, req.finish_reason, req.error = ReqStatus.FINISHED, FinishReason.ERROR, message
+        return [self._result(r) for r in failed]
+
+    def _step(self, allow_ghost_only: bool) -> list[GenerationResult]:
+        self._in_flight = None
         batch = self.scheduler.next_batch(allow_ghost_only)
+        self._in_flight = batch
         if batch is None:
             if self.has_work() and (allow_ghost_only or not self.scheduler.only_ghosts_pending()):
                 raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")

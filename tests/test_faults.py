@@ -216,3 +216,21 @@ def test_a_reply_that_cannot_be_built_fails_only_its_request(tmp_path):
         stats = settled_stats(c)
         assert stats["integrity"] == "ok" and stats["pool_free"] + stats["cache_evictable"] == stats["pool_capacity"]
         c.close()
+
+
+def test_a_failure_no_request_can_be_blamed_for_fails_all_and_the_engine_recovers(monkeypatch):
+    engine = Engine(FakeModel(), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
+    reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
+    engine.step()
+    engine.step()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected engine bug")
+
+    monkeypatch.setattr(engine.scheduler, "finish_step", broken)
+    results = {r.rid: r for r in engine.step()}
+    assert set(results) == {r.rid for r in reqs}
+    assert all(r.finish_reason is FinishReason.ERROR and "injected engine bug" in r.error for r in results.values())
+    assert_nothing_held(engine)
+    again = engine.add_request(OTHERS[0], PARAMS)
+    assert drained(engine)[again.rid].output_ids == FakeModel().reference(OTHERS[0], BUDGET)
