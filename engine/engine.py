@@ -11,11 +11,11 @@ from typing import Iterable, Sequence
 import torch
 
 from .attention.select import BACKENDS, make_attention
-from .containment import GeneratorSnapshot, culprits, describe
+from .containment import describe, forward_isolating, recover, sample_isolating
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
-from .kv_pool import KVPool, ReqToTokenPool, SlotAllocator
+from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel, load_model
 from .model.context import ForwardContext, ForwardMode, use_context
 from .model.llama import LlamaModel
@@ -97,7 +97,7 @@ class Engine:
                                  config.jump_forward, detok)
         self.scheduler = Scheduler(self.kv, config, self.decoding)
         self._grammars: GrammarBackend | None = None
-        self._in_flight: Batch | None = None  # the pass being run, for `recover`
+        self.in_flight: Batch | None = None  # the pass being run, for `recover`
         self.stats = EngineStats()
         self.max_context = max_context
         self.limits = Limits(mcfg.vocab_size, max_context, pool.allocator.capacity)
@@ -122,8 +122,6 @@ class Engine:
         if messages is not None:
             try:
                 text = self.tokenizer.apply_chat_template(messages)
-            except ValueError:
-                raise
             except Exception as exc:  # the template's own errors (missing keys, wrong types) are bad input
                 raise ValueError(f"the chat messages cannot be rendered with the model's template: {describe(exc)}") from exc
         return self.tokenizer.encode(text)
@@ -187,48 +185,30 @@ class Engine:
         deferred so that it rides along with the next request's pass.
 
         A failure is pinned on the requests it belongs to (see containment.py). One that no request
-        can be blamed for (an engine bug) fails every request and `recover`s, so the engine serves on."""
+        can be blamed for (an engine bug) fails every request and the engine `recover`s and serves on."""
         try:
             return self._step(allow_ghost_only)
         except Exception as exc:  # noqa: BLE001 - logged, reported to every request, state rebuilt
             log.exception("engine step failed and no request could be blamed; failing all and recovering")
-            return self.recover(f"engine error (not caused by this request): {describe(exc)}")
-
-    def recover(self, message: str) -> list[GenerationResult]:
-        """Fail every request with `message` and rebuild the KV bookkeeping (free list, rows, an empty
-        cache) so that nothing a broken step left behind stays leaked; the model and buffers stay."""
-        s, batch = self.scheduler, self._in_flight
-        reqs = list(s.waiting) + s.running + ([s.chunked] if s.chunked else [])
-        reqs += [r for r in (batch.reqs if batch else []) if r not in reqs]
-        pool, table = self.kv.pool, self.kv.table
-        pool.allocator = SlotAllocator(pool.num_slots)
-        rows = ReqToTokenPool(table.shape[0], table.shape[1], device=table.device)
-        self.kv = KVManager(pool, rows, type(self.kv.cache)(pool.allocator))
-        self.scheduler, self._in_flight = Scheduler(self.kv, self.config, self.decoding), None
-        failed = [r for r in reqs if r.status is not ReqStatus.FINISHED]
-        for req in reqs + s.finishing:
-            req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
-        for req in failed:
-            req.status, req.finish_reason, req.error = ReqStatus.FINISHED, FinishReason.ERROR, message
-        return [self._result(r) for r in failed]
+            return recover(self, f"engine error (not caused by this request): {describe(exc)}")
 
     def _step(self, allow_ghost_only: bool) -> list[GenerationResult]:
-        self._in_flight = None
+        self.in_flight = None
         batch = self.scheduler.next_batch(allow_ghost_only)
-        self._in_flight = batch
+        self.in_flight = batch
         if batch is None:
             if self.has_work() and (allow_ghost_only or not self.scheduler.only_ghosts_pending()):
                 raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")
             return []
         start = time.perf_counter()
         failed: list[Request] = []
-        ran = self._forward_isolating(batch, failed)
+        ran = forward_isolating(self, batch, failed)
         if ran is None:
             return [self._result(r) for r in failed]
         batch, (logits, sample_rows, prompt_plan) = ran
         for req, first_row, first_pos, count in prompt_plan:
             record_prompt_logprobs(req, logits[first_row : first_row + count], first_pos)
-        batch, out = self._sample_isolating(batch, logits[sample_rows], failed)
+        batch, out = sample_isolating(self, batch, logits[sample_rows], failed)
         now = time.perf_counter()
         for req in batch.sampling:
             if req.first_token_time is None:
@@ -236,59 +216,6 @@ class Engine:
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
         self._count(batch, len(out.tokens), now - start)
         return [self._result(r) for r in failed + finished]
-
-    def _fail(self, batch: Batch, req: Request, message: str, failed: list[Request]) -> None:
-        log.warning("request %s failed alone: %s", req.rid, message)
-        was_ghost = req in batch.ghosts  # finished already: its result was reported
-        self.scheduler.fail(req, message, batch.pending(req))
-        if not was_ghost:
-            failed.append(req)
-
-    def _forward_isolating(self, batch: Batch, failed: list[Request]) -> tuple[Batch, tuple] | None:
-        """Run the pass; if it raises, fail only the requests whose solo pass raises and run the rest
-        (None when nothing is left)."""
-        try:
-            return batch, self._forward(batch)
-        except Exception as exc:  # noqa: BLE001 - attributed to requests below
-            first = exc
-        members = batch.reqs + batch.ghosts
-        bad = culprits(members, lambda r: self._forward(batch.only(r))) if len(members) > 1 else [(members[0], first)]
-        if not bad:  # fails only as a whole: nothing to attribute it to
-            bad = [(r, first) for r in members]
-        for req, exc in bad:
-            self._fail(batch, req, f"the forward pass failed on this request: {describe(exc)}", failed)
-        rest = batch.without([r for r, _ in bad])
-        if not rest.reqs and not rest.ghosts:
-            return None
-        try:
-            return rest, self._forward(rest)
-        except Exception as exc:  # noqa: BLE001 - the rest fails as a group, the engine goes on
-            for req in rest.reqs + rest.ghosts:
-                self._fail(rest, req, f"the forward pass failed: {describe(exc)}", failed)
-            return None
-
-    def _sample_isolating(self, batch: Batch, logits: torch.Tensor, failed: list[Request]) -> tuple[Batch, SampleOutput]:
-        """Sample `batch.sampling` (row i of `logits` is request i); if it raises, fail only the
-        requests whose solo sampling (grammar mask included) raises and sample the rest."""
-        reqs = batch.sampling
-        snapshot = GeneratorSnapshot([r.generator for r in reqs])
-        try:
-            return batch, self._sample(reqs, logits)
-        except Exception as exc:  # noqa: BLE001 - attributed to requests below
-            first = exc
-
-        def alone(i: int) -> None:
-            snapshot.restore()
-            self._sample([reqs[i]], logits[i : i + 1])
-
-        bad = culprits(range(len(reqs)), alone) if len(reqs) > 1 else [(0, first)]
-        bad = bad or [(i, first) for i in range(len(reqs))]
-        for i, exc in bad:
-            self._fail(batch, reqs[i], f"sampling failed on this request (grammar mask or sampler): {describe(exc)}", failed)
-        batch = batch.without([reqs[i] for i, _ in bad])
-        keep = [i for i, r in enumerate(reqs) if r in batch.sampling]
-        snapshot.restore()
-        return batch, self._sample(batch.sampling, logits[keep])
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
         states = [r.grammar for r in reqs]
