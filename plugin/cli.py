@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:  # a missing model, a refused bind: no traceback
         print(f"radixlm: {exc}", file=sys.stderr)
         return 2
 

@@ -79,3 +79,10 @@ def test_curve_admits_listed_keys_only(tmp_path):
         with pytest.raises(EngineError):
             friend.generate([1, 2, 3], n=10**9)
         friend.close()
+
+
+def test_serve_refuses_an_open_tcp_bind_before_loading_the_model(capsys):
+    from radixlm.cli import main
+
+    assert main(["serve", "--model", "no-such-model", "--endpoint", "tcp://0.0.0.0:5999"]) == 2
+    assert "refusing to serve tcp://0.0.0.0:5999 without authentication" in capsys.readouterr().err

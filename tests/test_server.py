@@ -77,9 +77,12 @@ def raw_socket(server):
 
 
 def recv(sock, timeout_ms=2000):
-    if not sock.poll(timeout_ms):
-        return None
-    return P.decode_response(sock.recv_multipart()[-1])
+    """The next reply that is not a Heartbeat (sent while requests are in flight), or None."""
+    while sock.poll(timeout_ms):
+        reply = P.decode_response(sock.recv_multipart()[-1])
+        if not isinstance(reply, P.Heartbeat):
+            return reply
+    return None
 
 
 def test_protocol_violations_name_the_problem(tmp_path):
