@@ -20,7 +20,7 @@ import msgspec
 from . import protocol as P
 from .auth import read_owner_token
 from .config_flags import options_to_flags
-from .connection import HEARTBEAT_TIMEOUT_S, Connection, EngineDiedError, EngineError
+from .connection import Connection, EngineDiedError, EngineError
 from .endpoint import default_endpoint
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
@@ -271,13 +271,14 @@ def _ready(conn: Connection, wait: float) -> dict | None:
 
 def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool = True,
             timeout: float | None = None, startup_timeout: float = 600.0,
-            heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, curve_keys: str | Path | None = None,
+            heartbeat_timeout: float | None = None, curve_keys: str | Path | None = None,
             **engine_options: Any) -> Client:
     """Attach to the engine at `endpoint` (default: the user's ipc socket) or, if none answers and
     `spawn` is true, start one on `model` with `engine_options` (EngineConfig fields, the same names
     as the `radixlm serve` flags) and wait for it. A call fails with EngineDiedError when the engine
-    sends nothing for `heartbeat_timeout` seconds. `curve_keys`: a keys directory (radixlm.auth) for
-    an engine served beyond loopback."""
+    exits or is stopped (a local engine), or sends nothing for `heartbeat_timeout` seconds (default
+    60 for an engine that is not a local process; see radixlm.connection). `curve_keys`: a keys
+    directory (radixlm.auth) for an engine served beyond loopback."""
     endpoint = endpoint or default_endpoint()
     socket_file = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
     if socket_file is None or socket_file.exists():

@@ -59,6 +59,19 @@ def test_a_frozen_engine_is_declared_dead_by_heartbeat(engine_process):
     client.close()
 
 
+def test_a_stopped_local_engine_is_declared_dead_by_its_process_state(engine_process):
+    proc, endpoint = engine_process
+    client = Client(Connection(endpoint), timeout=None)
+    client.conn.engine_pid = proc.pid  # what connect() records for an engine on this host's ipc socket
+    stream = client.stream([5, 6, 7], max_new_tokens=4000, ignore_eos=True)
+    next(stream)
+    os.kill(proc.pid, signal.SIGSTOP)
+    with pytest.raises(EngineDiedError, match=f"engine process {proc.pid} is stopped"):
+        for _ in stream:
+            pass
+    client.close()
+
+
 def test_a_busy_engine_that_answers_is_not_declared_dead(engine_process):
     _, endpoint = engine_process
     client = Client(Connection(endpoint, heartbeat_timeout=1.5), timeout=None)

@@ -40,7 +40,7 @@ def test_smollm2_culprits_fail_alone_while_others_stream(smollm2, tmp_path, monk
                     smollm2.eos_token_ids, tok)
     endpoint = f"ipc://{tmp_path / ('s-' + uuid.uuid4().hex[:8] + '.sock')}"
     with serve_in_thread(EngineServer(engine, endpoint)):
-        client = Client(Connection(endpoint), timeout=300)
+        client = Client(Connection(endpoint, heartbeat_timeout=600), timeout=600)  # a loaded CPU is slow
         streamed: dict[int, list[int]] = {}
 
         def stream(i: int) -> None:
