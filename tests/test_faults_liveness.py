@@ -74,9 +74,9 @@ def test_a_stopped_local_engine_is_declared_dead_by_its_process_state(engine_pro
 
 def test_a_busy_engine_that_answers_is_not_declared_dead(engine_process):
     _, endpoint = engine_process
-    client = Client(Connection(endpoint, heartbeat_timeout=1.5), timeout=None)
-    time.sleep(2)  # idle longer than the timeout: nothing was owed, so nothing is missed
-    assert client.generate([5, 6, 7], max_new_tokens=1500, ignore_eos=True).completion_tokens == 1500
+    client = Client(Connection(endpoint, heartbeat_timeout=3.0), timeout=None)
+    time.sleep(3.5)  # idle longer than the timeout: nothing was owed, so nothing is missed
+    assert client.generate([5, 6, 7], max_new_tokens=3000, ignore_eos=True).completion_tokens == 3000
     client.close()
 
 
