@@ -3,13 +3,15 @@ drive it; one step is one scheduled forward pass (extend or decode) over the pag
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 
 from .attention.select import BACKENDS, make_attention
+from .containment import describe, forward_isolating, recover, sample_isolating
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
@@ -19,32 +21,42 @@ from .model.context import ForwardContext, ForwardMode, use_context
 from .model.llama import LlamaModel
 from .policy import POLICIES
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
-from .radix_cache import NoRadixCache, RadixCache
-from .request import GenerationResult, Request, ReqStatus, SamplingParams
+from .radix_cache import IntegrityError, NoRadixCache, RadixCache
+from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams
 from .sampler import SampleOutput, sample
-from .scheduler import Batch, Scheduler, SchedulerConfig
+from .scheduler import Batch, Scheduler
 from .stats import EngineStats
 from .tokenizer import Tokenizer
+from .validation import Limits, check_params, check_prompt
 
 
+log = logging.getLogger("radixlm.engine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _option(default, help: str, choices=None):  # noqa: A002 - `help` as argparse names it
+    """A config field with the help text (and choices) that its `radixlm serve` flag shows."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """User-facing engine options (the `radixlm serve` flags)."""
+    """User-facing engine options: the single source of the `radixlm serve` flags and of
+    `radixlm.connect(**engine_options)` (see radixlm.config_flags)."""
 
-    kv_cache_tokens: int = 32768
-    max_running_requests: int = 128
-    chunk_size: int = 1024
-    policy: str = "lpm"
-    radix_cache: bool = True
-    max_context: int | None = None
-    reserve_clip: int = 256
-    dedup_min_shared: int = 32
-    dtype: str = "float32"
-    jump_forward: bool = True
-    attention_backend: str = "auto"  # "auto" (torch on CPU, triton on CUDA), "torch" or "triton"
+    kv_cache_tokens: int = _option(32768, "KV pool size in tokens")
+    max_running_requests: int = _option(128, "most requests decoding at once")
+    chunk_size: int = _option(1024, "most prompt tokens per extend pass")
+    policy: str = _option("lpm", "order of the waiting queue", POLICIES)
+    radix_cache: bool = _option(True, "reuse cached prefixes (--no-radix-cache: the cache-off ablation)")
+    max_context: int | None = _option(None, "longest prompt + output (default: the model's)")
+    reserve_clip: int = _option(256, "output tokens reserved per running request at admission, at most")
+    dedup_min_shared: int = _option(32, "shared uncached tokens that make a sibling wait a round to reuse them")
+    dtype: str = _option("float32", "weights and KV precision (bfloat16: about 3x faster prefill and "
+                         "batched decode on CPU)", DTYPES)
+    jump_forward: bool = _option(True, "compute grammar-forced tokens in one pass "
+                                 "(--no-jump-forward: decode them one by one)")
+    attention_backend: str = _option("auto", "attention kernels (auto: torch on CPU, triton on CUDA)", BACKENDS)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -80,15 +92,15 @@ class Engine:
         rows = ReqToTokenPool(config.max_running_requests + 2, max_context + 1, device=model.device)
         cache = RadixCache(pool.allocator) if config.radix_cache else NoRadixCache(pool.allocator)
         self.kv = KVManager(pool, rows, cache)
-        sched_cfg = SchedulerConfig(config.policy, config.chunk_size, config.max_running_requests,
-                                    max_context, config.reserve_clip, config.dedup_min_shared)
         detok = tokenizer.decode if tokenizer else None
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
                                  config.jump_forward, detok)
-        self.scheduler = Scheduler(self.kv, sched_cfg, self.decoding)
+        self.scheduler = Scheduler(self.kv, config, self.decoding)
         self._grammars: GrammarBackend | None = None
+        self.in_flight: Batch | None = None  # the pass being run, for `recover`
         self.stats = EngineStats()
         self.max_context = max_context
+        self.limits = Limits(mcfg.vocab_size, max_context, pool.allocator.capacity)
 
     @classmethod
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
@@ -108,7 +120,10 @@ class Engine:
         if self.tokenizer is None:
             raise ValueError("this engine has no tokenizer; send input_ids")
         if messages is not None:
-            text = self.tokenizer.apply_chat_template(messages)
+            try:
+                text = self.tokenizer.apply_chat_template(messages)
+            except Exception as exc:  # the template's own errors (missing keys, wrong types) are bad input
+                raise ValueError(f"the chat messages cannot be rendered with the model's template: {describe(exc)}") from exc
         return self.tokenizer.encode(text)
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -129,23 +144,16 @@ class Engine:
             "max_running_requests": self.config.max_running_requests,
             "eos_token_ids": sorted(self.decoding.eos),
             "jump_forward": self.config.jump_forward,
+            "config": asdict(self.config),
         }
 
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
                     rid: str | None = None, prefix_only: bool = False, trace_id: str | None = None) -> Request:
         """Queue a request; raises ValueError naming the problem for invalid input. A `prefix_only`
         request computes and caches its prompt and finishes without generating."""
-        params.validate()
         ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise ValueError("prompt is empty")
-        vocab = self.model.cfg.vocab_size
-        if any(t < 0 or t >= vocab for t in ids):
-            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab})")
-        if len(ids) >= self.max_context:
-            raise ValueError(f"prompt is {len(ids)} tokens; the context holds {self.max_context}")
-        if len(ids) + 1 > self.kv.pool.allocator.capacity:
-            raise ValueError(f"prompt is {len(ids)} tokens; the KV pool holds {self.kv.pool.allocator.capacity}")
+        check_prompt(ids, self.limits)
+        check_params(params, self.limits)
         req = Request(ids, params, prefix_only=prefix_only, trace_id=trace_id)
         if params.grammar is not None:
             req.grammar = self.grammars().new_state(params.grammar)
@@ -172,26 +180,42 @@ class Engine:
         return self._result(req) if req else None
 
     def step(self, allow_ghost_only: bool = True) -> list[GenerationResult]:
-        """Run one scheduled forward pass; return the requests that finished in it. With
+        """Run one scheduled forward pass; return the requests that finished (or failed) in it. With
         `allow_ghost_only` false, a pass that would only write finished requests' last-token KV is
-        deferred so that it rides along with the next request's pass."""
+        deferred so that it rides along with the next request's pass.
+
+        A failure is pinned on the requests it belongs to (see containment.py). One that no request
+        can be blamed for (an engine bug) fails every request and the engine `recover`s and serves on."""
+        try:
+            return self._step(allow_ghost_only)
+        except Exception as exc:  # noqa: BLE001 - logged, reported to every request, state rebuilt
+            log.exception("engine step failed and no request could be blamed; failing all and recovering")
+            return recover(self, f"engine error (not caused by this request): {describe(exc)}")
+
+    def _step(self, allow_ghost_only: bool) -> list[GenerationResult]:
+        self.in_flight = None
         batch = self.scheduler.next_batch(allow_ghost_only)
+        self.in_flight = batch
         if batch is None:
             if self.has_work() and (allow_ghost_only or not self.scheduler.only_ghosts_pending()):
                 raise RuntimeError("scheduler stalled: work is queued but nothing can be scheduled")
             return []
         start = time.perf_counter()
-        logits, sample_rows, prompt_plan = self._forward(batch)
+        failed: list[Request] = []
+        ran = forward_isolating(self, batch, failed)
+        if ran is None:
+            return [self._result(r) for r in failed]
+        batch, (logits, sample_rows, prompt_plan) = ran
         for req, first_row, first_pos, count in prompt_plan:
             record_prompt_logprobs(req, logits[first_row : first_row + count], first_pos)
-        out = self._sample(batch.sampling, logits[sample_rows])
+        batch, out = sample_isolating(self, batch, logits[sample_rows], failed)
         now = time.perf_counter()
         for req in batch.sampling:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
         self._count(batch, len(out.tokens), now - start)
-        return [self._result(r) for r in finished]
+        return [self._result(r) for r in failed + finished]
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
         states = [r.grammar for r in reqs]
@@ -265,7 +289,11 @@ class Engine:
 
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
-        text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+        try:
+            text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+        except Exception as exc:  # noqa: BLE001 - this request's output cannot be reported; the others can
+            req.finish_reason, req.error = FinishReason.ERROR, f"detokenizing the output failed: {describe(exc)}"
+            return req.result(None)
         if text is not None and req.stop_text_end is not None:
             text = text[: req.stop_text_end]
         return req.result(text)
@@ -300,11 +328,17 @@ class Engine:
         )
 
     def check_integrity(self) -> None:
-        """Raise IntegrityError if any KV slot is owned twice or lost, or the tree is inconsistent."""
+        """Raise IntegrityError if any KV slot, lock or request row is owned twice or lost, a request's
+        prefix is not its tree path, a waiting request holds anything, or the tree is inconsistent."""
+        for req in self.scheduler.waiting:
+            if req.row is not None or req.prefix_node is not None:
+                raise IntegrityError(f"waiting request {req.rid} holds a row or a lock")
         self.kv.check_integrity(self.scheduler.live())
 
     def flush_cache(self) -> None:
-        """Drop every cached prefix (only when idle)."""
+        """Drop every cached prefix (only when idle; pending last-token passes are dropped too)."""
+        if self.scheduler.only_ghosts_pending():
+            self.scheduler.drop_ghost_passes()
         if self.has_work():
             raise ValueError("cannot flush the cache while requests are running")
         self.kv.cache.reset()

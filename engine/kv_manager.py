@@ -12,7 +12,7 @@ from typing import Iterable, Union
 import torch
 
 from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
-from .radix_cache import IntegrityError, NoRadixCache, RadixCache
+from .radix_cache import IntegrityError, NoRadixCache, RadixCache, TreeNode
 from .request import Request
 
 PrefixCache = Union[RadixCache, NoRadixCache]
@@ -93,6 +93,11 @@ class KVManager:
         self.table[req.row, : match.length] = match.slots
         req.prefix_node, req.prefix_len, req.kv_len = match.node, match.length, match.length
 
+    def drop_pending(self, req: Request, n: int) -> None:
+        """Free the `n` slots allocated past `kv_len` for a pass that the request no longer takes part in."""
+        if n and req.row is not None:
+            self.pool.allocator.free(self.table[req.row, req.kv_len : req.kv_len + n].clone())
+
     def release(self, req: Request) -> None:
         """Give all of the request's KV to the cache (or the free list) and free its row."""
         if req.row is None:
@@ -102,13 +107,29 @@ class KVManager:
         self.rows.free(req.row)
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
 
-    def check_integrity(self, live: Iterable[Request]) -> None:
-        """Every allocatable slot is owned exactly once: free list, tree, or one request's private range."""
+    def check_integrity(self, live: Iterable[Request], pinned: Iterable[TreeNode] = ()) -> None:
+        """Every allocatable slot is owned exactly once: free list, tree, or one request's private range;
+        every lock has a holder (a live request's prefix, or a `pinned` node) and every holder its lock;
+        each live request's row lists its tree path's slots for its prefix; no request row leaked."""
         self.cache.check_integrity()
         owned = [self.pool.allocator.free_slots(), self.cache.slots_in_tree()]
+        holders, rows = list(pinned), set()
         for req in live:
-            if req.row is not None:
-                owned.append(self.table[req.row, req.prefix_len : req.kv_len])
+            if req.row is None:
+                continue
+            if req.row in rows:
+                raise IntegrityError(f"request row {req.row} is held by two requests")
+            rows.add(req.row)
+            holders.append(req.prefix_node)
+            owned.append(self.table[req.row, req.prefix_len : req.kv_len])
+            ids, slots = self.cache.path_of(req.prefix_node)
+            if ids != req.fill_ids[: req.prefix_len] or not torch.equal(self.table[req.row, : req.prefix_len], slots):
+                raise IntegrityError(f"request {req.rid}: its prefix ({req.prefix_len} tokens) is not the tree path "
+                                     f"it holds ({len(ids)} tokens), or its row lists other slots")
+        if len(rows) + self.rows.available != self.table.shape[0]:
+            raise IntegrityError(f"request rows leaked: {len(rows)} held by live requests, {self.rows.available} free, "
+                                 f"{self.table.shape[0]} in all")
+        self.cache.check_locks(holders)
         every = torch.cat(owned)
         capacity = self.pool.allocator.capacity
         if every.numel() != capacity or torch.unique(every).numel() != capacity:

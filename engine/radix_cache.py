@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -253,6 +253,24 @@ class RadixCache:
         if torch.isin(slots, self.allocator.free_slots()).any():
             raise IntegrityError("a slot held by the tree is also on the allocator's free list")
 
+    def check_locks(self, holders: Iterable[TreeNode]) -> None:
+        """Reconcile locks with their holders: each node's `lock_ref` must equal the number of `holders`
+        (one entry per lock taken: each live request's prefix node, each pin) at or below it."""
+        expected: dict[int, int] = {}
+        for holder in holders:
+            for node in self._path(holder):
+                expected[node.id] = expected.get(node.id, 0) + 1
+        for node in self._nodes():
+            if node.lock_ref != expected.get(node.id, 0):
+                raise IntegrityError(f"node {node.id} has lock_ref {node.lock_ref} but "
+                                     f"{expected.get(node.id, 0)} holders at or below it (a lock leaked or was lost)")
+
+    def path_of(self, node: TreeNode) -> tuple[list[int], torch.Tensor]:
+        """The token ids and KV slots from the root down to `node`."""
+        path = self._path(node)[::-1]
+        ids = [t for n in path for t in n.key]
+        return ids, torch.cat([n.value for n in path]) if path else _empty_slots()
+
     def _tick(self) -> int:
         self._clock += 1
         return self._clock
@@ -332,6 +350,14 @@ class NoRadixCache:
 
     def reset(self) -> None:
         """Nothing to free."""
+
+    def check_locks(self, holders: Iterable[TreeNode]) -> None:
+        """Every holder must hold the root: nothing else exists."""
+        if any(h is not self.root for h in holders):
+            raise IntegrityError("NoRadixCache: a request holds a node other than the root")
+
+    def path_of(self, node: TreeNode) -> tuple[list[int], torch.Tensor]:
+        return [], _empty_slots()
 
     def check_integrity(self) -> None:
         """Checks that nothing was stored."""

@@ -30,6 +30,7 @@ class FinishReason(str, Enum):
     STOP = "stop"
     LENGTH = "length"
     ABORT = "abort"
+    ERROR = "error"  # the request failed alone; `error` says why
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class GenerationResult:
     output_top_logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
     prompt_top_logprobs: list[list[TokenLogprob]] | None = None
+    error: str | None = None
 
 
 @dataclass(eq=False)
@@ -123,6 +125,7 @@ class Request:
     output_top_logprobs: list[list[TokenLogprob]] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
     prompt_top_logprobs: list[list[TokenLogprob]] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def fill_ids(self) -> list[int]:
@@ -158,4 +161,5 @@ class Request:
             output_top_logprobs=self.output_top_logprobs if p.top_logprobs else None,
             prompt_logprobs=self.prompt_logprobs if wants_prompt else None,
             prompt_top_logprobs=self.prompt_top_logprobs if wants_prompt and p.top_logprobs else None,
+            error=self.error,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .decoding import Decoding
 from .kv_manager import KVManager
@@ -16,17 +17,8 @@ from .model.context import ForwardMode
 from .policy import order_waiting
 from .request import FinishReason, Request, ReqStatus
 
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Knobs of the scheduler (see EngineConfig for the user-facing names)."""
-
-    policy: str = "lpm"
-    chunk_size: int = 1024
-    max_running: int = 128
-    max_context: int = 8192
-    reserve_clip: int = 256
-    dedup_min_shared: int = 32
+if TYPE_CHECKING:
+    from .engine import EngineConfig
 
 
 @dataclass
@@ -48,11 +40,28 @@ class Batch:
         else:
             self.sampling = [r for r, n in zip(self.reqs, self.extend_lens) if r.kv_len + n == r.fill_len]
 
+    def pending(self, req: Request) -> int:
+        """Slots allocated for `req` in this pass (past its kv_len)."""
+        if req in self.ghosts or self.mode is ForwardMode.DECODE:
+            return 1
+        return self.extend_lens[self.reqs.index(req)]
+
+    def without(self, drop: list[Request]) -> "Batch":
+        """The same pass minus the `drop` requests."""
+        keep = [i for i, r in enumerate(self.reqs) if r not in drop]
+        lens = [self.extend_lens[i] for i in keep] if self.mode is ForwardMode.EXTEND else []
+        return Batch(self.mode, [self.reqs[i] for i in keep], lens, [g for g in self.ghosts if g not in drop])
+
+    def only(self, req: Request) -> "Batch":
+        """A pass of `req` alone (to find out whether it is the one a failing pass fails on)."""
+        return self.without([r for r in self.reqs + self.ghosts if r is not req])
+
 
 class Scheduler:
     """Waiting queue, running set and admission; see the module docstring."""
 
-    def __init__(self, kv: KVManager, config: SchedulerConfig, decoding: Decoding) -> None:
+    def __init__(self, kv: KVManager, config: "EngineConfig", decoding: Decoding) -> None:
+        """`config` supplies policy, chunk_size, max_running_requests, reserve_clip and dedup_min_shared."""
         self.kv, self.cfg, self.decoding = kv, config, decoding
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -109,10 +118,12 @@ class Scheduler:
                     self.chunked = req
         pending = [(r, r.fill_len - r.kv_len) for r in self.running]
         if any(n > 1 for _, n in pending):
-            # Grammar-forced tokens (jump-forward) are computed in one extend pass; the other running
-            # requests ride along with their one new token, so a round stays one pass.
+            # Grammar-forced tokens (jump-forward) are computed in extend passes; the other running
+            # requests ride along with their one new token, so a round stays one pass. A run longer
+            # than the chunk budget or the free KV is split across rounds (sampled after its last part).
             for req, n in pending:
-                if n <= budget and self.kv.available() >= n:
+                n = min(n, budget, self.kv.available())
+                if n > 0:
                     self.kv.extend_slots(req, n)
                     reqs.append(req)
                     lens.append(n)
@@ -122,7 +133,7 @@ class Scheduler:
         for req in waiting:
             if self.chunked is not None or budget <= 0:
                 break
-            if len(self.running) + len(reqs) >= self.cfg.max_running or self.kv.rows.available == 0:
+            if len(self.running) + len(reqs) >= self.cfg.max_running_requests or self.kv.rows.available == 0:
                 break
             self.kv.match_and_lock(req)
             if self._sibling_computes_prefix(req, reqs):
@@ -184,13 +195,19 @@ class Scheduler:
                 self.kv.release(req)
         return kept
 
+    def drop_ghost_passes(self) -> bool:
+        """Release finished requests without computing their last token's KV; False if there were none."""
+        if not self.finishing:
+            return False
+        for req in self.finishing:
+            self.kv.release(req)
+        self.finishing = []
+        return True
+
     def _retract_one(self, exclude: Request | None = None) -> bool:
         """Free memory: first drop pending ghost passes, then requeue the least-progressed running
         request. Returns False when there was nothing to free."""
-        if self.finishing:
-            for req in self.finishing:
-                self.kv.release(req)
-            self.finishing = []
+        if self.drop_ghost_passes():
             return True
         victims = [r for r in self.running if r is not exclude]
         if not victims:
@@ -224,8 +241,13 @@ class Scheduler:
             if req.prefix_only:
                 reason = FinishReason.STOP
             else:
-                reason = self.decoding.append(req, token, logprobs[i] if logprobs else 0.0,
-                                              top_logprobs[i] if top_logprobs else [])
+                try:
+                    reason = self.decoding.append(req, token, logprobs[i] if logprobs else 0.0,
+                                                  top_logprobs[i] if top_logprobs else [])
+                except Exception as exc:  # a grammar or stop-string failure ends this request only
+                    self.fail(req, f"decoding failed after token {token}: {type(exc).__name__}: {exc}")
+                    finished.append(req)
+                    continue
             if req.status is ReqStatus.PREFILLING:
                 req.status = ReqStatus.DECODING
                 self.running.append(req)
@@ -237,6 +259,19 @@ class Scheduler:
                 self.finishing.append(req)
                 finished.append(req)
         return finished
+
+    def fail(self, req: Request, message: str, pending: int = 0) -> None:
+        """End `req` with an error wherever it is (waiting, prefilling, running, chunked, or a ghost
+        pass), freeing the `pending` slots allocated for the current pass, its KV, row and locks."""
+        for queue in (self.waiting, self.running, self.finishing):
+            if req in queue:
+                queue.remove(req)
+        if req is self.chunked:
+            self.chunked = None
+        self.kv.drop_pending(req, pending)
+        self.kv.release(req)
+        if req.status is not ReqStatus.FINISHED:  # a ghost already reported its result
+            req.status, req.finish_reason, req.error = ReqStatus.FINISHED, FinishReason.ERROR, message
 
     def abort(self, rid: str) -> Request | None:
         """Remove a request wherever it is; returns it, or None if unknown or already finished."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 def _info(args: argparse.Namespace) -> int:
     from radixlm.engine.loader import load_model
@@ -38,27 +39,22 @@ def _serve(args: argparse.Namespace) -> int:
     from radixlm.engine.engine import EngineConfig
     from radixlm.engine.server import run_server
 
+    from .config_flags import dataclass_from_args
     from .endpoint import default_endpoint, tcp_endpoint
 
     if args.endpoint and args.port:
         raise SystemExit("radixlm serve: give --endpoint or --port, not both")
     endpoint = args.endpoint or (tcp_endpoint(args.port) if args.port else default_endpoint())
-    config = EngineConfig(
-        kv_cache_tokens=args.kv_cache_tokens,
-        max_running_requests=args.max_running_requests,
-        chunk_size=args.chunk_size,
-        policy=args.policy,
-        radix_cache=not args.no_radix_cache,
-        max_context=args.max_context,
-        dtype=args.dtype,
-        jump_forward=not args.no_jump_forward,
-        attention_backend=args.attention_backend,
-    )
-    run_server(args.model, endpoint, config, args.parent_pid)
+    config = dataclass_from_args(EngineConfig, args)
+    run_server(args.model, endpoint, config, args.parent_pid, args.curve_keys)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from radixlm.engine.engine import EngineConfig
+
+    from .config_flags import add_dataclass_flags
+
     parser = argparse.ArgumentParser(prog="radixlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a model's architecture, size, context length and load time")
@@ -68,17 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default="smollm2", help="alias (smollm2), local HF folder, or .gguf file")
     serve.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT (default: ipc socket in a 0700 per-user directory)")
     serve.add_argument("--port", type=int, help="serve on tcp://127.0.0.1:PORT")
-    serve.add_argument("--kv-cache-tokens", type=int, default=32768, help="KV pool size in tokens")
-    serve.add_argument("--max-running-requests", type=int, default=128)
-    serve.add_argument("--chunk-size", type=int, default=1024, help="most prompt tokens per extend pass")
-    serve.add_argument("--policy", choices=["lpm", "dfs-weight", "fcfs"], default="lpm")
-    serve.add_argument("--no-radix-cache", action="store_true", help="the cache-off ablation")
-    serve.add_argument("--max-context", type=int, help="longest prompt + output (default: the model's)")
-    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                       help="weights and KV precision (bfloat16: about 3x faster prefill and batched decode on CPU)")
-    serve.add_argument("--no-jump-forward", action="store_true", help="decode grammar-forced tokens one by one")
-    serve.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto",
-                       help="attention kernels (auto: torch on CPU, triton on CUDA)")
+    serve.add_argument("--curve-keys", type=Path, help="CurveZMQ keys directory (radixlm.auth.create_keys); "
+                       "required to serve TCP beyond loopback")
+    engine_options = serve.add_argument_group("engine options (radixlm.connect(**options) takes the same names)")
+    add_dataclass_flags(engine_options, EngineConfig)
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     # The suite parses its own options (`radixlm bench --help`), so the other commands never import it.
@@ -104,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:  # a missing model, a refused bind: no traceback
         print(f"radixlm: {exc}", file=sys.stderr)
         return 2
 

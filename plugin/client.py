@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator, Iterator, Sequence, Union
 import msgspec
 
 from . import protocol as P
+from .auth import read_owner_token
+from .config_flags import options_to_flags
 from .connection import Connection, EngineDiedError, EngineError
 from .endpoint import default_endpoint
 
@@ -188,11 +190,12 @@ class Client:
         return self._one(P.Ping(rid=self.conn.new_rid())).data
 
     def flush_cache(self) -> None:
-        self._one(P.Flush(rid=self.conn.new_rid()))
+        self._one(P.Flush(rid=self.conn.new_rid(), token=read_owner_token(self.conn.endpoint)))
 
     def shutdown(self) -> None:
-        """Stop the engine process (for every client attached to it)."""
-        self._one(P.Shutdown(rid=self.conn.new_rid()))
+        """Stop the engine process (for every client attached to it). On loopback TCP only its owner
+        (the user who started it) may; see radixlm.auth."""
+        self._one(P.Shutdown(rid=self.conn.new_rid(), token=read_owner_token(self.conn.endpoint)))
         if self.conn.process is not None:
             self.conn.process.wait(timeout=30)
         self.close()
@@ -246,24 +249,13 @@ class AsyncClient:
             await calls.aclose()
 
 
-def _engine_options_to_flags(options: dict[str, Any]) -> list[str]:
-    flags = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            if name not in ("radix_cache", "jump_forward"):
-                raise TypeError(f"unknown boolean engine option {name!r}")
-            if not value:
-                flags.append(flag.replace("--", "--no-", 1))
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
-def spawn_engine(endpoint: str, model: str, **engine_options: Any) -> subprocess.Popen:
+def spawn_engine(endpoint: str, model: str, curve_keys: str | Path | None = None,
+                 **engine_options: Any) -> subprocess.Popen:
     """Start `radixlm serve` as a child process that exits when this process does."""
     cmd = [sys.executable, "-m", "radixlm.cli", "serve", "--model", model, "--endpoint", endpoint,
-           "--parent-pid", str(os.getpid()), *_engine_options_to_flags(engine_options)]
+           "--parent-pid", str(os.getpid()), *options_to_flags(engine_options)]
+    if curve_keys is not None:
+        cmd += ["--curve-keys", str(curve_keys)]
     proc = subprocess.Popen(cmd)
     atexit.register(lambda: proc.poll() is None and proc.terminate())
     return proc
@@ -278,16 +270,23 @@ def _ready(conn: Connection, wait: float) -> dict | None:
 
 
 def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool = True,
-            timeout: float | None = None, startup_timeout: float = 600.0, **engine_options: Any) -> Client:
+            timeout: float | None = None, startup_timeout: float = 600.0,
+            heartbeat_timeout: float | None = None, curve_keys: str | Path | None = None,
+            **engine_options: Any) -> Client:
     """Attach to the engine at `endpoint` (default: the user's ipc socket) or, if none answers and
-    `spawn` is true, start one on `model` with `engine_options` (EngineConfig fields) and wait for it."""
+    `spawn` is true, start one on `model` with `engine_options` (EngineConfig fields, the same names
+    as the `radixlm serve` flags) and wait for it. A call fails with EngineDiedError when the engine
+    exits or is stopped (a local engine), or sends nothing for `heartbeat_timeout` seconds (default
+    60 for an engine that is not a local process; see radixlm.connection). `curve_keys`: a keys
+    directory (radixlm.auth) for an engine served beyond loopback."""
     endpoint = endpoint or default_endpoint()
     socket_file = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
     if socket_file is None or socket_file.exists():
-        conn = Connection(endpoint)
+        conn = Connection(endpoint, heartbeat_timeout=heartbeat_timeout, curve_keys=curve_keys)
         pong = _ready(conn, 1.0)
         if pong is not None:
-            conn.engine_pid = pong["pid"]
+            if socket_file is not None:  # same host: its pid is ours to watch too
+                conn.engine_pid = pong["pid"]
             return Client(conn, timeout)
         conn.close()
         if not spawn:
@@ -296,8 +295,8 @@ def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool 
         raise EngineDiedError(f"no engine at {endpoint} (socket file missing)")
     print(f"radixlm: starting an engine for {model!r} at {endpoint} (the first start converts the model once)",
           file=sys.stderr)
-    proc = spawn_engine(endpoint, model, **engine_options)
-    conn = Connection(endpoint, proc)
+    proc = spawn_engine(endpoint, model, curve_keys, **engine_options)
+    conn = Connection(endpoint, proc, heartbeat_timeout, curve_keys)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

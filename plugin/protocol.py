@@ -88,7 +88,9 @@ class Stats(_Message, tag="stats"):
 
 
 class Flush(_Message, tag="flush"):
-    pass
+    """Drop every cached prefix. On loopback TCP only the owner (`token`, see radixlm.auth) may."""
+
+    token: str | None = None
 
 
 class Ping(_Message, tag="ping"):
@@ -96,7 +98,9 @@ class Ping(_Message, tag="ping"):
 
 
 class Shutdown(_Message, tag="shutdown"):
-    pass
+    """Stop the engine. On loopback TCP only the owner (`token`, see radixlm.auth) may."""
+
+    token: str | None = None
 
 
 Request = Union[Generate, Abort, Info, Stats, Flush, Ping, Shutdown]
@@ -135,8 +139,9 @@ class Done(_Message, tag="done"):
 
 
 class Error(_Message, tag="error"):
-    """`code` is one of: bad_message, bad_version, too_large, invalid_request, unknown_request,
-    duplicate_request, engine_error."""
+    """`code` is one of: bad_message, bad_version, invalid_request (rejected at the door, nothing
+    allocated), request_failed (failed alone inside a step; the others went on), unknown_request,
+    duplicate_request, unauthorized, engine_error."""
 
     code: str
     message: str
@@ -148,7 +153,14 @@ class Reply(_Message, tag="reply"):
     data: dict[str, Any] = {}
 
 
-Response = Union[Chunk, Done, Error, Reply]
+class Heartbeat(_Message, tag="heartbeat"):
+    """Sent by the engine about once a second to each client with requests in flight: a client that
+    is gone is found this way (its requests are aborted) even when it streams nothing."""
+
+    rid: str = ""
+
+
+Response = Union[Chunk, Done, Error, Reply, Heartbeat]
 
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _response_decoder = msgspec.msgpack.Decoder(Response)

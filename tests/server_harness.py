@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +17,19 @@ from radixlm.engine.server import EngineServer
 
 
 @contextmanager
-def fake_server(tmp_path: Path, **cfg) -> Iterator[EngineServer]:
-    engine = Engine(FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
+def serve_in_thread(server: EngineServer) -> Iterator[EngineServer]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def fake_server(tmp_path: Path, model: FakeModel | None = None, **cfg) -> Iterator[EngineServer]:
+    engine = Engine(model or FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
     endpoint = f"ipc://{tmp_path / ('e-' + uuid.uuid4().hex[:8] + '.sock')}"
     server = EngineServer(engine, endpoint)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -31,3 +43,17 @@ def fake_server(tmp_path: Path, **cfg) -> Iterator[EngineServer]:
 
 def client_for(server: EngineServer, timeout: float = 10.0) -> Client:
     return Client(Connection(server.endpoint), timeout=timeout)
+
+
+def settled_stats(client: Client, timeout: float = 10.0) -> dict:
+    """Stats with integrity checked, once nothing runs and every slot is free or evictable (pending
+    last-token passes of finished requests hold their locks for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = client.stats(check_integrity=True)
+        idle = not stats["running"] and not stats["waiting"]
+        if idle and stats["pool_free"] + stats["cache_evictable"] == stats["pool_capacity"]:
+            return stats
+        if time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)

@@ -77,9 +77,12 @@ def raw_socket(server):
 
 
 def recv(sock, timeout_ms=2000):
-    if not sock.poll(timeout_ms):
-        return None
-    return P.decode_response(sock.recv_multipart()[-1])
+    """The next reply that is not a Heartbeat (sent while requests are in flight), or None."""
+    while sock.poll(timeout_ms):
+        reply = P.decode_response(sock.recv_multipart()[-1])
+        if not isinstance(reply, P.Heartbeat):
+            return reply
+    return None
 
 
 def test_protocol_violations_name_the_problem(tmp_path):
@@ -90,7 +93,6 @@ def test_protocol_violations_name_the_problem(tmp_path):
             ([P.VERSION, b"\xc1\xc1 not msgpack"], "bad_message"),
             ([P.VERSION, msgspec.msgpack.encode({"type": "generate", "rid": "b", "bogus": 1})], "bad_message"),
             ([P.VERSION, msgspec.msgpack.encode({"type": "generate", "rid": "c", "sampling": {"max_new_tokens": "x"}})], "bad_message"),
-            ([P.VERSION, b"x" * (P.MAX_MESSAGE_BYTES + 1)], "too_large"),
             ([P.VERSION, P.encode(P.Abort(rid="d", target="nope"))], "unknown_request"),
             ([P.VERSION], "bad_message"),
         ]
@@ -171,7 +173,7 @@ def test_a_client_that_disconnects_mid_stream_has_its_request_aborted(tmp_path):
     with fake_server(tmp_path) as server:
         sock = raw_socket(server)
         sock.send_multipart([P.VERSION, P.encode(P.Generate(rid="x", input_ids=list(range(1, 40)), stream=True,
-                                                             sampling=P.SamplingOptions(max_new_tokens=100000, ignore_eos=True)))])
+                                                             sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True)))])
         assert isinstance(recv(sock), P.Chunk)
         sock.close(linger=0)
         c = client_for(server)
@@ -184,10 +186,23 @@ def test_a_client_that_disconnects_mid_stream_has_its_request_aborted(tmp_path):
         c.close()
 
 
+def test_an_oversized_message_is_refused_by_the_socket_before_any_decode(tmp_path):
+    with fake_server(tmp_path) as server:
+        sock = raw_socket(server)
+        sock.send_multipart([P.VERSION, b"x" * (P.MAX_MESSAGE_BYTES + 1)])
+        assert recv(sock, timeout_ms=300) is None, "libzmq drops the sender; nothing reaches the engine"
+        sock.close()
+        c = client_for(server)
+        with pytest.raises(ValueError, match="exceeds the engine's limit"):
+            c.generate("x" * (P.MAX_MESSAGE_BYTES + 1))
+        assert c.generate(PROMPT, max_new_tokens=3, ignore_eos=True).completion_tokens == 3
+        c.close()
+
+
 def test_duplicate_rid_is_rejected(tmp_path):
     with fake_server(tmp_path) as server:
         sock = raw_socket(server)
-        gen = P.Generate(rid="same", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=100000, ignore_eos=True))
+        gen = P.Generate(rid="same", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True))
         sock.send_multipart([P.VERSION, P.encode(gen)])
         sock.send_multipart([P.VERSION, P.encode(gen)])
         reply = recv(sock)
@@ -207,7 +222,7 @@ def test_runtime_dir_is_private_and_tcp_defaults_to_loopback():
 def test_flushing_while_busy_is_an_error_not_a_crash(tmp_path):
     with fake_server(tmp_path) as server:
         sock = raw_socket(server)
-        gen = P.Generate(rid="long", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=100000, ignore_eos=True))
+        gen = P.Generate(rid="long", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True))
         sock.send_multipart([P.VERSION, P.encode(gen)])
         sock.send_multipart([P.VERSION, P.encode(P.Flush(rid="f"))])
         reply = recv(sock)
