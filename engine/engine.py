@@ -25,6 +25,8 @@ from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler, SchedulerConfig
 from .stats import EngineStats
 from .tokenizer import Tokenizer
+from .trace_retention import TraceRetention
+from .traces import TraceTable
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -45,6 +47,9 @@ class EngineConfig:
     dtype: str = "float32"
     jump_forward: bool = True
     attention_backend: str = "auto"  # "auto" (torch on CPU, triton on CUDA), "torch" or "triton"
+    trace_retention: bool = True  # keep an agent trace's newest path pinned while it runs a tool
+    trace_ttl_s: float = 30.0  # a pin not resumed, ended or needed within this many seconds goes
+    max_pinned_share: float = 0.5  # most of the KV pool that trace pins may hold
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -57,6 +62,10 @@ class EngineConfig:
         for name in ("kv_cache_tokens", "max_running_requests", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.trace_ttl_s > 0:
+            raise ValueError(f"trace_ttl_s must be > 0, got {self.trace_ttl_s}")
+        if not 0.0 <= self.max_pinned_share <= 1.0:
+            raise ValueError(f"max_pinned_share must be in [0, 1], got {self.max_pinned_share}")
 
 
 class Engine:
@@ -85,9 +94,13 @@ class Engine:
         detok = tokenizer.decode if tokenizer else None
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
                                  config.jump_forward, detok)
-        self.scheduler = Scheduler(self.kv, sched_cfg, self.decoding)
-        self._grammars: GrammarBackend | None = None
         self.stats = EngineStats()
+        self.traces = TraceTable(lambda: self.stats.traces)
+        if config.trace_retention and config.radix_cache:
+            self.kv.retention = TraceRetention(cache, self.traces, pool.allocator.capacity,
+                                               config.trace_ttl_s, config.max_pinned_share)
+        self.scheduler = Scheduler(self.kv, sched_cfg, self.decoding, self.traces)
+        self._grammars: GrammarBackend | None = None
         self.max_context = max_context
 
     @classmethod
@@ -129,6 +142,9 @@ class Engine:
             "max_running_requests": self.config.max_running_requests,
             "eos_token_ids": sorted(self.decoding.eos),
             "jump_forward": self.config.jump_forward,
+            "trace_retention": self.kv.retention is not None,
+            "trace_ttl_s": self.config.trace_ttl_s,
+            "max_pinned_share": self.config.max_pinned_share,
         }
 
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
@@ -154,7 +170,16 @@ class Engine:
         if rid is not None:
             req.rid = rid
         self.scheduler.add(req)
+        self.traces.on_arrival(req)
         return req
+
+    def end_trace(self, trace_id: str) -> dict:
+        """The agent of `trace_id` is done: release its pin and close its trace (its counters stay
+        in `stats_dict()["traces"]`). Ending an unknown or already ended trace changes nothing."""
+        if not isinstance(trace_id, str) or not trace_id:
+            raise ValueError("trace_id must be a non-empty string")
+        released = self.kv.retention.drop(trace_id, "end_trace") if self.kv.retention is not None else False
+        return {"trace_id": trace_id, "ended": self.traces.end(trace_id), "released_pin": released}
 
     def grammars(self) -> GrammarBackend:
         """The model's grammar compiler (built on first use: it indexes the whole vocabulary)."""
@@ -175,6 +200,8 @@ class Engine:
         """Run one scheduled forward pass; return the requests that finished in it. With
         `allow_ghost_only` false, a pass that would only write finished requests' last-token KV is
         deferred so that it rides along with the next request's pass."""
+        if self.kv.retention is not None:
+            self.kv.retention.expire()
         batch = self.scheduler.next_batch(allow_ghost_only)
         if batch is None:
             if self.has_work() and (allow_ghost_only or not self.scheduler.only_ghosts_pending()):
@@ -190,6 +217,8 @@ class Engine:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
+        for req, n in zip(batch.reqs, batch.extend_lens or [1] * len(batch.reqs)):
+            self.traces.on_computed(req, n)
         self._count(batch, len(out.tokens), now - start)
         return [self._result(r) for r in finished]
 
@@ -265,6 +294,7 @@ class Engine:
 
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
+        self.traces.on_finish(req)
         text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
         if text is not None and req.stop_text_end is not None:
             text = text[: req.stop_text_end]
@@ -290,7 +320,13 @@ class Engine:
     def stats_dict(self) -> dict:
         """Counters plus pool use and queue lengths right now."""
         cache = self.kv.cache
+        retention = self.kv.retention
+        pins = {}
+        if retention is not None:
+            retention.expire()
+            pins = retention.gauges()
         return self.stats.as_dict(
+            **pins,
             pool_capacity=self.kv.pool.allocator.capacity,
             pool_free=self.kv.pool.allocator.available,
             cache_evictable=cache.evictable_size,
@@ -307,4 +343,6 @@ class Engine:
         """Drop every cached prefix (only when idle)."""
         if self.has_work():
             raise ValueError("cannot flush the cache while requests are running")
+        if self.kv.retention is not None:
+            self.kv.retention.release_all()
         self.kv.cache.reset()

@@ -7,13 +7,16 @@ tree, or one live request's private range `req_to_token[row, prefix_len:kv_len]`
 
 from __future__ import annotations
 
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Union
 
 import torch
 
 from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
 from .request import Request
+
+if TYPE_CHECKING:
+    from .trace_retention import TraceRetention
 
 PrefixCache = Union[RadixCache, NoRadixCache]
 
@@ -24,21 +27,26 @@ class KVManager:
     def __init__(self, pool: KVPool, rows: ReqToTokenPool, cache: PrefixCache) -> None:
         self.pool, self.rows, self.cache = pool, rows, cache
         self.evicted_tokens = 0
+        self.retention: TraceRetention | None = None  # pins of agent traces in a tool (trace_retention.py)
 
     @property
     def table(self) -> torch.Tensor:
         return self.rows.table
 
     def available(self) -> int:
-        """Slots obtainable now: free plus evictable."""
-        return self.pool.allocator.available + self.cache.evictable_size
+        """Slots obtainable now: free plus evictable, plus what only trace pins hold (pins never block)."""
+        pinned = self.retention.releasable() if self.retention is not None else 0
+        return self.pool.allocator.available + self.cache.evictable_size + pinned
 
     def alloc(self, n: int) -> torch.Tensor:
-        """Allocate `n` slots, evicting LRU cache leaves first if the free list is short."""
-        short = n - self.pool.allocator.available
-        if short > 0:
-            self.evicted_tokens += self.cache.evict(short)
-        return self.pool.allocator.alloc(n)
+        """Allocate `n` slots, evicting LRU cache leaves first if the free list is short, then
+        releasing trace pins (lowest benefit first) while it still is."""
+        allocator = self.pool.allocator
+        if n > allocator.available:
+            self.evicted_tokens += self.cache.evict(n - allocator.available)
+            while n > allocator.available and self.retention is not None and self.retention.release_one():
+                self.evicted_tokens += self.cache.evict(n - allocator.available)
+        return allocator.alloc(n)
 
     def match_and_lock(self, req: Request) -> None:
         """Point the request at its longest cached prefix (always leaving one token to compute) and lock it."""
@@ -53,6 +61,11 @@ class KVManager:
         if req.row is None:
             req.row = self.rows.alloc()
         self.table[req.row, : match.length] = match.slots
+
+    def admitted(self, req: Request) -> None:
+        """The request was admitted holding its own lock on its prefix: its trace's pin can go."""
+        if self.retention is not None:
+            self.retention.on_admit(req)
 
     def abandon(self, req: Request) -> None:
         """Undo `match_and_lock` for a request that is not admitted after all (it owns no slots yet)."""
@@ -98,9 +111,12 @@ class KVManager:
         if req.row is None:
             return
         self.commit_to_cache(req)
-        self.cache.unlock(req.prefix_node)
+        node, length = req.prefix_node, req.prefix_len
+        self.cache.unlock(node)
         self.rows.free(req.row)
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
+        if self.retention is not None:
+            self.retention.on_release(req, node, length)  # nothing ran since the unlock: node is in the tree
 
     def check_integrity(self, live: Iterable[Request]) -> None:
         """Every allocatable slot is owned exactly once: free list, tree, or one request's private range."""
@@ -118,6 +134,29 @@ class KVManager:
             )
         if bool((every == 0).any()):
             raise IntegrityError("scratch slot 0 is owned by someone")
+        if self.shares_prefixes:
+            holders = [r.prefix_node for r in live if r.row is not None]
+            if self.retention is not None:
+                holders += self.retention.pinned_paths()
+            self._check_lock_holders(holders)
+
+    def _check_lock_holders(self, holders: list) -> None:
+        """Every node's lock count equals the live requests' and trace pins' paths through it."""
+        expected: dict[int, int] = {}
+        for node in holders:
+            while node is not self.cache.root:
+                expected[node.id] = expected.get(node.id, 0) + 1
+                node = node.parent
+        stack = list(self.cache.root.children.values())
+        while stack:
+            node = stack.pop()
+            want = expected.pop(node.id, 0)
+            if node.lock_ref != want:
+                raise IntegrityError(f"node {node.id} has lock_ref {node.lock_ref}, but the requests and trace "
+                                     f"pins holding it account for {want}")
+            stack.extend(node.children.values())
+        if expected:
+            raise IntegrityError(f"{len(expected)} locked node(s) of requests or pins are not in the tree")
 
 
 __all__ = ["KVManager", "OutOfSlotsError", "PrefixCache"]

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .decoding import Decoding
 from .kv_manager import KVManager
 from .model.context import ForwardMode
 from .policy import order_waiting
 from .request import FinishReason, Request, ReqStatus
+
+if TYPE_CHECKING:
+    from .traces import TraceTable
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,9 @@ class Batch:
 class Scheduler:
     """Waiting queue, running set and admission; see the module docstring."""
 
-    def __init__(self, kv: KVManager, config: SchedulerConfig, decoding: Decoding) -> None:
-        self.kv, self.cfg, self.decoding = kv, config, decoding
+    def __init__(self, kv: KVManager, config: SchedulerConfig, decoding: Decoding,
+                 traces: TraceTable | None = None) -> None:
+        self.kv, self.cfg, self.decoding, self.traces = kv, config, decoding, traces
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.chunked: Request | None = None
@@ -118,7 +123,7 @@ class Scheduler:
                     lens.append(n)
                     budget -= n
         reserved = sum(min(r.remaining_output, self.cfg.reserve_clip) for r in self.running)
-        waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache) if self.waiting else []
+        waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache, self.traces) if self.waiting else []
         for req in waiting:
             if self.chunked is not None or budget <= 0:
                 break
@@ -141,6 +146,9 @@ class Scheduler:
             req.status = ReqStatus.PREFILLING
             if req.cached_tokens is None:
                 req.cached_tokens = req.prefix_len
+            if self.traces is not None:
+                self.traces.on_admit(req)
+            self.kv.admitted(req)
             self.kv.extend_slots(req, n)
             reqs.append(req)
             lens.append(n)

@@ -178,6 +178,11 @@ class Client:
             if item is not None:
                 yield item
 
+    def end_trace(self, trace_id: str) -> dict:
+        """Tell the engine the agent trace `trace_id` is over, so it releases the KV it kept for it
+        (adapters call this when the outermost DSPy module call / LangChain root run returns)."""
+        return self._one(P.EndTrace(rid=self.conn.new_rid(), trace_id=trace_id)).data
+
     def info(self) -> dict:
         return self._one(P.Info(rid=self.conn.new_rid())).data
 
@@ -230,6 +235,14 @@ class AsyncClient:
         calls = self._call(msg)
         try:
             return _collect(msg, [r async for r in calls if isinstance(r, P.Done)])
+        finally:
+            await calls.aclose()
+
+    async def end_trace(self, trace_id: str) -> dict:
+        """See `Client.end_trace`."""
+        calls = self._call(P.EndTrace(rid=self.client.conn.new_rid(), trace_id=trace_id))
+        try:
+            return (await calls.__anext__()).data
         finally:
             await calls.aclose()
 
