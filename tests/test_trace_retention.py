@@ -10,6 +10,7 @@ import time
 import pytest
 
 from fake_model import FakeModel
+from radixlm.client import end_trace_everywhere
 from radixlm.connection import EngineError
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.policy import SERVICE_QUANTUM, order_waiting
@@ -266,3 +267,21 @@ def test_end_trace_over_the_wire_sync_and_async(tmp_path):
                 client.end_trace("")
         finally:
             client.close()
+
+
+def test_end_trace_everywhere_ends_the_trace_on_the_engines_that_served_it(tmp_path):
+    with fake_server(tmp_path, kv_cache_tokens=500) as server:
+        served, idle = client_for(server), client_for(server)
+        try:
+            served.generate(tokens(30, 70), max_new_tokens=4, trace_id="root-run")
+            assert "root-run" in served.open_traces and "root-run" not in idle.open_traces
+            end_trace_everywhere("root-run")
+            assert not served.open_traces
+            deadline = time.monotonic() + 5
+            while not served.stats()["traces"]["root-run"]["ended"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stats = served.stats(check_integrity=True)
+            assert stats["traces"]["root-run"]["ended"] and stats["pins"] == 0
+        finally:
+            served.close()
+            idle.close()
