@@ -33,9 +33,10 @@ class KVManager:
     def table(self) -> torch.Tensor:
         return self.rows.table
 
-    def available(self) -> int:
-        """Slots obtainable now: free plus evictable, plus what only trace pins hold (pins never block)."""
-        pinned = self.retention.releasable() if self.retention is not None else 0
+    def available(self, include_pins: bool = True) -> int:
+        """Slots obtainable now: free plus evictable, plus (unless told not to) what only trace pins
+        hold: admission counts them, since pins give way to any allocation (they never block)."""
+        pinned = self.retention.releasable() if self.retention is not None and include_pins else 0
         return self.pool.allocator.available + self.cache.evictable_size + pinned
 
     def alloc(self, n: int) -> torch.Tensor:

@@ -142,6 +142,8 @@ class Scheduler:
                 self.kv.abandon(req)
                 break
             reserved += reserve
+            if self.finishing and self.kv.available(include_pins=False) < n:
+                self._drop_ghosts()  # a finished request's last-token pass is worth less than a trace's pin
             self.waiting.remove(req)
             req.status = ReqStatus.PREFILLING
             if req.cached_tokens is None:
@@ -181,7 +183,7 @@ class Scheduler:
     def _take_ghosts(self) -> list[Request]:
         """Finished requests that get their last token's KV in this pass; the rest release now."""
         ghosts, self.finishing = self.finishing, []
-        room = self.kv.available()
+        room = self.kv.available(include_pins=False)
         kept = []
         for req in ghosts:
             if room > 0 and req.fill_len - req.kv_len == 1:
@@ -196,9 +198,7 @@ class Scheduler:
         """Free memory: first drop pending ghost passes, then requeue the least-progressed running
         request. Returns False when there was nothing to free."""
         if self.finishing:
-            for req in self.finishing:
-                self.kv.release(req)
-            self.finishing = []
+            self._drop_ghosts()
             return True
         victims = [r for r in self.running if r is not exclude]
         if not victims:
@@ -207,6 +207,12 @@ class Scheduler:
         self.running.remove(victim)
         self._requeue(victim)
         return True
+
+    def _drop_ghosts(self) -> None:
+        """Release the finished requests without their last-token KV pass."""
+        for req in self.finishing:
+            self.kv.release(req)
+        self.finishing = []
 
     def _requeue(self, req: Request) -> None:
         """Hand the request's KV to the cache and put it back at the head of the waiting queue."""

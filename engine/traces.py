@@ -28,7 +28,7 @@ class TraceState:
     in_flight: int = 0
     attained: int = 0  # tokens computed for this trace (prompt tokens computed + tokens generated)
     last_finish: float | None = None
-    last_path: list[int] = field(default_factory=list)  # prompt + output ids of the newest finished call
+    last_path: list[int] = field(default_factory=list)  # ids of the newest finished call whose KV it computed
     gaps: list[float] = field(default_factory=list)  # observed tool times, seconds
 
 
@@ -92,7 +92,7 @@ class TraceTable:
             return
         state.in_flight = max(state.in_flight - 1, 0)
         state.last_finish = self.clock()
-        state.last_path = req.fill_ids
+        state.last_path = req.fill_ids[: req.kv_len]  # tokens whose KV the call computed (not forced/last ones)
         self.record(req.trace_id).wall_seconds = state.last_finish - state.started
 
     def end(self, trace_id: str) -> bool:

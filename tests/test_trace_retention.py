@@ -81,7 +81,8 @@ def test_recomputed_tokens_counted_without_retention():
     r1 = call(engine, first, "agent")
     flood(engine, 6, 60, seed=100)
     r2 = call(engine, first + r1.output_ids + tokens(5, 2), "agent")
-    assert engine.stats.traces["agent"].recomputed_tokens == len(first) + len(r1.output_ids) - r2.cached_tokens
+    computed_by_call = len(first) + len(r1.output_ids) - 1  # its last token's KV comes from the later ghost pass
+    assert engine.stats.traces["agent"].recomputed_tokens == computed_by_call - r2.cached_tokens > 0
 
 
 def test_end_trace_releases_the_pin():
