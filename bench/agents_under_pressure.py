@@ -14,7 +14,13 @@ trace when its last call returns. Systems (same workload, same model, one run):
 
 then `retention+program` and `lru` again on a pool that holds everything (no memory pressure).
 
+`--simulate` runs the same engine (scheduler, radix cache, pins, policy: all real) on a simulated
+model in simulated time: each forward pass advances a virtual clock by a cost model of SmolLM2 on a
+2-core CPU (`SimulatedModel`), and tools advance it too, so the figures do not depend on the machine's
+load. It is a supplement to the real-model run, not a replacement.
+
     python bench/agents_under_pressure.py --agents 32
+    python bench/agents_under_pressure.py --agents 32 --simulate
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.loader import load_model
+from radixlm.engine.model.context import ForwardMode, current_context
 from radixlm.engine.request import SamplingParams
 
 SYSTEMS = {
@@ -74,6 +81,62 @@ def make_workload(agents: int, steps: int, seed: int, vocab: int, system_len: in
     )
 
 
+class RealClock:
+    """Wall-clock time; tools really sleep."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def wait_until(self, when: float) -> None:
+        time.sleep(max(0.0, min(when - self.now(), 0.05)))
+
+
+class VirtualClock:
+    """Simulated time: advanced by the simulated model's passes and by waiting for tools."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wait_until(self, when: float) -> None:
+        self.t = max(self.t, when)
+
+
+@dataclass(frozen=True)
+class SimulatedConfig:
+    vocab_size: int = 49152
+    num_layers: int = 1
+    num_kv_heads: int = 1
+    head_dim: int = 1
+    max_position_embeddings: int = 8192
+
+
+class SimulatedModel:
+    """The model interface without the model: the next token is a fixed function of the last token and
+    its position, and each pass costs simulated seconds (SmolLM2-135M on a 2-core CPU, roughly: a fixed
+    cost per pass, per computed token, and per (token x context) attention pair)."""
+
+    PASS_S, TOKEN_S, PAIR_S, DECODE_TOKEN_S = 0.012, 1 / 1500, 1 / 4e6, 0.0015
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.cfg, self.dtype, self.device, self.clock = SimulatedConfig(), torch.float32, torch.device("cpu"), clock
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        ctx = current_context()
+        rows = ctx.logit_rows
+        if ctx.mode is ForwardMode.DECODE:
+            cost = self.PASS_S + self.DECODE_TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
+        else:
+            cost = self.PASS_S + self.TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
+        self.clock.t += cost
+        nxt = (ids[rows] * 7919 + positions[rows]) % (self.cfg.vocab_size - 100) + 100
+        logits = torch.zeros(len(rows), self.cfg.vocab_size)
+        logits[torch.arange(len(rows)), nxt] = 1.0
+        return logits
+
+
 @dataclass
 class Agent:
     index: int
@@ -85,12 +148,20 @@ class Agent:
 
 
 def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) -> dict:
-    """Drive every agent to its end on one engine; returns the figures of the run."""
+    """Drive every agent to its end on one engine; returns the figures of the run. `model` is a loaded
+    SmolLM2 (real time) or None (a SimulatedModel in simulated time)."""
     cfg = dict(SYSTEMS[name])
     if name == "ttl-pins":
         cfg["trace_ttl_s"] = ttl_s
-    engine = Engine(model.model, EngineConfig(kv_cache_tokens=pool, **cfg),
-                    model.eos_token_ids, model.tokenizer)
+    if model is None:
+        clock = VirtualClock()
+        engine = Engine(SimulatedModel(clock), EngineConfig(kv_cache_tokens=pool, **cfg))
+        engine.traces.clock = clock.now
+        if engine.kv.retention is not None:
+            engine.kv.retention.clock = clock.now
+    else:
+        clock = RealClock()
+        engine = Engine(model.model, EngineConfig(kv_cache_tokens=pool, **cfg), model.eos_token_ids, model.tokenizer)
     if name == "ttl-pins":
         engine.kv.retention.mode = "ttl"
     params = SamplingParams(max_new_tokens=workload.output_tokens, ignore_eos=True)
@@ -98,25 +169,25 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
     steps = len(workload.observations[0])
     due: list[tuple[float, int]] = []  # (when, agent index): agents whose tool finishes then
     by_rid: dict[str, Agent] = {}
-    t0 = time.perf_counter()
+    t0 = clock.now()
     for agent in agents:
         agent.start = t0
         heapq.heappush(due, (t0, agent.index))
     done = 0
     while done < len(agents):
-        now = time.perf_counter()
+        now = clock.now()
         while due and due[0][0] <= now:
             agent = agents[heapq.heappop(due)[1]]
             req = engine.add_request(agent.path, params, trace_id=f"agent-{agent.index}")
             by_rid[req.rid] = agent
         if not engine.has_work():
-            time.sleep(max(0.0, min(due[0][0] - time.perf_counter(), 0.05)) if due else 0.001)
+            clock.wait_until(due[0][0])
             continue
-        for result in engine.step(allow_ghost_only=not due or due[0][0] > time.perf_counter() + 0.005):
+        for result in engine.step(allow_ghost_only=not due or due[0][0] > clock.now() + 0.005):
             agent = by_rid.pop(result.rid)
             agent.outputs.append(result.output_ids)
             agent.path = agent.path + result.output_ids + workload.observations[agent.index][agent.step]
-            finished_at = time.perf_counter()
+            finished_at = clock.now()
             if agent.step + 1 == steps:
                 agent.end = finished_at
                 engine.end_trace(f"agent-{agent.index}")
@@ -124,7 +195,7 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
             else:
                 heapq.heappush(due, (finished_at + workload.tool_seconds[agent.index][agent.step], agent.index))
             agent.step += 1
-    makespan = time.perf_counter() - t0
+    makespan = clock.now() - t0
     while engine.has_work():
         engine.step()
     engine.check_integrity()
@@ -166,11 +237,13 @@ def main() -> None:
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     ap.add_argument("--no-pressure-check", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--simulate", action="store_true", help="simulated model and time (see the module docstring)")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model("smollm2")
-    workload = make_workload(args.agents, args.steps, args.seed, model.model.cfg.vocab_size, args.system_len,
+    model = None if args.simulate else load_model("smollm2")
+    vocab = SimulatedConfig.vocab_size if model is None else model.model.cfg.vocab_size
+    workload = make_workload(args.agents, args.steps, args.seed, vocab, args.system_len,
                              args.task_len, tuple(args.obs_len), args.output_tokens, tuple(args.tool_seconds))
     pool = int(workload.working_set * args.pool_share)
     print(f"{args.agents} agents x {args.steps} steps; combined working set {workload.working_set} tokens; "

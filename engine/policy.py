@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .traces import TraceTable
 
 POLICIES = ("lpm", "dfs-weight", "fcfs", "program")
-SERVICE_QUANTUM = 512  # tokens of attained service in the first level of the program policy
+SERVICE_QUANTUM = 2048  # tokens of attained service in the first level of the program policy
 # Matching every waiting prompt each round costs time; past this queue length, fall back to fcfs.
 MAX_QUEUE_FOR_MATCHING = 256
 
@@ -51,7 +51,7 @@ def service_level(attained: int) -> int:
     return (attained // SERVICE_QUANTUM).bit_length()
 
 
-def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, float, int]:
+def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:
     return service_level(traces.attained(req.trace_id)), traces.started(req), -matched
 
 

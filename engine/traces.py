@@ -9,6 +9,7 @@ before and now computes again. Counters land in the trace's `TraceStats` (`clien
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,6 +26,7 @@ class TraceState:
     """Runtime state of one open trace (dropped when the trace ends; its TraceStats stay)."""
 
     started: float
+    order: int  # traces numbered by first arrival: breaks ties between traces started at the same time
     in_flight: int = 0
     attained: int = 0  # tokens computed for this trace (prompt tokens computed + tokens generated)
     last_finish: float | None = None
@@ -49,6 +51,7 @@ class TraceTable:
         self.open: dict[str, TraceState] = {}
         self._gap_total = 0.0
         self._gap_count = 0
+        self._order = itertools.count()
 
     def record(self, trace_id: str) -> TraceStats:
         return self.stats().setdefault(trace_id, TraceStats())
@@ -60,7 +63,7 @@ class TraceTable:
         now = self.clock()
         state = self.open.get(req.trace_id)
         if state is None:
-            state = self.open[req.trace_id] = TraceState(started=now)
+            state = self.open[req.trace_id] = TraceState(started=now, order=next(self._order))
             self.record(req.trace_id).ended = False
         elif state.in_flight == 0 and state.last_finish is not None:
             gap = max(now - state.last_finish, 0.0)
@@ -114,10 +117,11 @@ class TraceTable:
         state = self.open.get(trace_id) if trace_id is not None else None
         return state.attained if state is not None else 0
 
-    def started(self, req: Request) -> float:
-        """When the request's program started: its trace's first arrival, or the request's own."""
+    def started(self, req: Request) -> tuple[float, int]:
+        """When the request's program started (its trace's first arrival, or the request's own), with
+        the trace's arrival number to order traces that started at the same time."""
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
-        return state.started if state is not None else req.arrival
+        return (state.started, state.order) if state is not None else (req.arrival, -1)
 
     def expected_tool_seconds(self, trace_id: str) -> float:
         """Mean tool time observed for this trace, else over all traces, else a default."""
