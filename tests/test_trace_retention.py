@@ -286,3 +286,34 @@ def test_end_trace_everywhere_ends_the_trace_on_the_engines_that_served_it(tmp_p
         finally:
             served.close()
             idle.close()
+
+
+def test_pending_ghost_passes_give_way_before_pins():
+    engine = make_engine(kv_cache_tokens=200)
+    call(engine, tokens(40, 80), "agent")
+    other = engine.add_request(tokens(60, 81), PARAMS)
+    while other.status is not ReqStatus.FINISHED:
+        engine.step()
+    assert engine.scheduler.finishing == [other]  # its last-token pass is still pending, its path locked
+    need = engine.kv.available(include_pins=False) + 30  # only dropping that pass (or a pin) makes room
+    engine.add_request(tokens(need, 82), SamplingParams(max_new_tokens=1))
+    engine.step()
+    assert set(engine.kv.retention.pins) == {"agent"}
+    assert other not in engine.scheduler.finishing and other.row is None
+    run_checked(engine)
+
+
+def test_ttl_mode_pins_survive_the_next_call_and_give_way_oldest_first():
+    engine = make_engine(kv_cache_tokens=300, max_pinned_share=1.0)
+    engine.kv.retention.mode = "ttl"
+    first = tokens(30, 90)
+    r1 = call(engine, first, "old")
+    call(engine, tokens(30, 91), "young")
+    call(engine, first + r1.output_ids + [3], "old")  # the next call does not release a TTL pin ...
+    assert engine.kv.retention.released["next_call"] == 0
+    assert engine.end_trace("old")["released_pin"] is False  # ... nor does the trace's end
+    need = engine.kv.pool.allocator.available + engine.kv.cache.evictable_size + 10
+    engine.add_request(tokens(need, 92), SamplingParams(max_new_tokens=1))
+    engine.step()
+    assert set(engine.kv.retention.pins) == {"old"}  # its second call renewed its pin: "young"'s is the oldest
+    run_checked(engine)
