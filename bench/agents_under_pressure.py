@@ -245,7 +245,9 @@ def main() -> None:
     vocab = SimulatedConfig.vocab_size if model is None else model.model.cfg.vocab_size
     workload = make_workload(args.agents, args.steps, args.seed, vocab, args.system_len,
                              args.task_len, tuple(args.obs_len), args.output_tokens, tuple(args.tool_seconds))
-    pool = int(workload.working_set * args.pool_share)
+    longest = max(len(workload.system) + len(t) + sum(len(o) + args.output_tokens for o in obs)
+                  for t, obs in zip(workload.tasks, workload.observations))
+    pool = max(int(workload.working_set * args.pool_share), longest + args.output_tokens)  # one agent always fits
     print(f"{args.agents} agents x {args.steps} steps; combined working set {workload.working_set} tokens; "
           f"pool {pool} tokens ({args.pool_share:.2f}); tools {args.tool_seconds[0]}-{args.tool_seconds[1]} s",
           file=sys.stderr)
