@@ -16,6 +16,8 @@ import dspy
 from dspy.dsp.utils.settings import thread_local_overrides
 from dspy.utils.callback import BaseCallback
 
+from radixlm.client import end_trace_everywhere
+
 _TRACE_KEY = "radixlm_trace_id"
 _TOOLS_KEY = "radixlm_react_tools"
 
@@ -48,6 +50,7 @@ def trace(trace_id: str | None = None) -> Iterator[str]:
         yield trace_id
     finally:
         thread_local_overrides.reset(token)
+        end_trace_everywhere(trace_id)  # the engine releases the KV it kept for this agent
 
 
 class TraceCallback(BaseCallback):
@@ -59,12 +62,14 @@ class TraceCallback(BaseCallback):
 
     def __init__(self) -> None:
         self._open: dict[str, list] = {}
+        self._roots: dict[str, str] = {}  # call id of an outermost module call -> the trace it opened
         self._lock = threading.Lock()
 
     def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         tokens = []
         if current_trace_id() is None:
-            tokens.append(_set(_TRACE_KEY, uuid.uuid4().hex))
+            self._roots[call_id] = uuid.uuid4().hex
+            tokens.append(_set(_TRACE_KEY, self._roots[call_id]))
         if isinstance(instance, dspy.ReAct):
             tokens.append(_set(_TOOLS_KEY, dict(instance.tools)))
         if tokens:
@@ -74,6 +79,9 @@ class TraceCallback(BaseCallback):
     def on_module_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
         with self._lock:
             tokens = self._open.pop(call_id, [])
+        opened = self._roots.pop(call_id, None)
+        if opened is not None:
+            end_trace_everywhere(opened)  # the engine releases the KV it kept for this agent
         for token in reversed(tokens):
             try:
                 thread_local_overrides.reset(token)

@@ -13,7 +13,7 @@ from langchain_core.tracers.context import register_configure_hook
 
 import radixlm
 from radixlm import protocol as P
-from radixlm.client import Client, _generate_message
+from radixlm.client import Client, _generate_message, end_trace_everywhere
 
 _clients: dict[tuple[str | None, str], Client] = {}
 _clients_lock = threading.Lock()
@@ -55,7 +55,8 @@ class _RootRunTracker(BaseCallbackHandler):
             self.roots[run_id] = self.roots.get(parent_run_id, parent_run_id)
 
     def _end(self, run_id: UUID) -> None:
-        self.roots.pop(run_id, None)
+        if self.roots.pop(run_id, None) == run_id:
+            end_trace_everywhere(str(run_id))  # the root run ended: the engine releases its trace's KV
 
     def root_of(self, run_id: UUID) -> UUID | None:
         return self.roots.get(run_id)

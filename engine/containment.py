@@ -122,7 +122,9 @@ def recover(engine: Engine, message: str) -> list[GenerationResult]:
     pool.allocator = SlotAllocator(pool.num_slots)
     rows = ReqToTokenPool(table.shape[0], table.shape[1], device=table.device)
     engine.kv = KVManager(pool, rows, type(engine.kv.cache)(pool.allocator))
-    engine.scheduler, engine.in_flight = Scheduler(engine.kv, engine.config, engine.decoding), None
+    engine.attach_retention()
+    engine.scheduler = Scheduler(engine.kv, engine.config, engine.decoding, engine.traces)
+    engine.in_flight = None
     failed = [r for r in reqs if r.status is not ReqStatus.FINISHED]
     for req in reqs + s.finishing:
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0

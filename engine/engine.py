@@ -28,6 +28,8 @@ from .scheduler import Batch, Scheduler
 from .stats import EngineStats
 from .tokenizer import Tokenizer
 from .validation import Limits, check_params, check_prompt
+from .trace_retention import TraceRetention
+from .traces import TraceTable
 
 
 log = logging.getLogger("radixlm.engine")
@@ -57,6 +59,10 @@ class EngineConfig:
     jump_forward: bool = _option(True, "compute grammar-forced tokens in one pass "
                                  "(--no-jump-forward: decode them one by one)")
     attention_backend: str = _option("auto", "attention kernels (auto: torch on CPU, triton on CUDA)", BACKENDS)
+    trace_retention: bool = _option(True, "keep an agent trace's newest path pinned while it runs a tool "
+                                    "(--no-trace-retention: plain LRU)")
+    trace_ttl_s: float = _option(30.0, "a pin not resumed, ended or needed within this many seconds goes")
+    max_pinned_share: float = _option(0.5, "most of the KV pool that trace pins may hold")
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -69,6 +75,10 @@ class EngineConfig:
         for name in ("kv_cache_tokens", "max_running_requests", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.trace_ttl_s > 0:
+            raise ValueError(f"trace_ttl_s must be > 0, got {self.trace_ttl_s}")
+        if not 0.0 <= self.max_pinned_share <= 1.0:
+            raise ValueError(f"max_pinned_share must be in [0, 1], got {self.max_pinned_share}")
 
 
 class Engine:
@@ -95,12 +105,20 @@ class Engine:
         detok = tokenizer.decode if tokenizer else None
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
                                  config.jump_forward, detok)
-        self.scheduler = Scheduler(self.kv, config, self.decoding)
-        self._grammars: GrammarBackend | None = None
-        self.in_flight: Batch | None = None  # the pass being run, for `recover`
         self.stats = EngineStats()
+        self.traces = TraceTable(lambda: self.stats.traces)
+        self.attach_retention()
+        self.scheduler = Scheduler(self.kv, config, self.decoding, self.traces)
+        self.in_flight: Batch | None = None  # the pass being run, for `recover`
+        self._grammars: GrammarBackend | None = None
         self.max_context = max_context
         self.limits = Limits(mcfg.vocab_size, max_context, pool.allocator.capacity)
+
+    def attach_retention(self) -> None:
+        """Give the KV manager its trace pins (when `trace_retention` is on and the cache is real)."""
+        if self.config.trace_retention and self.config.radix_cache:
+            self.kv.retention = TraceRetention(self.kv.cache, self.traces, self.kv.pool.allocator.capacity,
+                                               self.config.trace_ttl_s, self.config.max_pinned_share)
 
     @classmethod
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
@@ -162,7 +180,16 @@ class Engine:
         if rid is not None:
             req.rid = rid
         self.scheduler.add(req)
+        self.traces.on_arrival(req)
         return req
+
+    def end_trace(self, trace_id: str) -> dict:
+        """The agent of `trace_id` is done: release its pin and close its trace (its counters stay
+        in `stats_dict()["traces"]`). Ending an unknown or already ended trace changes nothing."""
+        if not isinstance(trace_id, str) or not trace_id:
+            raise ValueError("trace_id must be a non-empty string")
+        released = self.kv.retention.drop(trace_id, "end_trace") if self.kv.retention is not None else False
+        return {"trace_id": trace_id, "ended": self.traces.end(trace_id), "released_pin": released}
 
     def grammars(self) -> GrammarBackend:
         """The model's grammar compiler (built on first use: it indexes the whole vocabulary)."""
@@ -194,6 +221,8 @@ class Engine:
 
     def _step(self, allow_ghost_only: bool) -> list[GenerationResult]:
         self.in_flight = None
+        if self.kv.retention is not None:
+            self.kv.retention.expire()
         batch = self.scheduler.next_batch(allow_ghost_only)
         self.in_flight = batch
         if batch is None:
@@ -214,6 +243,8 @@ class Engine:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
+        for req, n in zip(batch.reqs, batch.extend_lens or [1] * len(batch.reqs)):
+            self.traces.on_computed(req, n)
         self._count(batch, len(out.tokens), now - start)
         return [self._result(r) for r in failed + finished]
 
@@ -289,6 +320,7 @@ class Engine:
 
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
+        self.traces.on_finish(req)
         try:
             text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
         except Exception as exc:  # noqa: BLE001 - this request's output cannot be reported; the others can
@@ -318,7 +350,13 @@ class Engine:
     def stats_dict(self) -> dict:
         """Counters plus pool use and queue lengths right now."""
         cache = self.kv.cache
+        retention = self.kv.retention
+        pins = {}
+        if retention is not None:
+            retention.expire()
+            pins = retention.gauges()
         return self.stats.as_dict(
+            **pins,
             pool_capacity=self.kv.pool.allocator.capacity,
             pool_free=self.kv.pool.allocator.available,
             cache_evictable=cache.evictable_size,
@@ -341,4 +379,6 @@ class Engine:
             self.scheduler.drop_ghost_passes()
         if self.has_work():
             raise ValueError("cannot flush the cache while requests are running")
+        if self.kv.retention is not None:
+            self.kv.retention.release_all()
         self.kv.cache.reset()

@@ -7,13 +7,16 @@ tree, or one live request's private range `req_to_token[row, prefix_len:kv_len]`
 
 from __future__ import annotations
 
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Union
 
 import torch
 
 from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache, TreeNode
 from .request import Request
+
+if TYPE_CHECKING:
+    from .trace_retention import TraceRetention
 
 PrefixCache = Union[RadixCache, NoRadixCache]
 
@@ -24,21 +27,27 @@ class KVManager:
     def __init__(self, pool: KVPool, rows: ReqToTokenPool, cache: PrefixCache) -> None:
         self.pool, self.rows, self.cache = pool, rows, cache
         self.evicted_tokens = 0
+        self.retention: TraceRetention | None = None  # pins of agent traces in a tool (trace_retention.py)
 
     @property
     def table(self) -> torch.Tensor:
         return self.rows.table
 
-    def available(self) -> int:
-        """Slots obtainable now: free plus evictable."""
-        return self.pool.allocator.available + self.cache.evictable_size
+    def available(self, include_pins: bool = True) -> int:
+        """Slots obtainable now: free plus evictable, plus (unless told not to) what only trace pins
+        hold: admission counts them, since pins give way to any allocation (they never block)."""
+        pinned = self.retention.releasable() if self.retention is not None and include_pins else 0
+        return self.pool.allocator.available + self.cache.evictable_size + pinned
 
     def alloc(self, n: int) -> torch.Tensor:
-        """Allocate `n` slots, evicting LRU cache leaves first if the free list is short."""
-        short = n - self.pool.allocator.available
-        if short > 0:
-            self.evicted_tokens += self.cache.evict(short)
-        return self.pool.allocator.alloc(n)
+        """Allocate `n` slots, evicting LRU cache leaves first if the free list is short, then
+        releasing trace pins (lowest benefit first) while it still is."""
+        allocator = self.pool.allocator
+        if n > allocator.available:
+            self.evicted_tokens += self.cache.evict(n - allocator.available)
+            while n > allocator.available and self.retention is not None and self.retention.release_one():
+                self.evicted_tokens += self.cache.evict(n - allocator.available)
+        return allocator.alloc(n)
 
     def match_and_lock(self, req: Request) -> None:
         """Point the request at its longest cached prefix (always leaving one token to compute) and lock it."""
@@ -53,6 +62,11 @@ class KVManager:
         if req.row is None:
             req.row = self.rows.alloc()
         self.table[req.row, : match.length] = match.slots
+
+    def admitted(self, req: Request) -> None:
+        """The request was admitted holding its own lock on its prefix: its trace's pin can go."""
+        if self.retention is not None:
+            self.retention.on_admit(req)
 
     def abandon(self, req: Request) -> None:
         """Undo `match_and_lock` for a request that is not admitted after all (it owns no slots yet)."""
@@ -103,17 +117,23 @@ class KVManager:
         if req.row is None:
             return
         self.commit_to_cache(req)
-        self.cache.unlock(req.prefix_node)
+        node, length = req.prefix_node, req.prefix_len
+        self.cache.unlock(node)
         self.rows.free(req.row)
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
+        if self.retention is not None:
+            self.retention.on_release(req, node, length)  # nothing ran since the unlock: node is in the tree
 
-    def check_integrity(self, live: Iterable[Request], pinned: Iterable[TreeNode] = ()) -> None:
+    def check_integrity(self, live: Iterable[Request]) -> None:
         """Every allocatable slot is owned exactly once: free list, tree, or one request's private range;
-        every lock has a holder (a live request's prefix, or a `pinned` node) and every holder its lock;
+        every lock has a holder (a live request's prefix, or a trace pin) and every holder its lock;
         each live request's row lists its tree path's slots for its prefix; no request row leaked."""
         self.cache.check_integrity()
         owned = [self.pool.allocator.free_slots(), self.cache.slots_in_tree()]
-        holders, rows = list(pinned), set()
+        holders: list[TreeNode] = []
+        rows: set[int] = set()
+        if self.retention is not None:
+            holders += self.retention.pinned_paths()
         for req in live:
             if req.row is None:
                 continue

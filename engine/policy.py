@@ -4,31 +4,55 @@
 - `lpm`: longest cached prefix first, so requests that reuse the tree run while it still holds them.
 - `dfs-weight`: walk the tree depth first, heaviest subtree (most waiting requests under it) first,
   so requests sharing a prefix are admitted together.
+- `program`: schedule whole agents, not calls (after Autellix): calls of the trace with the least
+  attained service (tokens computed for it so far, in doubling levels of `SERVICE_QUANTUM`) first;
+  within a level the trace that started first, so agents finish instead of all advancing slowly and a
+  trace's calls stay together; then lpm. A call without a trace is a program of its own.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .kv_manager import PrefixCache
 from .radix_cache import TreeNode
 from .request import Request
 
-POLICIES = ("lpm", "dfs-weight", "fcfs")
+if TYPE_CHECKING:
+    from .traces import TraceTable
+
+POLICIES = ("lpm", "dfs-weight", "fcfs", "program")
+SERVICE_QUANTUM = 2048  # tokens of attained service in the first level of the program policy
 # Matching every waiting prompt each round costs time; past this queue length, fall back to fcfs.
 MAX_QUEUE_FOR_MATCHING = 256
 
 
-def order_waiting(waiting: Sequence[Request], policy: str, cache: PrefixCache) -> list[Request]:
-    """Return the waiting requests in admission order for `policy`."""
+def order_waiting(waiting: Sequence[Request], policy: str, cache: PrefixCache,
+                  traces: TraceTable | None = None) -> list[Request]:
+    """Return the waiting requests in admission order for `policy` (`program` needs `traces`)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if policy == "fcfs" or len(waiting) > MAX_QUEUE_FOR_MATCHING:
+    if policy == "program" and traces is None:
+        raise ValueError("the program policy needs the engine's trace table")
+    if policy == "fcfs" or (policy != "program" and len(waiting) > MAX_QUEUE_FOR_MATCHING):
         return list(waiting)
+    if policy == "program" and len(waiting) > MAX_QUEUE_FOR_MATCHING:
+        return sorted(waiting, key=lambda r: _program_key(r, traces, 0))
     matches = {id(r): cache.match_prefix(r.fill_ids[: r.fill_len - 1]) for r in waiting}
     if policy == "lpm":
         return sorted(waiting, key=lambda r: -matches[id(r)].length)
+    if policy == "program":
+        return sorted(waiting, key=lambda r: _program_key(r, traces, matches[id(r)].length))
     return _dfs_weight_order(waiting, {id(r): matches[id(r)].node for r in waiting})
+
+
+def service_level(attained: int) -> int:
+    """0 below SERVICE_QUANTUM tokens, then one more per doubling."""
+    return (attained // SERVICE_QUANTUM).bit_length()
+
+
+def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:
+    return service_level(traces.attained(req.trace_id)), traces.started(req), -matched
 
 
 def _dfs_weight_order(waiting: Sequence[Request], nodes: dict[int, TreeNode]) -> list[Request]:

@@ -86,6 +86,7 @@ class RadixCache:
         self._evictable_size = 0
         self._protected_size = 0
         self._clock = 0
+        self.lock_epoch = 0  # bumped by every lock and unlock, so lock-derived figures can be cached
 
     @property
     def evictable_size(self) -> int:
@@ -149,6 +150,7 @@ class RadixCache:
 
     def lock(self, node: TreeNode) -> None:
         """Protect `node` and its ancestors from eviction (one more lock on each)."""
+        self.lock_epoch += 1
         for n in self._path(node):
             if n.lock_ref == 0:
                 self._evictable_size -= len(n.key)
@@ -161,6 +163,7 @@ class RadixCache:
         for n in path:
             if n.lock_ref <= 0:
                 raise IntegrityError(f"unlock would make lock_ref of node {n.id} negative")
+        self.lock_epoch += 1
         for n in path:
             n.lock_ref -= 1
             if n.lock_ref == 0:

@@ -19,6 +19,7 @@ from .request import FinishReason, Request, ReqStatus
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
+    from .traces import TraceTable
 
 
 @dataclass
@@ -60,9 +61,11 @@ class Batch:
 class Scheduler:
     """Waiting queue, running set and admission; see the module docstring."""
 
-    def __init__(self, kv: KVManager, config: "EngineConfig", decoding: Decoding) -> None:
-        """`config` supplies policy, chunk_size, max_running_requests, reserve_clip and dedup_min_shared."""
-        self.kv, self.cfg, self.decoding = kv, config, decoding
+    def __init__(self, kv: KVManager, config: "EngineConfig", decoding: Decoding,
+                 traces: "TraceTable | None" = None) -> None:
+        """`config` supplies policy, chunk_size, max_running_requests, reserve_clip and dedup_min_shared;
+        `traces` (when given) is told of admissions and computed tokens for trace retention."""
+        self.kv, self.cfg, self.decoding, self.traces = kv, config, decoding, traces
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.chunked: Request | None = None
@@ -129,7 +132,7 @@ class Scheduler:
                     lens.append(n)
                     budget -= n
         reserved = sum(min(r.remaining_output, self.cfg.reserve_clip) for r in self.running)
-        waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache) if self.waiting else []
+        waiting = order_waiting(self.waiting, self.cfg.policy, self.kv.cache, self.traces) if self.waiting else []
         for req in waiting:
             if self.chunked is not None or budget <= 0:
                 break
@@ -148,10 +151,15 @@ class Scheduler:
                 self.kv.abandon(req)
                 break
             reserved += reserve
+            if self.finishing and self.kv.available(include_pins=False) < n:
+                self.drop_ghost_passes()  # a finished request's last-token pass is worth less than a trace's pin
             self.waiting.remove(req)
             req.status = ReqStatus.PREFILLING
             if req.cached_tokens is None:
                 req.cached_tokens = req.prefix_len
+            if self.traces is not None:
+                self.traces.on_admit(req)
+            self.kv.admitted(req)
             self.kv.extend_slots(req, n)
             reqs.append(req)
             lens.append(n)
@@ -184,7 +192,7 @@ class Scheduler:
     def _take_ghosts(self) -> list[Request]:
         """Finished requests that get their last token's KV in this pass; the rest release now."""
         ghosts, self.finishing = self.finishing, []
-        room = self.kv.available()
+        room = self.kv.available(include_pins=False)
         kept = []
         for req in ghosts:
             if room > 0 and req.fill_len - req.kv_len == 1:

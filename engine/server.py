@@ -187,6 +187,8 @@ class EngineServer:
                 del self.live[k]
                 self.engine.abort(k)
             self._send(identity, P.Reply(rid=msg.rid, data={"aborted": msg.target}))
+        elif isinstance(msg, P.EndTrace):
+            self._send(identity, P.Reply(rid=msg.rid, data=self.engine.end_trace(msg.trace_id)))
         elif isinstance(msg, P.Ping):
             self._send(identity, P.Reply(rid=msg.rid, data={"pid": os.getpid(), "time": time.time()}))
         elif isinstance(msg, P.Info):

@@ -14,6 +14,13 @@ class TraceStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    recomputed_tokens: int = 0  # prompt tokens it had computed in its previous call and computed again
+    saved_tokens: int = 0  # prompt tokens of resumed calls served from the trace's pinned path
+    pinned_tokens: int = 0  # tokens its pin holds right now (only the part no one else locks)
+    pinned_seconds: float = 0.0  # how long its paths were pinned, in total
+    tool_seconds: float = 0.0  # time between its calls (the agent running tools), in total
+    wall_seconds: float = 0.0  # from its first call's arrival to its last finish (or its end)
+    ended: bool = False
 
 
 @dataclass

@@ -11,6 +11,7 @@ import queue
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence, Union
@@ -123,11 +124,18 @@ class Client:
     def __init__(self, connection: Connection, timeout: float | None = None) -> None:
         self.conn, self.timeout = connection, timeout
         self.aio = AsyncClient(self)
+        self.open_traces: set[str] = set()  # trace ids this client sent calls for and did not end
+        _live_clients.add(self)
+
+    def _note_trace(self, msg: msgspec.Struct) -> None:
+        if isinstance(msg, P.Generate) and msg.trace_id is not None:
+            self.open_traces.add(msg.trace_id)
 
     def _call(self, msg: P.Generate | P.Info | P.Stats | P.Flush | P.Ping | P.Shutdown | P.Abort) -> Iterator[P.Response]:
         """Send `msg` and yield its replies until its last one (n results for an n-sample Generate);
         on early exit (or timeout) abort a Generate."""
         box: queue.SimpleQueue = queue.SimpleQueue()
+        self._note_trace(msg)
         self.conn.send(msg, box.put)
         finished = False
         results_left = _expected_results(msg)
@@ -180,6 +188,12 @@ class Client:
             if item is not None:
                 yield item
 
+    def end_trace(self, trace_id: str) -> dict:
+        """Tell the engine the agent trace `trace_id` is over, so it releases the KV it kept for it
+        (adapters call this when the outermost DSPy module call / LangChain root run returns)."""
+        self.open_traces.discard(trace_id)
+        return self._one(P.EndTrace(rid=self.conn.new_rid(), trace_id=trace_id)).data
+
     def info(self) -> dict:
         return self._one(P.Info(rid=self.conn.new_rid())).data
 
@@ -201,7 +215,24 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        _live_clients.discard(self)
         self.conn.close()
+
+
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def end_trace_everywhere(trace_id: str) -> None:
+    """End `trace_id` on every engine this process sent calls of that trace to, without waiting for the
+    replies (the adapters call this when an agent's root run returns; the message queues behind the
+    trace's last call on each connection)."""
+    for client in list(_live_clients):
+        if trace_id in client.open_traces:
+            client.open_traces.discard(trace_id)
+            try:
+                client.conn.send(P.EndTrace(rid=client.conn.new_rid(), trace_id=trace_id), None)
+            except EngineDiedError:
+                pass  # its engine is gone, and the trace's KV with it
 
 
 class AsyncClient:
@@ -213,6 +244,7 @@ class AsyncClient:
     async def _call(self, msg) -> AsyncIterator[P.Response]:
         loop = asyncio.get_running_loop()
         box: asyncio.Queue = asyncio.Queue()
+        self.client._note_trace(msg)
         self.client.conn.send(msg, lambda reply: loop.call_soon_threadsafe(box.put_nowait, reply))
         finished = False
         results_left = _expected_results(msg)
@@ -233,6 +265,15 @@ class AsyncClient:
         calls = self._call(msg)
         try:
             return _collect(msg, [r async for r in calls if isinstance(r, P.Done)])
+        finally:
+            await calls.aclose()
+
+    async def end_trace(self, trace_id: str) -> dict:
+        """See `Client.end_trace`."""
+        self.client.open_traces.discard(trace_id)
+        calls = self._call(P.EndTrace(rid=self.client.conn.new_rid(), trace_id=trace_id))
+        try:
+            return (await calls.__anext__()).data
         finally:
             await calls.aclose()
 

@@ -77,6 +77,12 @@ class Abort(_Message, tag="abort"):
     target: str
 
 
+class EndTrace(_Message, tag="end_trace"):
+    """The agent of `trace_id` is done: the engine releases the KV it kept for the trace."""
+
+    trace_id: str
+
+
 class Info(_Message, tag="info"):
     pass
 
@@ -103,7 +109,7 @@ class Shutdown(_Message, tag="shutdown"):
     token: str | None = None
 
 
-Request = Union[Generate, Abort, Info, Stats, Flush, Ping, Shutdown]
+Request = Union[Generate, Abort, EndTrace, Info, Stats, Flush, Ping, Shutdown]
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -148,7 +154,7 @@ class Error(_Message, tag="error"):
 
 
 class Reply(_Message, tag="reply"):
-    """Answer to Info, Stats, Flush, Ping, Shutdown and Abort."""
+    """Answer to Info, Stats, Flush, Ping, Shutdown, Abort and EndTrace."""
 
     data: dict[str, Any] = {}
 

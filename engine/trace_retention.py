@@ -1,0 +1,190 @@
+"""Trace retention: keep an agent's newest KV path in the tree while the agent runs a tool.
+
+When a call of a trace finishes and its KV goes to the radix cache, the trace's path (prompt +
+output) gets one extra lock, its *pin*, so LRU eviction cannot take it before the agent comes back.
+A pin is released when the trace's next call is admitted (that call holds its own lock on the path),
+when the trace ends, when its TTL passes, or when memory is needed:
+
+- Pins never block admission: the slots only pins hold count as available (`releasable`), and an
+  allocation that finds the free list and the evictable leaves short releases pins, lowest expected
+  benefit first, until it fits (`release_one`).
+- Expected benefit of a pin = tokens it saves per slot-second it holds: its exclusive tokens (those
+  no request locks) divided by those same slots times the seconds the agent is still expected to be
+  away. The expected remainder is the trace's mean observed tool time minus the time already spent;
+  once a tool has run longer than that, the time spent so far is taken as the remainder.
+- A budget caps the pinned share of the pool: a new pin beyond `max_share` releases the lowest
+  benefit pins (possibly itself).
+- Pins only lock tree nodes, so they never change what is computed, only whether it is recomputed.
+
+The `ttl` mode is the SGLang-style baseline: a fixed-TTL pin per call, released by its TTL or, under
+pressure, oldest first; neither the next call nor the trace's end releases it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .radix_cache import IntegrityError, RadixCache, TreeNode
+from .request import FinishReason, Request
+from .traces import TraceTable
+
+MODES = ("benefit", "ttl")
+MIN_REMAINING_S = 0.05
+
+
+@dataclass
+class Pin:
+    """One trace's lock on its newest path."""
+
+    trace_id: str
+    node: TreeNode
+    length: int  # tokens on the path root .. node
+    since: float
+    expires: float
+
+
+class TraceRetention:
+    """The pins of the open traces over one radix cache; see the module docstring."""
+
+    def __init__(self, cache: RadixCache, traces: TraceTable, capacity: int, ttl_s: float, max_share: float,
+                 mode: str = "benefit", clock: Callable[[], float] = time.perf_counter) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown retention mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.cache, self.traces, self.clock = cache, traces, clock
+        self.capacity, self.ttl_s, self.max_share, self.mode = capacity, ttl_s, max_share, mode
+        self.pins: dict[str, Pin] = {}
+        self.released: dict[str, int] = {"next_call": 0, "end_trace": 0, "ttl": 0, "pressure": 0, "budget": 0}
+        self._releasable: tuple[int, int] | None = None  # (cache.lock_epoch, tokens)
+
+    # -- hooks (KVManager) ----------------------------------------------------------------------
+
+    def on_release(self, req: Request, node: TreeNode, length: int) -> None:
+        """A request just handed its KV to the tree, ending at `node` (`length` tokens): pin that path
+        if the request finished a call of an open trace that has no other call queued or running."""
+        if req.trace_id is None or req.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
+            return
+        if self.traces.is_idle(req.trace_id):
+            self.keep(req.trace_id, node, length)
+
+    def on_admit(self, req: Request) -> None:
+        """The trace's next call was admitted with its own lock on its prefix: count the prompt tokens
+        it got from the pinned path and release the pin."""
+        pin = self.pins.get(req.trace_id) if req.trace_id is not None else None
+        if pin is not None:
+            self.traces.record(req.trace_id).saved_tokens += min(req.prefix_len, pin.length)
+            self.drop(req.trace_id, "next_call")
+
+    # -- taking and dropping pins -------------------------------------------------------------
+
+    def keep(self, trace_id: str, node: TreeNode, length: int) -> None:
+        """Pin `node` (the end of the trace's newest path), replacing the trace's previous pin."""
+        if node is self.cache.root or length == 0:
+            return
+        now = self.clock()
+        self.cache.lock(node)
+        old = self.pins.get(trace_id)
+        self.pins[trace_id] = Pin(trace_id, node, length, now, now + self.ttl_s)
+        if old is not None:
+            self._unlock(old, now)
+        self._refresh_gauge(trace_id)
+        if self.mode == "benefit":
+            while self.releasable() > self.max_share * self.capacity and self.release_one("budget"):
+                pass
+
+    def drop(self, trace_id: str, reason: str) -> bool:
+        """Release the trace's pin, if any; `reason` is counted in `released`."""
+        if self.mode == "ttl" and reason in ("next_call", "end_trace"):
+            return False
+        pin = self.pins.pop(trace_id, None)
+        if pin is None:
+            return False
+        self._unlock(pin, self.clock())
+        self.released[reason] += 1
+        return True
+
+    def expire(self) -> int:
+        """Release every pin whose TTL passed; returns how many."""
+        now = self.clock()
+        due = [p.trace_id for p in self.pins.values() if p.expires <= now]
+        for trace_id in due:
+            self.drop(trace_id, "ttl")
+        return len(due)
+
+    def release_one(self, reason: str = "pressure") -> bool:
+        """Release the pin worth least (lowest benefit; the oldest in `ttl` mode). False if none."""
+        if not self.pins:
+            return False
+        if self.mode == "ttl":
+            victim = min(self.pins.values(), key=lambda p: p.since)
+        else:
+            now = self.clock()
+            victim = min(self.pins.values(), key=lambda p: self.benefit(p, now))
+        return self.drop(victim.trace_id, reason)
+
+    def release_all(self) -> None:
+        for trace_id in list(self.pins):
+            self.drop(trace_id, "end_trace" if self.mode == "benefit" else "ttl")
+
+    def _unlock(self, pin: Pin, now: float) -> None:
+        self.cache.unlock(pin.node)
+        record = self.traces.record(pin.trace_id)
+        record.pinned_seconds += now - pin.since
+        record.pinned_tokens = 0
+
+    # -- what pins hold -----------------------------------------------------------------------
+
+    def exclusive_tokens(self, pin: Pin) -> int:
+        """Tokens that become evictable if only this pin is released (no one else locks them)."""
+        total, node = 0, pin.node
+        while node is not self.cache.root and node.lock_ref == 1:
+            total += len(node.key)
+            node = node.parent
+        return total
+
+    def releasable(self) -> int:
+        """Tokens that releasing every pin would make evictable (held by pins and nothing else)."""
+        if self._releasable is None or self._releasable[0] != self.cache.lock_epoch:
+            counts: dict[int, int] = {}
+            nodes: dict[int, TreeNode] = {}
+            for pin in self.pins.values():
+                for node in self._path(pin.node):
+                    counts[node.id] = counts.get(node.id, 0) + 1
+                    nodes[node.id] = node
+            tokens = sum(len(nodes[i].key) for i, c in counts.items() if nodes[i].lock_ref == c)
+            self._releasable = (self.cache.lock_epoch, tokens)
+        return self._releasable[1]
+
+    def benefit(self, pin: Pin, now: float) -> float:
+        """Expected prompt tokens saved per slot-second the pin still holds."""
+        held = self.exclusive_tokens(pin)
+        if held == 0:
+            return float("inf")  # costs nothing: the path is locked by a running request anyway
+        away = now - pin.since
+        remaining = max(self.traces.expected_tool_seconds(pin.trace_id) - away, away, MIN_REMAINING_S)
+        return held / (held * remaining)
+
+    def _refresh_gauge(self, trace_id: str) -> None:
+        pin = self.pins.get(trace_id)
+        if pin is not None:
+            self.traces.record(trace_id).pinned_tokens = self.exclusive_tokens(pin)
+
+    def _path(self, node: TreeNode) -> list[TreeNode]:
+        path = []
+        while node is not self.cache.root:
+            if node.parent is None:
+                raise IntegrityError(f"pinned node {node.id} is no longer in the tree")
+            path.append(node)
+            node = node.parent
+        return path
+
+    def pinned_paths(self) -> list[TreeNode]:
+        """The node each pin locks (for the lock accounting of the integrity check)."""
+        for pin in self.pins.values():
+            self._path(pin.node)
+        return [p.node for p in self.pins.values()]
+
+    def gauges(self) -> dict[str, int]:
+        return {"pins": len(self.pins), "pinned_tokens": self.releasable(),
+                **{f"pins_released_{k}": v for k, v in self.released.items()}}

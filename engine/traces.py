@@ -1,0 +1,133 @@
+"""The trace table: what the engine knows about each agent trace (all calls tagged with one trace id).
+
+It follows a trace through its calls: when it started, how many of its calls are in flight, how long
+its tools ran between calls (the gap from one call's finish to the next call's arrival), how much
+compute it has attained (the program-level policy's key), and the token path of its newest call, so a
+resumed call can be told apart into prompt tokens served from the cache and tokens it had computed
+before and now computes again. Counters land in the trace's `TraceStats` (`client.stats()["traces"]`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .request import Request
+from .stats import TraceStats
+
+# Tool time assumed for a trace before any of its gaps (and any other trace's) was observed.
+DEFAULT_TOOL_SECONDS = 1.0
+
+
+@dataclass
+class TraceState:
+    """Runtime state of one open trace (dropped when the trace ends; its TraceStats stay)."""
+
+    started: float
+    order: int  # traces numbered by first arrival: breaks ties between traces started at the same time
+    in_flight: int = 0
+    attained: int = 0  # tokens computed for this trace (prompt tokens computed + tokens generated)
+    last_finish: float | None = None
+    last_path: list[int] = field(default_factory=list)  # ids of the newest finished call whose KV it computed
+    gaps: list[float] = field(default_factory=list)  # observed tool times, seconds
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TraceTable:
+    """Per-trace state and counters; the engine calls the `on_*` hooks as requests move."""
+
+    def __init__(self, stats: Callable[[], dict[str, TraceStats]], clock: Callable[[], float] = time.perf_counter) -> None:
+        """`stats` returns the engine's current per-trace counters (the engine may replace its stats)."""
+        self.stats, self.clock = stats, clock
+        self.open: dict[str, TraceState] = {}
+        self._gap_total = 0.0
+        self._gap_count = 0
+        self._order = itertools.count()
+
+    def record(self, trace_id: str) -> TraceStats:
+        return self.stats().setdefault(trace_id, TraceStats())
+
+    def on_arrival(self, req: Request) -> None:
+        """A call of a trace was queued: (re)open its trace and measure the tool time since its last call."""
+        if req.trace_id is None:
+            return
+        now = self.clock()
+        state = self.open.get(req.trace_id)
+        if state is None:
+            state = self.open[req.trace_id] = TraceState(started=now, order=next(self._order))
+            self.record(req.trace_id).ended = False
+        elif state.in_flight == 0 and state.last_finish is not None:
+            gap = max(now - state.last_finish, 0.0)
+            state.gaps.append(gap)
+            self._gap_total += gap
+            self._gap_count += 1
+            self.record(req.trace_id).tool_seconds += gap
+        state.in_flight += 1
+
+    def on_admit(self, req: Request) -> None:
+        """A call was admitted with `req.prefix_len` tokens cached: count what its trace recomputes,
+        the tokens it had already computed in its previous call but finds no longer cached."""
+        state = self.open.get(req.trace_id) if req.trace_id is not None else None
+        if state is None or req.retractions:
+            return
+        known = min(_common_prefix(state.last_path, req.prompt_ids), len(req.prompt_ids) - 1)
+        self.record(req.trace_id).recomputed_tokens += max(known - req.prefix_len, 0)
+
+    def on_computed(self, req: Request, tokens: int) -> None:
+        """`tokens` positions of `req` were computed in a forward pass."""
+        state = self.open.get(req.trace_id) if req.trace_id is not None else None
+        if state is not None:
+            state.attained += tokens
+
+    def on_finish(self, req: Request) -> None:
+        """A call of a trace finished (or was aborted)."""
+        state = self.open.get(req.trace_id) if req.trace_id is not None else None
+        if state is None:
+            return
+        state.in_flight = max(state.in_flight - 1, 0)
+        state.last_finish = self.clock()
+        state.last_path = req.fill_ids[: req.kv_len]  # tokens whose KV the call computed (not forced/last ones)
+        self.record(req.trace_id).wall_seconds = state.last_finish - state.started
+
+    def end(self, trace_id: str) -> bool:
+        """The agent said the trace is over; returns False if it was not open."""
+        state = self.open.pop(trace_id, None)
+        if state is None:
+            return False
+        record = self.record(trace_id)
+        record.ended = True
+        record.wall_seconds = self.clock() - state.started
+        return True
+
+    def is_idle(self, trace_id: str) -> bool:
+        """True when the trace is open and none of its calls is queued or running (it is in a tool)."""
+        state = self.open.get(trace_id)
+        return state is not None and state.in_flight == 0
+
+    def attained(self, trace_id: str | None) -> int:
+        state = self.open.get(trace_id) if trace_id is not None else None
+        return state.attained if state is not None else 0
+
+    def started(self, req: Request) -> tuple[float, int]:
+        """When the request's program started (its trace's first arrival, or the request's own), with
+        the trace's arrival number to order traces that started at the same time."""
+        state = self.open.get(req.trace_id) if req.trace_id is not None else None
+        return (state.started, state.order) if state is not None else (req.arrival, -1)
+
+    def expected_tool_seconds(self, trace_id: str) -> float:
+        """Mean tool time observed for this trace, else over all traces, else a default."""
+        state = self.open.get(trace_id)
+        if state is not None and state.gaps:
+            return sum(state.gaps) / len(state.gaps)
+        if self._gap_count:
+            return self._gap_total / self._gap_count
+        return DEFAULT_TOOL_SECONDS
