@@ -16,7 +16,9 @@ from .kv_manager import KVManager
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel, load_model
 from .model.context import ForwardContext, ForwardMode, use_context
+from .model.decode_step import QUANTIZATIONS
 from .model.llama import LlamaModel
+from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import NoRadixCache, RadixCache
@@ -27,7 +29,6 @@ from .stats import EngineStats
 from .tokenizer import Tokenizer
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,22 @@ class EngineConfig:
     max_context: int | None = None
     reserve_clip: int = 256
     dedup_min_shared: int = 32
-    dtype: str = "float32"
+    dtype: str = "float32"  # "float32", "bfloat16" or "auto" (bf16 extend where the CPU has bf16 matmul, fp32 decode)
     jump_forward: bool = True
     attention_backend: str = "auto"  # "auto" (torch on CPU, triton on CUDA), "torch" or "triton"
+    device: str = "cpu"  # "cpu" or "cuda" (model, KV pool, sampler tensors)
+    quantization: str = "none"  # decode weights: "none" or "int8" (weight-only, per-channel scales)
+    compile_decode: bool = False  # torch.compile the decode pass (batches <= 4); costs compile time at start
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {self.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda (cuda:N for one GPU)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device cuda asked for, but torch sees no CUDA device")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.attention_backend not in BACKENDS:
@@ -94,7 +104,8 @@ class Engine:
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
         """Load a model by alias or path and build an engine on it."""
         config.validate()
-        loaded: LoadedModel = load_model(name, dtype=DTYPES[config.dtype])
+        loaded: LoadedModel = load_model(name, device=config.device, dtype=config.dtype,
+                                         quantization=config.quantization, compile_decode=config.compile_decode)
         return cls(loaded.model, config, loaded.eos_token_ids, loaded.tokenizer)
 
     def prompt_ids(self, text: str | None = None, input_ids: Sequence[int] | None = None,
@@ -150,7 +161,7 @@ class Engine:
         if params.grammar is not None:
             req.grammar = self.grammars().new_state(params.grammar)
         if params.seed is not None:
-            req.generator = torch.Generator().manual_seed(params.seed)
+            req.generator = torch.Generator(self.model.device).manual_seed(params.seed)
         if rid is not None:
             req.rid = rid
         self.scheduler.add(req)
