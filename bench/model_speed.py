@@ -261,7 +261,8 @@ def measure_llama_cpp(spec: dict, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     if proc.returncode != 0:
-        return {"error": f"exit code {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit code {proc.returncode}: {last[0][:200]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -304,9 +305,11 @@ def main() -> None:
     spec = dict(gguf=gguf, threads=args.threads, prompt=prompt, new_tokens=new_tokens, repeats=repeats,
                 prefill_ids=pf_ids, text_ids=text_ids, agree_prompts=agree_prompts, agree_tokens=agree_tokens)
     llama = measure_llama_cpp(spec, timeout=900)
-    print(f"  llama-cpp-python: {llama.get('error') or ''}"
-          f"{'' if 'error' in llama else f'decode {llama['decode_tok_s']:.1f} tok/s, prefill {llama['prefill_tok_s']:.0f} tok/s'}",
-          flush=True)
+    if "error" in llama:
+        print(f"  llama-cpp-python: failed: {llama['error']}", flush=True)
+    else:
+        print(f"  llama-cpp-python: decode {llama['decode_tok_s']:.1f} tok/s, prefill {llama['prefill_tok_s']:.0f} tok/s, "
+              f"ppl {llama['perplexity']:.3f}", flush=True)
 
     ref = rows["fp32"]["outputs"]
     fp32_ppl = rows["fp32"]["perplexity"]

@@ -117,3 +117,23 @@ def test_dtype_auto_resolution() -> None:
 def test_engine_config_rejects_unknown_formats(field: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EngineConfig(**{field: value}).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        EngineConfig(device="cuda").validate()
+
+
+def test_bf16_prefill_matches_hf_in_bf16() -> None:
+    """dtype auto's extend pass in bf16 is as faithful to fp32 as HF transformers run in bf16 (same weights)."""
+    from model_harness import hf_logits, prefill
+
+    pair = build("llama3", 0)
+    ours = LlamaModel(pair.cfg, pair.hf.state_dict(), TorchAttention(), dtype=Precision(torch.bfloat16, torch.float32))
+    ids = torch.tensor(PROMPTS[2])
+    logits, _ = prefill(ours, new_pool(pair.cfg), ids)
+    exact = hf_logits(pair.hf, ids)
+    hf_bf16 = hf_logits(pair.hf.to(torch.bfloat16), ids)
+    ours_error, hf_error = float((logits - exact).abs().max()), float((hf_bf16 - exact).abs().max())
+    assert ours_error <= 1.5 * hf_error, (ours_error, hf_error)
