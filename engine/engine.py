@@ -48,7 +48,7 @@ class EngineConfig:
     attention_backend: str = "auto"  # "auto" (torch on CPU, triton on CUDA), "torch" or "triton"
     device: str = "cpu"  # "cpu" or "cuda" (model, KV pool, sampler tensors)
     quantization: str = "none"  # decode weights: "none" or "int8" (weight-only, per-channel scales)
-    compile_decode: bool = False  # torch.compile the decode pass (batches <= 4); costs compile time at start
+    compile_decode: bool = False  # torch.compile the batch-1 decode pass; costs compile time at start
 
     def validate(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
