@@ -44,7 +44,7 @@ FORMATS: dict[str, dict[str, Any]] = {
     "auto, compiled": dict(dtype="auto", compile_decode=True),
     "auto, int8, compiled": dict(dtype="auto", quantization="int8", compile_decode=True),
 }
-QUICK_FORMATS = ("fp32", "auto, int8, compiled")
+QUICK_FORMATS = ("fp32", "bf16", "auto, int8, compiled")
 AGREEMENT_PROMPTS = [
     "Tell me a long story about a dragon and a knight.",
     "Explain how a radix tree stores strings.",
@@ -271,7 +271,7 @@ def measure_llama_cpp(spec: dict, timeout: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="two formats, fewer tokens, one repeat")
+    ap.add_argument("--quick", action="store_true", help="three formats, fewer tokens, one repeat")
     ap.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     ap.add_argument("--decode-tokens", type=int, default=None, help="new tokens per decode run; default 64, quick 24")
     ap.add_argument("--llama-cpp-worker", action="store_true", help=argparse.SUPPRESS)
