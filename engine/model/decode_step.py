@@ -5,7 +5,8 @@ per-op dispatch: ~200 small kernels per step. This module writes the step so tha
 fuse it: attention reads K/V gathered from the pool and puts the new token's own K/V in place with a
 `where` (no pool writes inside the function, no data-dependent shapes), and the new K/V are written to
 the pool after each layer. One compiled layer function serves every layer (same shapes, weights are
-arguments), so compile time does not grow with depth; the KV length is a dynamic dimension.
+arguments), so compile time does not grow with depth (six layers or all of SmolLM2's 30 in one graph
+measured the same step time); the KV length is a dynamic dimension.
 
 Weights of this pass are either dense ([in, out], the decode dtype) or int8 (`Int8Weight`), whose
 matmul is the plain-torch dequantize + GEMM eagerly and a fused int8 GEMV when compiled.
