@@ -33,7 +33,9 @@ from .tokenizer import Tokenizer
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """User-facing engine options (the `radixlm serve` flags)."""
+    """User-facing engine options (the `radixlm serve` flags). `dtype`, `device`, `quantization` and
+    `compile_decode` shape the model, so `Engine.from_model` applies them; `Engine(model, config)`
+    runs the model as it was built."""
 
     kv_cache_tokens: int = 32768
     max_running_requests: int = 128
