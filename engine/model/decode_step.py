@@ -15,7 +15,7 @@ matmul is the plain-torch dequantize + GEMM eagerly and a fused int8 GEMV when c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +102,8 @@ def make_head_fn(s: LayerShape, fused: bool) -> Callable[..., torch.Tensor]:
 
 
 class DecodeStep:
-    """Decode forward for batches of up to MAX_BATCH rows (written for any batch), in `dtype`, with dense or int8 weights,
-    eager (plain torch) or compiled (`torch.compile`, one graph per layer kind)."""
+    """Decode forward for batches of up to MAX_BATCH rows (written for any batch), in `dtype`, with
+    dense or int8 weights, eager (plain torch) or compiled (`torch.compile`, one graph per layer kind)."""
 
     def __init__(self, cfg: ModelConfig, dense: Callable[[str], torch.Tensor], dtype: torch.dtype,
                  quantization: str, compiled: bool, reuse: list[dict] | None = None,
