@@ -1,248 +1,346 @@
-"""Foundation bench: raw model speed of radixlm vs HF transformers on SmolLM2-135M (CPU, float32).
+"""Model speed of one agent at a time: radixlm's weight formats against llama-cpp-python on the same GGUF.
 
-Measures, in one run:
-  * batch-1 decode tok/s (radixlm and HF), with the memory bandwidth it implies
-    (weights read per token x tok/s; the KV cache reads are ignored, they are tiny at this context);
-  * 1,024-token prefill tok/s (radixlm and HF);
-  * radixlm aggregate decode tok/s at batch 8 and 32.
+SmolLM2-135M (the embedded Q4_1 GGUF), one run, the same thread count for every system. Measures:
+  * this CPU's ceilings, measured in the run: read bandwidth (sum over a 512 MB buffer), copy
+    bandwidth (bytes read + written per second), fp32 and bf16 matmul peak (SmolLM2's MLP shape, M=1024);
+  * per radixlm format (`dtype`, `quantization`, `compile_decode`): batch-1 decode tok/s (median
+    Engine.step() of the decode steps: scheduling, forward, sampling), the bandwidth it implies
+    (decode-pass weight bytes x tok/s) against the read bandwidth, 1,024-token prefill tok/s against
+    the bf16 matmul peak, and the compile/warm-up time;
+  * llama-cpp-python on the same GGUF and thread count, in a subprocess (a crash is a failed row):
+    batch-1 decode (`Llama.eval` one token at a time) and 1,024-token prefill;
+  * quality per format: greedy agreement with radixlm fp32 (tokens before the first divergence over
+    all generated tokens, several prompts) and perplexity on a fixed text, teacher-forced through the
+    decode pass token by token (so it measures the decode weights); llama.cpp's perplexity from its
+    own logits on the same token ids.
 
-What is timed:
-  * radixlm decode: wall time of each Engine.step() (scheduling + forward + argmax + bookkeeping) is
-    recorded; the rate counts only DECODE steps in which all B requests are running and each gets a
-    token. Prefill steps and the trailing "ghost" pass (which only writes the last token's KV after
-    the results were returned) are excluded. The e2e column is B x N / total time including those.
-  * HF decode: model.generate greedy with min_new_tokens = max_new_tokens; rate =
-    (N - 1) / (median t(N new) - median t(1 new)), i.e. prefill excluded the same way.
-  * prefill: radixlm = one Engine.step() that extends a 1,024-token prompt from an empty cache
-    (flushed each repeat) and samples its first token; HF = one forward over the 1,024 tokens with a
-    fresh KV cache and logits_to_keep=1 (what generate's prefill does).
-
-Usage: python bench/model_speed.py [--quick] [--repeats N] [--decode-tokens N]
+Usage: python -m radixlm.bench.model_speed [--quick] [--threads N] [--decode-tokens N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import statistics
+import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    load_hf_model, markdown_table, median, median_time, print_table, save_results, setup_torch, warn_if_busy,
-)
-
-from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
-from radixlm.engine.loader import load_model  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
+from radixlm.bench.common import load_average, markdown_table, print_table, save_results, setup_torch, warn_if_busy
+from radixlm.engine.engine import Engine, EngineConfig
+from radixlm.engine.kv_pool import KVPool
+from radixlm.engine.model.context import ForwardContext, use_context
+from radixlm.bench.llamacpp_backend import gguf_path
+from radixlm.engine.request import SamplingParams
 
 PREFILL_TOKENS = 1024
-BATCHES = (1, 8, 32)
-TARGETS = {"decode_b1": 2.0, "prefill": 1.0, "decode_b32": 15.0}
+FORMATS: dict[str, dict[str, Any]] = {
+    "fp32": dict(dtype="float32"),
+    "bf16": dict(dtype="bfloat16"),
+    "auto, compiled": dict(dtype="auto", compile_decode=True),
+    "auto, int8, compiled": dict(dtype="auto", quantization="int8", compile_decode=True),
+}
+QUICK_FORMATS = ("fp32", "bf16", "auto, int8, compiled")
+AGREEMENT_PROMPTS = [
+    "Tell me a long story about a dragon and a knight.",
+    "Explain how a radix tree stores strings.",
+    "List five uses of copper.",
+    "What is the capital of France, and why?",
+]
+PERPLEXITY_TEXT = (
+    "The river town of Varnholt was founded in 1187 by salt traders who followed the Ashwater down from "
+    "the hills. For three centuries its markets sold salt, wool and timber to the coast, and its bridge, "
+    "rebuilt twice after floods, was the only crossing for forty miles. In the winter of 1602 the river "
+    "froze so hard that carts drove across the ice, and the town held a fair on it that lasted eleven days. "
+    "Today Varnholt has about twelve thousand people, a glassworks, two schools and a museum of the salt "
+    "trade, whose oldest ledger records the price of a barrel of salt in 1214 as four silver pennies. "
+    "Visitors come in summer for the boat races and in autumn for the cheese market, which fills the "
+    "square in front of the old guild hall every Saturday from September to November."
+)
 
 
-def decode_prompt(loaded) -> list[int]:
-    tok = loaded.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": "Tell me a long story about a dragon and a knight."}])
-    return tok.encode(text)
+# ---------------------------------------------------------------- machine ceilings
 
 
-def prefill_ids(vocab: int) -> list[int]:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(100, vocab, (PREFILL_TOKENS,), generator=gen).tolist()
+def best_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
-def weight_bytes(model) -> int:
-    """Bytes of weights streamed per decoded token: every layer matrix/norm plus the lm_head
-    (tied to the embedding, read once in full); the embedding lookup reads one row only."""
-    n = sum(v.numel() * v.element_size() for layer in model.layers for v in layer.values() if v is not None)
-    return n + model.lm_head.numel() * model.lm_head.element_size() + model.norm.numel() * model.norm.element_size()
+def machine_ceilings(repeats: int) -> dict[str, float]:
+    """Read and copy bandwidth (GB/s) and fp32/bf16 matmul peak (GFLOP/s) of this CPU, measured now."""
+    buf = torch.ones(128 * 1024 * 1024)  # 512 MB: far beyond the caches
+    dst = torch.empty_like(buf)
+    nbytes = buf.numel() * buf.element_size()
+    read = nbytes / best_seconds(lambda: buf.sum(), repeats) / 1e9
+    copy = 2 * nbytes / best_seconds(lambda: dst.copy_(buf), repeats) / 1e9
+    del buf, dst
+    m, k, n = PREFILL_TOKENS, 576, 1536
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        peaks[name] = 2 * m * k * n / best_seconds(lambda: a @ b, repeats * 5) / 1e9
+    return {"read_gb_s": read, "copy_gb_s": copy, "matmul_fp32_gflop_s": peaks["fp32"],
+            "matmul_bf16_gflop_s": peaks["bf16"]}
+
+
+def prefill_flops(cfg, tokens: int) -> float:
+    """Matmul FLOPs of one causal prefill over `tokens` (layers' projections, attention, one head row)."""
+    h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    q = cfg.num_heads * cfg.head_dim
+    per_token = 2 * (h * (q + 2 * kv) + q * h + 3 * h * cfg.intermediate_size) * cfg.num_layers
+    attention = 2 * 2 * q * (tokens * (tokens + 1) / 2) * cfg.num_layers
+    return per_token * tokens + attention + 2 * h * cfg.vocab_size
 
 
 # ---------------------------------------------------------------- radixlm
 
 
-def engine_decode(engine: Engine, prompt: list[int], batch: int, new_tokens: int) -> dict:
-    """One run of `batch` copies of `prompt`; returns the steady-state decode rate and e2e rate."""
+def decode_weight_bytes(model) -> int:
+    """Weight bytes one batch-1 decode step reads (the embedding lookup reads one row only)."""
+    if model.decode_step is not None:
+        return model.decode_step.weight_bytes()
+    tensors = [v for layer in model.layers for v in layer.values() if v is not None]
+    return sum(t.numel() * t.element_size() for t in [*tensors, model.lm_head, model.norm])
+
+
+def chat_ids(engine: Engine, text: str) -> list[int]:
+    return engine.prompt_ids(messages=[{"role": "user", "content": text}])
+
+
+def decode_rate(engine: Engine, prompt: list[int], new_tokens: int) -> float:
+    """Median seconds per batch-1 decode step (prefill and the trailing pass excluded), as tok/s."""
     engine.flush_cache()
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    start = time.perf_counter()
-    for _ in range(batch):
-        engine.add_request(prompt, params)
-    decode_time, decode_tokens, steps = 0.0, 0, 0
+    engine.add_request(prompt, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
+    times = []
     while engine.has_work():
-        full = len(engine.scheduler.running) == batch
-        passes, gen = engine.stats.decode_passes, engine.stats.generated_tokens
+        passes = engine.stats.decode_passes
         t0 = time.perf_counter()
         engine.step()
-        dt = time.perf_counter() - t0
-        got = engine.stats.generated_tokens - gen
-        if full and engine.stats.decode_passes > passes and got == batch:
-            decode_time += dt
-            decode_tokens += got
-            steps += 1
-    total = time.perf_counter() - start
-    return {
-        "decode_tok_s": decode_tokens / decode_time if decode_time else 0.0,
-        "e2e_tok_s": batch * new_tokens / total,
-        "decode_steps_timed": steps,
-        "total_s": total,
-    }
+        if engine.stats.decode_passes > passes:
+            times.append(time.perf_counter() - t0)
+    return 1 / statistics.median(times)
 
 
-def engine_prefill(engine: Engine, ids: list[int]) -> float:
-    """Seconds of the single extend step over `ids` from an empty cache."""
+def prefill_seconds(engine: Engine, ids: list[int]) -> float:
     engine.flush_cache()
     engine.add_request(ids, SamplingParams(max_new_tokens=1, ignore_eos=True))
-    passes = engine.stats.extend_passes
     t0 = time.perf_counter()
     engine.step()
     dt = time.perf_counter() - t0
-    assert engine.stats.extend_passes == passes + 1
-    engine.run()  # drain the trailing ghost pass
+    engine.run()
     return dt
 
 
-# ---------------------------------------------------------------- HF transformers
+def greedy_outputs(engine: Engine, prompts: Sequence[list[int]], new_tokens: int) -> list[list[int]]:
+    engine.flush_cache()
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+    return [r.output_ids for r in engine.generate_each([(p, params) for p in prompts])]
 
 
-def hf_generate_time(model, ids: list[int], new_tokens: int, eos: int) -> float:
-    inp = torch.tensor([ids])
-    mask = torch.ones_like(inp)
+def agreement(ours: Sequence[list[int]], ref: Sequence[list[int]]) -> float:
+    """Tokens before the first divergence from the reference, over all reference tokens."""
+    same = 0
+    for a, b in zip(ours, ref):
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            same += 1
+    return same / sum(len(b) for b in ref)
+
+
+@torch.inference_mode()
+def decode_perplexity(model, ids: list[int]) -> float:
+    """exp(mean NLL) of ids[1:], each token predicted by a batch-1 decode step over the ones before it."""
+    cfg = model.cfg
+    pool = KVPool(len(ids) + 2, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype=model.dtype, device=model.device)
+    slots = pool.allocator.alloc(len(ids))
+    with use_context(ForwardContext.for_extend(pool, [slots[:1]], [0], torch.tensor([0]))):
+        logits = model(torch.tensor(ids[:1]), torch.tensor([0]))
+    nll = 0.0
+    for pos in range(1, len(ids)):
+        nll -= float(torch.log_softmax(logits[0], -1)[ids[pos]])
+        if pos == len(ids) - 1:
+            break
+        ctx = ForwardContext.for_decode(pool, slots[None, : pos + 1], torch.tensor([pos + 1]))
+        with use_context(ctx):
+            logits = model(torch.tensor([ids[pos]]), torch.tensor([pos]))
+    return math.exp(nll / (len(ids) - 1))
+
+
+def measure_format(name: str, options: dict, prompt: list[int], pf_ids: list[int], text_ids: list[int],
+                   agree_prompts: list[list[int]], agree_tokens: int, new_tokens: int, repeats: int) -> dict:
     t0 = time.perf_counter()
-    out = model.generate(inp, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                         do_sample=False, pad_token_id=eos)
-    dt = time.perf_counter() - t0
-    assert out.shape[1] == len(ids) + new_tokens, out.shape
-    return dt
-
-
-def hf_prefill_time(model, ids: list[int]) -> float:
-    from transformers import DynamicCache
-
-    inp = torch.tensor([ids])
+    engine = Engine.from_model("smollm2", EngineConfig(**options))
+    load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model(input_ids=inp, past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
-    return time.perf_counter() - t0
+    decode_rate(engine, prompt, 4)  # compiles the decode pass (first KV lengths, then dynamic)
+    decode_rate(engine, prompt[:-7], 4)
+    prefill_seconds(engine, pf_ids)
+    warm_s = time.perf_counter() - t0
+    model = engine.model
+    row = {
+        "options": options, "load_s": load_s, "warmup_s": warm_s,
+        "decode_weight_bytes": decode_weight_bytes(model),
+        "decode_tok_s": statistics.median(decode_rate(engine, prompt, new_tokens) for _ in range(repeats)),
+        "prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill_seconds(engine, pf_ids) for _ in range(repeats)),
+        "outputs": greedy_outputs(engine, agree_prompts, agree_tokens),
+        "perplexity": decode_perplexity(model, text_ids),
+        "load_average": load_average(),
+    }
+    engine.check_integrity()
+    print(f"  {name}: decode {row['decode_tok_s']:.1f} tok/s, prefill {row['prefill_tok_s']:.0f} tok/s, "
+          f"ppl {row['perplexity']:.3f}, load {load_s:.1f}s + warm-up {warm_s:.1f}s", flush=True)
+    return row
+
+
+# ---------------------------------------------------------------- llama-cpp-python (subprocess)
+
+
+def llama_cpp_worker(spec: dict) -> dict:
+    """Runs inside the subprocess: decode and prefill speed, perplexity and greedy outputs."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(spec["gguf"], n_threads=spec["threads"], n_threads_batch=spec["threads"], n_ctx=2048,
+                n_batch=PREFILL_TOKENS, logits_all=True, verbose=False)
+    out: dict[str, Any] = {"version": __import__("llama_cpp").__version__}
+    prompt, n = spec["prompt"], spec["new_tokens"]
+    rates = []
+    for _ in range(spec["repeats"]):
+        llm.reset()
+        llm.eval(prompt)
+        token, times = int(np.argmax(llm.scores[llm.n_tokens - 1])), []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            llm.eval([token])
+            times.append(time.perf_counter() - t0)
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        rates.append(1 / statistics.median(times))
+    out["decode_tok_s"] = statistics.median(rates)
+    prefill = []
+    for _ in range(spec["repeats"] + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(spec["prefill_ids"])
+        prefill.append(time.perf_counter() - t0)
+    out["prefill_tok_s"] = PREFILL_TOKENS / statistics.median(prefill[1:])
+    ids = spec["text_ids"]
+    llm.reset()
+    llm.eval(ids)
+    logits = torch.from_numpy(np.array(llm.scores[: len(ids) - 1]))
+    nll = -torch.log_softmax(logits.float(), -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    out["perplexity"] = math.exp(float(nll.mean()))
+    outputs = []
+    for p in spec["agree_prompts"]:
+        llm.reset()
+        llm.eval(p)
+        gen = []
+        for _ in range(spec["agree_tokens"]):
+            gen.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([gen[-1]])
+        outputs.append(gen)
+    out["outputs"] = outputs
+    return out
+
+
+def measure_llama_cpp(spec: dict, timeout: float) -> dict:
+    """Run the llama-cpp-python measurement in its own process; a failure becomes {'error': reason}."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "radixlm.bench.model_speed", "--llama-cpp-worker"],
+                              input=json.dumps(spec), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit code {proc.returncode}: {last[0][:200]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- main
 
 
-def measure_radixlm(loaded, prompt: list[int], pf_ids: list[int], new_tokens: int, repeats: int) -> tuple[dict, float]:
-    """Decode tok/s per batch size and prefill seconds for one loaded model (shapes warmed up first)."""
-    engine = Engine(loaded.model, EngineConfig(), loaded.eos_token_ids, loaded.tokenizer)
-    name = f"radixlm {str(loaded.model.dtype).removeprefix('torch.')}"
-    for b in BATCHES:
-        engine_decode(engine, prompt, b, 4)
-    engine_prefill(engine, pf_ids)
-    rl = {}
-    for b in BATCHES:
-        runs = [engine_decode(engine, prompt, b, new_tokens) for _ in range(repeats)]
-        rl[b] = {"decode_tok_s": median([r["decode_tok_s"] for r in runs]),
-                 "e2e_tok_s": median([r["e2e_tok_s"] for r in runs]),
-                 "decode_steps_timed": runs[0]["decode_steps_timed"],
-                 "samples_decode_tok_s": [r["decode_tok_s"] for r in runs]}
-        print(f"  {name} batch {b:>2}: {rl[b]['decode_tok_s']:.1f} decode tok/s", flush=True)
-    prefill_s = median([engine_prefill(engine, pf_ids) for _ in range(repeats)])
-    print(f"  {name} prefill: {PREFILL_TOKENS / prefill_s:.0f} tok/s", flush=True)
-    engine.check_integrity()
-    return rl, prefill_s
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer tokens and one repeat")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (median); default 3, quick 1")
+    ap.add_argument("--quick", action="store_true", help="three formats, fewer tokens, one repeat")
+    ap.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     ap.add_argument("--decode-tokens", type=int, default=None, help="new tokens per decode run; default 64, quick 24")
+    ap.add_argument("--llama-cpp-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    repeats = args.repeats or (1 if args.quick else 3)
+    if args.llama_cpp_worker:
+        print(json.dumps(llama_cpp_worker(json.loads(sys.stdin.read()))))
+        return
+    repeats = 1 if args.quick else 3
     new_tokens = args.decode_tokens or (24 if args.quick else 64)
-    setup_torch()
-    load_before = warn_if_busy()
+    agree_tokens = 16 if args.quick else 48
+    setup_torch(args.threads)
+    busy_before = warn_if_busy()
 
-    loaded = load_model("smollm2")
-    prompt = decode_prompt(loaded)
-    pf_ids = prefill_ids(loaded.config.vocab_size)
-    wbytes = weight_bytes(loaded.model)
-    eos = min(loaded.eos_token_ids) if loaded.eos_token_ids else 0
-    print(f"SmolLM2-135M float32, {torch.get_num_threads()} threads; decode prompt {len(prompt)} tokens, "
-          f"{new_tokens} new tokens, prefill {PREFILL_TOKENS} tokens, median of {repeats}; "
-          f"weights read per decoded token {wbytes / 1e6:.0f} MB")
+    ceilings = machine_ceilings(3)
+    print(f"ceilings: read {ceilings['read_gb_s']:.1f} GB/s, copy {ceilings['copy_gb_s']:.1f} GB/s, matmul fp32 "
+          f"{ceilings['matmul_fp32_gflop_s']:.0f} / bf16 {ceilings['matmul_bf16_gflop_s']:.0f} GFLOP/s", flush=True)
 
-    results: dict = {"config": {"repeats": repeats, "decode_new_tokens": new_tokens, "decode_prompt_tokens": len(prompt),
-                                "prefill_tokens": PREFILL_TOKENS, "weight_bytes": wbytes, "quick": args.quick,
-                                "busy_cores_before": load_before}}
+    probe = Engine.from_model("smollm2", EngineConfig(kv_cache_tokens=64))
+    cfg = probe.model.cfg
+    prompt = chat_ids(probe, AGREEMENT_PROMPTS[0])
+    agree_prompts = [chat_ids(probe, t) for t in AGREEMENT_PROMPTS[: 2 if args.quick else 4]]
+    text_ids = probe.prompt_ids(text=PERPLEXITY_TEXT)
+    gen = torch.Generator().manual_seed(0)
+    pf_ids = torch.randint(100, cfg.vocab_size, (PREFILL_TOKENS,), generator=gen).tolist()
+    del probe
 
-    rl, rl_prefill_s = measure_radixlm(loaded, prompt, pf_ids, new_tokens, repeats)
-    bf16 = load_model("smollm2", dtype=torch.bfloat16)
-    rl_bf, rl_bf_prefill_s = measure_radixlm(bf16, prompt, pf_ids, new_tokens, repeats)
-    del bf16
+    formats = {k: FORMATS[k] for k in (QUICK_FORMATS if args.quick else FORMATS)}
+    rows = {name: measure_format(name, opts, prompt, pf_ids, text_ids, agree_prompts, agree_tokens, new_tokens, repeats)
+            for name, opts in formats.items()}
+    gguf = gguf_path("smollm2")
+    spec = dict(gguf=gguf, threads=args.threads, prompt=prompt, new_tokens=new_tokens, repeats=repeats,
+                prefill_ids=pf_ids, text_ids=text_ids, agree_prompts=agree_prompts, agree_tokens=agree_tokens)
+    llama = measure_llama_cpp(spec, timeout=900)
+    if "error" in llama:
+        print(f"  llama-cpp-python: failed: {llama['error']}", flush=True)
+    else:
+        print(f"  llama-cpp-python: decode {llama['decode_tok_s']:.1f} tok/s, prefill {llama['prefill_tok_s']:.0f} tok/s, "
+              f"ppl {llama['perplexity']:.3f}", flush=True)
 
-    # HF transformers
-    hf = load_hf_model(loaded.folder)
-    with torch.inference_mode():
-        hf_generate_time(hf, prompt, 2, eos)
-        hf_prefill_time(hf, pf_ids)
-        t_n, s_n = median_time(lambda: hf_generate_time(hf, prompt, new_tokens, eos), repeats)
-        t_1, s_1 = median_time(lambda: hf_generate_time(hf, prompt, 1, eos), repeats)
-        hf_pf_s, s_pf = median_time(lambda: hf_prefill_time(hf, pf_ids), repeats)
-    hf_decode = (new_tokens - 1) / (t_n - t_1)
-    hf_e2e = new_tokens / t_n
-    hf_prefill = PREFILL_TOKENS / hf_pf_s
-    print(f"  HF decode: {hf_decode:.1f} tok/s, prefill {hf_prefill:.0f} tok/s", flush=True)
-
-    rl_prefill = PREFILL_TOKENS / rl_prefill_s
-    ratios = {
-        "decode_b1": rl[1]["decode_tok_s"] / hf_decode,
-        "prefill": rl_prefill / hf_prefill,
-        "decode_b32": rl[32]["decode_tok_s"] / hf_decode,
-    }
-    met = {k: ratios[k] >= TARGETS[k] for k in TARGETS}
-    gbs = lambda tps: wbytes * tps / 1e9  # noqa: E731
-
-    headers = ["system", "measurement", "tok/s", "e2e tok/s", "GB/s", "vs HF b1/prefill", "target", "met"]
-    rows = [
-        ["HF transformers", "decode batch 1", hf_decode, hf_e2e, gbs(hf_decode), 1.0, "", ""],
-        ["radixlm", "decode batch 1", rl[1]["decode_tok_s"], rl[1]["e2e_tok_s"], gbs(rl[1]["decode_tok_s"]),
-         ratios["decode_b1"], ">= 2x", met["decode_b1"]],
-        ["radixlm", "decode batch 8 (aggregate)", rl[8]["decode_tok_s"], rl[8]["e2e_tok_s"], None,
-         rl[8]["decode_tok_s"] / hf_decode, "", ""],
-        ["radixlm", "decode batch 32 (aggregate)", rl[32]["decode_tok_s"], rl[32]["e2e_tok_s"], None,
-         ratios["decode_b32"], ">= 15x", met["decode_b32"]],
-        ["HF transformers", f"prefill {PREFILL_TOKENS} tokens", hf_prefill, None, None, 1.0, "", ""],
-        ["radixlm", f"prefill {PREFILL_TOKENS} tokens", rl_prefill, None, None, ratios["prefill"], ">= 1x",
-         met["prefill"]],
-        ["radixlm bf16", "decode batch 1", rl_bf[1]["decode_tok_s"], rl_bf[1]["e2e_tok_s"], gbs(rl_bf[1]["decode_tok_s"]) / 2,
-         rl_bf[1]["decode_tok_s"] / hf_decode, "", ""],
-        ["radixlm bf16", "decode batch 8 (aggregate)", rl_bf[8]["decode_tok_s"], rl_bf[8]["e2e_tok_s"], None,
-         rl_bf[8]["decode_tok_s"] / hf_decode, "", ""],
-        ["radixlm bf16", "decode batch 32 (aggregate)", rl_bf[32]["decode_tok_s"], rl_bf[32]["e2e_tok_s"], None,
-         rl_bf[32]["decode_tok_s"] / hf_decode, "", ""],
-        ["radixlm bf16", f"prefill {PREFILL_TOKENS} tokens", PREFILL_TOKENS / rl_bf_prefill_s, None, None,
-         PREFILL_TOKENS / rl_bf_prefill_s / hf_prefill, "", ""],
-    ]
+    ref = rows["fp32"]["outputs"]
+    fp32_ppl = rows["fp32"]["perplexity"]
+    bw, peak = ceilings["read_gb_s"], ceilings["matmul_bf16_gflop_s"]
+    flops = prefill_flops(cfg, PREFILL_TOKENS)
+    headers = ["system / format", "decode b1 tok/s", "GB/s (% of read bw)", "prefill tok/s", "% bf16 peak",
+               "vs llama.cpp decode", "greedy agreement", "perplexity (delta)"]
+    table = []
+    for name, r in rows.items():
+        gbs = r["decode_weight_bytes"] * r["decode_tok_s"] / 1e9
+        vs = r["decode_tok_s"] / llama["decode_tok_s"] if "decode_tok_s" in llama else None
+        table.append([f"radixlm {name}", r["decode_tok_s"], f"{gbs:.1f} ({100 * gbs / bw:.0f}%)", r["prefill_tok_s"],
+                      f"{100 * flops * r['prefill_tok_s'] / PREFILL_TOKENS / 1e9 / peak:.0f}%", vs,
+                      f"{100 * agreement(r['outputs'], ref):.1f}%", f"{r['perplexity']:.3f} ({r['perplexity'] - fp32_ppl:+.3f})"])
+    if "error" in llama:
+        table.append(["llama-cpp-python Q4_1", "failed", llama["error"], "", "", "", "", ""])
+    else:
+        table.append([f"llama-cpp-python {llama['version']} Q4_1", llama["decode_tok_s"], "", llama["prefill_tok_s"], "",
+                      1.0, f"{100 * agreement(llama['outputs'], ref):.1f}%",
+                      f"{llama['perplexity']:.3f} ({llama['perplexity'] - fp32_ppl:+.3f})"])
     print()
-    print_table(headers, rows)
-    print()
-    print("tok/s: decode = steady-state decode steps only (prefill excluded); prefill = one 1,024-token pass.")
-    print("e2e tok/s: B x new tokens / whole run (prefill, and for radixlm the trailing ghost pass, included).")
-    print("GB/s: weights read per decoded token x batch-1 decode tok/s (KV reads ignored; bf16 reads half the bytes).")
-    print("targets are judged on float32 (the precision HF runs here); bf16 rows show the --dtype bfloat16 option.")
-    print(f"targets met: {sum(met.values())}/{len(met)}")
-
-    md = markdown_table(headers, rows)
-    results.update({
-        "radixlm": {"decode": {str(b): v for b, v in rl.items()}, "prefill_tok_s": rl_prefill, "prefill_s": rl_prefill_s},
-        "radixlm_bf16": {"decode": {str(b): v for b, v in rl_bf.items()}, "prefill_tok_s": PREFILL_TOKENS / rl_bf_prefill_s},
-        "hf": {"decode_tok_s": hf_decode, "e2e_tok_s": hf_e2e, "t_new_tokens_s": s_n, "t_1_token_s": s_1,
-               "prefill_tok_s": hf_prefill, "prefill_samples_s": s_pf},
-        "bandwidth_gb_s": {"radixlm_b1": gbs(rl[1]["decode_tok_s"]), "hf_b1": gbs(hf_decode)},
-        "ratios": ratios, "targets": TARGETS, "met": met,
-    })
-    path = save_results("model_speed_quick" if args.quick else "model_speed", results, md)
+    print_table(headers, table)
+    print(f"\n{args.threads} threads; SmolLM2-135M from {gguf.rsplit('/', 1)[-1]}; decode prompt {len(prompt)} tokens, "
+          f"{new_tokens} new, median of {repeats}; prefill {PREFILL_TOKENS} random tokens; perplexity over "
+          f"{len(text_ids)} tokens; agreement over {len(agree_prompts)} prompts x {agree_tokens} greedy tokens.")
+    print(f"read bandwidth {bw:.1f} GB/s, copy {ceilings['copy_gb_s']:.1f} GB/s; bf16 matmul peak {peak:.0f} GFLOP/s; "
+          f"load average {load_average():.2f} (busy cores before: {busy_before:.1f})")
+    results = {"config": {"threads": args.threads, "repeats": repeats, "decode_new_tokens": new_tokens,
+                          "prefill_tokens": PREFILL_TOKENS, "quick": args.quick, "busy_cores_before": busy_before},
+               "ceilings": ceilings, "radixlm": rows, "llama_cpp": llama}
+    path = save_results("model_speed_quick" if args.quick else "model_speed", results, markdown_table(headers, table))
     print(f"saved {path}")
 
 

@@ -18,7 +18,9 @@ from .kv_manager import KVManager
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel, load_model
 from .model.context import ForwardContext, ForwardMode, use_context
+from .model.decode_step import QUANTIZATIONS
 from .model.llama import LlamaModel
+from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
@@ -33,7 +35,6 @@ from .traces import TraceTable
 
 
 log = logging.getLogger("radixlm.engine")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _option(default, help: str, choices=None):  # noqa: A002 - `help` as argparse names it
@@ -44,7 +45,9 @@ def _option(default, help: str, choices=None):  # noqa: A002 - `help` as argpars
 @dataclass(frozen=True)
 class EngineConfig:
     """User-facing engine options: the single source of the `radixlm serve` flags and of
-    `radixlm.connect(**engine_options)` (see radixlm.config_flags)."""
+    `radixlm.connect(**engine_options)` (see radixlm.config_flags). `dtype`, `device`, `quantization` and
+    `compile_decode` shape the model, so `Engine.from_model` applies them; `Engine(model, config)`
+    runs the model as it was built."""
 
     kv_cache_tokens: int = _option(32768, "KV pool size in tokens")
     max_running_requests: int = _option(128, "most requests decoding at once")
@@ -54,19 +57,29 @@ class EngineConfig:
     max_context: int | None = _option(None, "longest prompt + output (default: the model's)")
     reserve_clip: int = _option(256, "output tokens reserved per running request at admission, at most")
     dedup_min_shared: int = _option(32, "shared uncached tokens that make a sibling wait a round to reuse them")
-    dtype: str = _option("float32", "weights and KV precision (bfloat16: about 3x faster prefill and "
-                         "batched decode on CPU)", DTYPES)
+    dtype: str = _option("float32", "weights and KV precision (bfloat16: about 3x faster prefill and batched "
+                         "decode on CPU; auto: bf16 extend where the CPU has bf16 matmul, fp32 decode)", DTYPE_CHOICES)
     jump_forward: bool = _option(True, "compute grammar-forced tokens in one pass "
                                  "(--no-jump-forward: decode them one by one)")
     attention_backend: str = _option("auto", "attention kernels (auto: torch on CPU, triton on CUDA)", BACKENDS)
+    device: str = _option("cpu", "where the model, KV pool and sampler tensors live (cpu, cuda or cuda:N)")
+    quantization: str = _option("none", "decode weights: none, or int8 weight-only (per-channel scales)",
+                                QUANTIZATIONS)
+    compile_decode: bool = _option(False, "torch.compile the batch-1 decode pass (costs compile time at start)")
     trace_retention: bool = _option(True, "keep an agent trace's newest path pinned while it runs a tool "
                                     "(--no-trace-retention: plain LRU)")
     trace_ttl_s: float = _option(30.0, "a pin not resumed, ended or needed within this many seconds goes")
     max_pinned_share: float = _option(0.5, "most of the KV pool that trace pins may hold")
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {self.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {self.device!r}; choose cpu or cuda (cuda:N for one GPU)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device cuda asked for, but torch sees no CUDA device")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.attention_backend not in BACKENDS:
@@ -124,7 +137,8 @@ class Engine:
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
         """Load a model by alias or path and build an engine on it."""
         config.validate()
-        loaded: LoadedModel = load_model(name, dtype=DTYPES[config.dtype])
+        loaded: LoadedModel = load_model(name, device=config.device, dtype=config.dtype,
+                                         quantization=config.quantization, compile_decode=config.compile_decode)
         return cls(loaded.model, config, loaded.eos_token_ids, loaded.tokenizer)
 
     def prompt_ids(self, text: str | None = None, input_ids: Sequence[int] | None = None,
@@ -176,7 +190,7 @@ class Engine:
         if params.grammar is not None:
             req.grammar = self.grammars().new_state(params.grammar)
         if params.seed is not None:
-            req.generator = torch.Generator().manual_seed(params.seed)
+            req.generator = torch.Generator(self.model.device).manual_seed(params.seed)
         if rid is not None:
             req.rid = rid
         self.scheduler.add(req)

@@ -11,6 +11,7 @@ import torch
 from .attention.select import make_attention
 from .model.config import ModelConfig
 from .model.llama import LlamaModel
+from .model.precision import resolve_precision
 from .model_source import load_weights, resolve_model
 from .tokenizer import Tokenizer
 
@@ -31,12 +32,17 @@ class LoadedModel:
         return frozenset(self.config.eos_token_ids) | self.tokenizer.eos_token_ids
 
 
-def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
+               quantization: str = "none", compile_decode: bool = False) -> LoadedModel:
     """Resolve `name` (alias, .gguf or HF folder), load weights and tokenizer, and build the model
-    with the attention backend for `device` (torch on CPU, triton on CUDA)."""
+    with the attention backend for `device` (torch on CPU, triton on CUDA). `dtype` is a torch dtype
+    or a name ("float32", "bfloat16", "auto": see `model.precision`); `quantization` ("none", "int8")
+    and `compile_decode` choose the decode pass's weights and whether it is compiled."""
     start = time.perf_counter()
+    precision = resolve_precision(dtype, device)
     folder = resolve_model(name)
     config = ModelConfig.from_folder(folder)
-    model = LlamaModel(config, load_weights(folder), make_attention("auto", device), device=device, dtype=dtype)
+    model = LlamaModel(config, load_weights(folder), make_attention("auto", device), device=device, dtype=precision,
+                       quantization=quantization, compile_decode=compile_decode)
     tokenizer = Tokenizer(folder)
     return LoadedModel(name, folder, config, model, tokenizer, time.perf_counter() - start)

@@ -90,8 +90,8 @@ def sample(
     if len(configs) != rows or len(generators) != rows:
         raise ValueError(f"{rows} rows but {len(configs)} configs and {len(generators)} generators")
     raw = logits.float()
-    if allowed is not None:
-        raw = raw.masked_fill(~allowed, float("-inf"))
+    if allowed is not None:  # built on the host (grammar bitmasks, stop rules); moved to the logits' device
+        raw = raw.masked_fill(~allowed.to(raw.device, non_blocking=True), float("-inf"))
     x = _penalize(raw, configs, prompt_ids, output_ids)
     tokens = x.argmax(-1)
     sampled = [i for i, c in enumerate(configs) if not c.greedy]

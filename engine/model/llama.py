@@ -4,6 +4,10 @@ Qwen2 q/k/v bias and Qwen3 q/k norm as config switches.
 Weights are plain tensors taken from a HF-named state dict, stored transposed ([in, out]: MKL streams
 that layout faster for small batches); q/k/v and gate/up projections are fused into one matmul each. `forward(ids, positions)` computes new tokens' hidden states, writes their K/V
 into the pool through the attention backend, and returns logits for the context's `logit_rows`.
+
+Extend passes and decode passes may run in different formats (`Precision`, `quantization`): decode
+batches of up to `decode_step.MAX_BATCH` rows then go through `DecodeStep` (its own weights: int8 or
+another dtype, eager or compiled); the KV pool is in the decode dtype.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .context import current_context
+from .context import ForwardMode, current_context
+from .decode_step import MAX_BATCH, DecodeStep
+from .precision import Precision
 
 AttentionBackend = Callable[..., torch.Tensor]
 
@@ -64,12 +70,19 @@ class LlamaModel:
         weights: Mapping[str, torch.Tensor],
         attention: AttentionBackend,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | Precision = torch.float32,
+        quantization: str = "none",
+        compile_decode: bool = False,
     ) -> None:
+        """`dtype`: one dtype for every pass, or a `Precision` (extend and decode dtypes);
+        `quantization`: "none" or "int8" (decode weights); `compile_decode`: torch.compile the decode pass."""
+        precision = dtype if isinstance(dtype, Precision) else Precision(dtype, dtype)
         self.cfg, self.attention = cfg, attention
-        self.device, self.dtype = torch.device(device), dtype
+        # dtype: the decode pass's and the KV pool's; extend_dtype: the extend pass's weights and activations
+        self.device, self.dtype, self.extend_dtype = torch.device(device), precision.decode, precision.extend
+        self.quantization, self.compile_decode = quantization, compile_decode
 
-        def w(name: str) -> torch.Tensor:
+        def w(name: str, dtype: torch.dtype = precision.extend) -> torch.Tensor:
             if name not in weights:
                 raise KeyError(f"checkpoint is missing weight {name!r}")
             return weights[name].to(device=self.device, dtype=dtype)
@@ -77,7 +90,7 @@ class LlamaModel:
         def wt(*names: str) -> torch.Tensor:
             return torch.cat([w(n) for n in names]).t().contiguous()
 
-        self.embed = w("model.embed_tokens.weight")
+        self.embed = w("model.embed_tokens.weight", precision.decode)
         self.lm_head = wt("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight")
         self.norm = w("model.norm.weight")
         self.layers = []
@@ -96,7 +109,14 @@ class LlamaModel:
                 "k_norm": w(attn + "k_norm.weight") if cfg.qk_norm else None,
             }
             self.layers.append(layer)
-        self.rotary = Rotary(cfg, self.device, dtype)
+        self.rotary = Rotary(cfg, self.device, precision.extend)
+        self.decode_step: DecodeStep | None = None
+        if quantization != "none" or compile_decode or precision.split:
+            shared = not precision.split and quantization == "none"
+            self.decode_step = DecodeStep(
+                cfg, lambda name: w(name, precision.decode), precision.decode, quantization, compile_decode,
+                reuse=self.layers if shared else None, reuse_head=self.lm_head if shared else None)
+            self.decode_rotary = Rotary(cfg, self.device, precision.decode) if precision.split else self.rotary
         self._q_size = cfg.num_heads * cfg.head_dim
         self._kv_size = cfg.num_kv_heads * cfg.head_dim
 
@@ -105,11 +125,16 @@ class LlamaModel:
         """ids, positions: [T] for the T new tokens of the batch. Returns float32 logits [R, vocab]
         for the R rows named by the current context's `logit_rows`."""
         ctx = current_context()
+        ids, positions = ids.to(self.device), positions.to(self.device)
+        if self.decode_step is not None and ctx.mode is ForwardMode.DECODE and ids.shape[0] <= MAX_BATCH:
+            rotary = self.decode_rotary
+            cos, sin = rotary.cos[positions].unsqueeze(1), rotary.sin[positions].unsqueeze(1)
+            return self.decode_step(self.embed[ids], cos, sin, ctx)
         cfg = self.cfg
         eps = cfg.rms_norm_eps
         cos = self.rotary.cos[positions].unsqueeze(1)
         sin = self.rotary.sin[positions].unsqueeze(1)
-        h = self.embed[ids]
+        h = self.embed[ids].to(self.extend_dtype)
         t = h.shape[0]
         for i, layer in enumerate(self.layers):
             x = F.rms_norm(h, (cfg.hidden_size,), layer["in_norm"], eps)
@@ -124,7 +149,9 @@ class LlamaModel:
                 q = F.rms_norm(q, (cfg.head_dim,), layer["q_norm"], eps)
                 k = F.rms_norm(k, (cfg.head_dim,), layer["k_norm"], eps)
             q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
-            o = self.attention(i, q, k, v, ctx)
+            if self.dtype != self.extend_dtype:
+                q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
+            o = self.attention(i, q, k, v, ctx).to(self.extend_dtype)
             h = h + o.reshape(t, self._q_size) @ layer["o"]
             x = F.rms_norm(h, (cfg.hidden_size,), layer["post_norm"], eps)
             gate, up = (x @ layer["gate_up"]).chunk(2, dim=-1)
