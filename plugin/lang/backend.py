@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, runtime_checkable
 
+from ..client import Result, StreamChunk
 from .chat import probe_chat_template
+from .global_config import global_config
 
 
 @dataclass
@@ -25,10 +27,27 @@ class Usage:
 
 @dataclass
 class GenOutput:
+    """A finished generation. Logprob entries are (logprob, token_id, token_text), None where the
+    engine has none (the first prompt token)."""
+
     text: str
     finish_reason: str
     usage: Usage
     matched_stop: Any = None
+    output_logprobs: list | None = None
+    output_top_logprobs: list | None = None
+    prompt_logprobs: list | None = None
+    prompt_top_logprobs: list | None = None
+
+
+@dataclass
+class StreamPiece:
+    """New text of a streamed generation, the number of tokens it took, and their logprobs (when asked)."""
+
+    text: str
+    token_count: int
+    logprobs: list | None = None
+    top_logprobs: list | None = None
 
 
 @dataclass
@@ -45,11 +64,12 @@ class ChoiceScore:
 @runtime_checkable
 class Backend(Protocol):
     def generate(self, prompt: str, **options: Any) -> GenOutput:
-        """Generate after `prompt`. Options: max_new_tokens, stop, temperature, top_p, top_k, seed,
-        regex, json_schema, ..."""
+        """Generate after `prompt`. Options: the client's (max_new_tokens, min_new_tokens, stop,
+        temperature, top_p, top_k, seed, regex, json_schema, logprobs, top_logprobs,
+        logprob_start_len, ...)."""
 
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        """Yield generated text pieces."""
+    def stream(self, prompt: str, **options: Any) -> Iterator[StreamPiece | GenOutput]:
+        """Yield StreamPieces as tokens are generated, then the whole GenOutput last."""
 
     def cache_prefix(self, prompt: str) -> Usage:
         """Compute and cache `prompt` without generating (a prefix hint)."""
@@ -77,14 +97,14 @@ class EngineBackend:
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, prompt: str, **options: Any) -> GenOutput:
-        r = self.client.generate(prompt, **options)
-        return GenOutput(r.text, r.finish_reason, Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens),
-                         r.matched_stop)
+        return _gen_output(self.client.generate(prompt, **options))
 
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        for chunk in self.client.stream(prompt, **options):
-            if chunk.text:
-                yield chunk.text
+    def stream(self, prompt: str, **options: Any) -> Iterator[StreamPiece | GenOutput]:
+        for item in self.client.stream(prompt, include_result=True, **options):
+            if isinstance(item, StreamChunk):
+                yield StreamPiece(item.text, len(item.token_ids), item.logprobs, item.top_logprobs)
+            else:
+                yield _gen_output(item)
 
     def cache_prefix(self, prompt: str) -> Usage:
         r = self.client.generate(prompt, prefix_only=True)
@@ -123,14 +143,18 @@ class EngineBackend:
         return self._parts
 
 
-_default: list[Backend | None] = [None]
+def _gen_output(r: Result) -> GenOutput:
+    return GenOutput(r.text, r.finish_reason, Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens),
+                     r.matched_stop, r.output_logprobs, r.output_top_logprobs, r.prompt_logprobs, r.prompt_top_logprobs)
 
 
 def set_default_backend(backend: Backend) -> None:
-    _default[0] = backend
+    """The backend programs run on when `run` gets none (`sgl.global_config.default_backend`)."""
+    global_config.default_backend = backend
 
 
 def get_default_backend() -> Backend:
-    if _default[0] is None:
-        _default[0] = EngineBackend()
-    return _default[0]
+    """The default backend; an EngineBackend over `radixlm.connect()` when none was set."""
+    if global_config.default_backend is None:
+        global_config.default_backend = EngineBackend()
+    return global_config.default_backend
