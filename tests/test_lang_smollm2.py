@@ -205,7 +205,51 @@ def test_gen_dtype_int(backend, client):
         s += "3 + 4 = 7\n10 + 5 = 15\n2 + 2 = " + sgl.gen("n", dtype=int, max_tokens=6, stop="\n")
 
     state = arith.run()
-    assert isinstance(state["n"], int) and state["n"] == 4
+    assert state["n"] == "4"  # a typed gen's value is its text, as in SGLang
+
+
+STATEMENT = "Determine whether the statement is True or False.\nStatement: Ice is cold.\nAnswer:"
+
+
+def test_select_scores_every_choice_in_one_extend_pass_over_the_cached_prefix(backend, client):
+    choices = [" True", " False", " Unknown", " Maybe"]
+
+    @sgl.function
+    def pick(s):
+        s += STATEMENT + sgl.select("answer", choices=choices)
+
+    before = client.stats()["extend_passes"]
+    state = pick.run()
+    assert state["answer"] in choices
+    # one pass caches the prefix, one pass scores the four choices together
+    assert client.stats()["extend_passes"] - before == 2
+    prefix_tokens = client.generate(STATEMENT, prefix_only=True).prompt_tokens
+    for usage in state.usage("answer"):
+        assert usage.cached_tokens >= prefix_tokens - 1  # the prefix's last token is recomputed for its logprob
+
+
+TIP_PROMPT = "Give one short tip for writing a good blog post, on a single line.\n"
+
+
+def test_fork_branches_share_the_cached_prefix(backend, client):
+    @sgl.function
+    def tips(s):
+        s += TIP_PROMPT
+        forks = s.fork(4)
+        forks += lambda i: f"Tip {i + 1}:"
+        forks += sgl.gen("tip", max_tokens=4, stop="\n")
+        forks.join()
+
+    before = client.stats()["computed_tokens"]
+    state = tips.run()
+    computed = client.stats()["computed_tokens"] - before
+    branches = state.get_meta_info("tip")["branches"]
+    prefix_tokens = client.generate(TIP_PROMPT, prefix_only=True).prompt_tokens
+    assert len(state["tip"]) == 4 and all(m["prompt"].startswith(TIP_PROMPT) for m in branches)
+    assert all(m["cached_tokens"] >= prefix_tokens for m in branches)
+    # the shared prefix is computed once, not once per branch
+    branch_work = sum(m["prompt_tokens"] - m["cached_tokens"] + m["completion_tokens"] for m in branches)
+    assert computed <= prefix_tokens + branch_work
 
 
 def test_streaming_text_iter_equals_the_blocking_run(backend, client):

@@ -4,13 +4,17 @@ unchanged with `sglang` mapped onto `radixlm`, on SmolLM2.
 The file is read from the wheel at test time (it is never committed here); without the wheel the
 module is skipped. Content checks of a 135M model are relaxed only through a program's own
 `check_answer` switch; the two knowledge questions without one are expected-to-fail on a wrong
-answer (an API error still fails them), and their message carries the model's answer.
+answer (an API error still fails them), and their message carries the model's answer. All programs
+run at once, each on its own thread, as independent SGLang programs would: the engine batches them.
 """
 
 from __future__ import annotations
 
 import ast
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterator
 
@@ -53,9 +57,9 @@ def _aliases() -> dict[str, ModuleType]:
             "sglang.srt": srt, "sglang.srt.utils": utils}
 
 
-@pytest.fixture(autouse=True)
+@contextmanager
 def sglang_is_radixlm() -> Iterator[None]:
-    """The aliases exist only while a test runs (programs import `sglang.lang.ir` at call time)."""
+    """The aliases exist only meanwhile (programs import `sglang.lang.ir` when they run)."""
     aliases = _aliases()
     saved = {name: sys.modules.get(name) for name in aliases}
     sys.modules.update(aliases)
@@ -77,23 +81,34 @@ def programs() -> ModuleType:
     rewrite_asserts(tree, source.encode())
     module = ModuleType("sglang_test_programs")
     module.__file__ = PROGRAMS_FILE
-    saved = {name: sys.modules.get(name) for name in _aliases()}
-    sys.modules.update(_aliases())
-    try:
+    with sglang_is_radixlm():
         exec(compile(tree, PROGRAMS_FILE, "exec"), module.__dict__)
-    finally:
-        for name, old in saved.items():
-            sys.modules.pop(name, None) if old is None else sys.modules.__setitem__(name, old)
     return module
 
 
 @pytest.fixture(scope="module")
-def backend(smollm2_engine: radixlm.Client) -> Iterator[radixlm.EngineBackend]:
+def outcomes(programs: ModuleType, smollm2_engine: radixlm.Client) -> dict[str, BaseException | None]:
+    """Every in-scope and knowledge program run once, all concurrently, on SmolLM2 as the default
+    backend: name -> the exception it raised, or None."""
     previous = radixlm.global_config.default_backend
-    backend = radixlm.EngineBackend(smollm2_engine)
-    radixlm.set_default_backend(backend)
-    yield backend
-    radixlm.set_default_backend(previous)
+    radixlm.set_default_backend(radixlm.EngineBackend(smollm2_engine))
+
+    def one(name: str) -> BaseException | None:
+        start = time.perf_counter()
+        try:
+            getattr(programs, name)(**IN_SCOPE.get(name, {}))
+            return None
+        except Exception as e:  # noqa: BLE001 - handed to that program's test
+            return e
+        finally:
+            print(f"{name}: {time.perf_counter() - start:.1f} s")
+
+    names = [*IN_SCOPE, *KNOWLEDGE]
+    try:
+        with sglang_is_radixlm(), ThreadPoolExecutor(len(names)) as pool:
+            return dict(zip(names, pool.map(one, names)))
+    finally:
+        radixlm.set_default_backend(previous)
 
 
 def test_every_program_of_the_file_is_accounted_for(programs: ModuleType) -> None:
@@ -102,13 +117,15 @@ def test_every_program_of_the_file_is_accounted_for(programs: ModuleType) -> Non
 
 
 @pytest.mark.parametrize("name", list(IN_SCOPE))
-def test_program(programs: ModuleType, backend: radixlm.EngineBackend, name: str) -> None:
-    getattr(programs, name)(**IN_SCOPE[name])
+def test_program(outcomes: dict[str, BaseException | None], name: str) -> None:
+    if outcomes[name] is not None:
+        raise outcomes[name]
 
 
 @pytest.mark.parametrize("name", KNOWLEDGE)
-def test_knowledge_question(programs: ModuleType, backend: radixlm.EngineBackend, name: str) -> None:
-    try:
-        getattr(programs, name)()
-    except AssertionError as wrong:
-        pytest.xfail(f"SmolLM2-135M answered wrong: {wrong}")
+def test_knowledge_question(outcomes: dict[str, BaseException | None], name: str) -> None:
+    error = outcomes[name]
+    if isinstance(error, AssertionError):
+        pytest.xfail(f"SmolLM2-135M answered wrong: {error}")
+    if error is not None:
+        raise error

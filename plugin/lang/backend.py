@@ -6,7 +6,7 @@ HTTP backend can implement the same few calls later.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, runtime_checkable
 
@@ -85,13 +85,12 @@ class Backend(Protocol):
 class EngineBackend:
     """A Backend over a radixlm `Client` (default: `radixlm.connect()`)."""
 
-    def __init__(self, client: Any = None, max_workers: int = 64, **connect_options: Any) -> None:
+    def __init__(self, client: Any = None, **connect_options: Any) -> None:
         if client is None:
             from ..client import connect
 
             client = connect(**connect_options)
         self.client = client
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="radixlm-lang")
         self._parts: dict | None = None
         self._parts_probed = False
 
@@ -113,10 +112,11 @@ class EngineBackend:
     # -- select ---------------------------------------------------------------------------------
     def score_choices(self, prefix: str, choices: list[str]) -> list[ChoiceScore]:
         """Send the prefix once (prefix_only, also asking the logprob of its LAST token so that its id
-        is known), then every `prefix + choice` concurrently as prefix_only requests with prompt
-        logprobs from the prefix's last position. Token healing: `prefix + choice` is tokenized as one
-        text; if the token at the prefix's last position is not the prefix's own last token, the
-        boundary merged and that merged token counts as part of the choice."""
+        is known), then every `prefix + choice` as prefix_only requests with prompt logprobs from the
+        prefix's last position, all sent back to back from one event loop so that the engine admits
+        them into one extend pass over the cached prefix. Token healing: `prefix + choice` is
+        tokenized as one text; if the token at the prefix's last position is not the prefix's own last
+        token, the boundary merged and that merged token counts as part of the choice."""
         if not prefix:
             raise ValueError("select needs a non-empty prefix")
         head = self.client.generate(prefix, prefix_only=True, logprob_start_len=1 << 30)
@@ -124,16 +124,18 @@ class EngineBackend:
         last_id = head.prompt_logprobs[-1][1] if n > 1 and head.prompt_logprobs and head.prompt_logprobs[-1] else None
         start = max(n - 1, 0)
 
-        def one(choice: str) -> ChoiceScore:
-            r = self.client.generate(prefix + choice, prefix_only=True, logprob_start_len=start)
+        async def all_choices() -> list[Result]:
+            return await asyncio.gather(*(self.client.aio.generate(prefix + c, prefix_only=True, logprob_start_len=start)
+                                          for c in choices))
+
+        def score(r: Result) -> ChoiceScore:
             entries = list(r.prompt_logprobs or [])
             healed = not entries or entries[0] is None or entries[0][1] != last_id
-            picked = entries if healed else entries[1:]
-            picked = [e for e in picked if e is not None]
+            picked = [e for e in (entries if healed else entries[1:]) if e is not None]
             return ChoiceScore([e[0] for e in picked], [e[1] for e in picked],
                                Usage(r.prompt_tokens, r.cached_tokens, 0, kind="select"), healed)
 
-        return list(self._pool.map(one, choices))
+        return [score(r) for r in asyncio.run(all_choices())]
 
     # -- chat -----------------------------------------------------------------------------------
     def chat_template_parts(self) -> dict[str, tuple[str, str]] | None:
