@@ -177,6 +177,13 @@ def test_run_batch_keeps_input_order_and_precaches_the_constant_prefix():
         s += sgl.gen("echo")
 
     assert prog.trace_prefix(fake) == "<system>sys</system>constant header\nitem #"
+
+    @sgl.function
+    def method_roles(s, q):
+        s.system("sys")
+        s.user("hello " + q)
+
+    assert method_roles.trace_prefix(fake) == "<system>sys</system><user>hello "
     states = prog.run_batch([{"n": i} for i in range(30)], num_threads=8, backend=fake, progress_bar=True)
     assert [s["echo"] for s in states] == [str(i) for i in range(30)]
     assert fake.log[0] == ("prefix", "<system>sys</system>constant header\nitem #")

@@ -3,6 +3,7 @@ plain sequential requests, and prefix sharing visible in the engine's usage repo
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -287,3 +288,22 @@ def test_run_batch_of_twenty_computes_the_constant_prefix_once(backend, client):
     assert after - before <= prefix_tokens + suffix_work + 20
     for w, st in zip(words, states):
         assert st["label"] == classify.run(word=w)["label"]
+
+
+def test_streamed_logprobs_equal_the_blocking_gens(backend, client):
+    @sgl.function
+    def qa(s):
+        s += sgl.user("Name a fruit.")
+        s += sgl.assistant(sgl.gen("answer", max_tokens=8, return_logprob=True, top_logprobs_num=2))
+
+    async def collect(state):
+        return [meta async for _, meta in state.text_async_iter("answer", return_meta_data=True)]
+
+    metas = asyncio.run(collect(qa.run(stream=True)))
+    streamed = [e for m in metas for e in m["output_token_logprobs"]]
+    blocking = qa.run().get_meta_info("answer")
+    assert metas and metas[-1]["completion_tokens"] == len(streamed)
+    assert [e[1] for e in streamed] == [e[1] for e in blocking["output_token_logprobs"]][: len(streamed)]
+    assert [e[0] for e in streamed] == pytest.approx([e[0] for e in blocking["output_token_logprobs"]][: len(streamed)],
+                                                     abs=1e-3)
+    assert all(len(t) == 2 for m in metas for t in m["output_top_logprobs"])

@@ -57,6 +57,20 @@ class _Tracer:
         else:
             raise _StopTrace
 
+    def _role(self, role: str, expr: Any) -> None:
+        if expr is None:  # `with s.user(): ...` scopes are not followed
+            raise _StopTrace
+        self._add(ExprList([RoleBegin(role), expr, RoleEnd(role)]))
+
+    def system(self, expr: Any = None) -> None:
+        self._role("system", expr)
+
+    def user(self, expr: Any = None) -> None:
+        self._role("user", expr)
+
+    def assistant(self, expr: Any = None) -> None:
+        self._role("assistant", expr)
+
     def __getattr__(self, name: str) -> Any:
         raise _StopTrace
 
