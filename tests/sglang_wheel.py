@@ -1,8 +1,10 @@
 """Find SGLang's wheel in the local cache and read files out of it (never committed to this repo).
 
 `scripts/test.sh` fetches it once with `pip download --no-deps sglang==0.5.23 -d ~/.cache/radixlm/wheels`.
-A wheel is a zip archive, so `sys.path.insert(0, str(sglang_wheel()))` also makes its pure-Python
-modules importable (zipimport); `read_wheel_text` reads one file, e.g. "sglang/test/test_programs.py".
+`read_wheel_text` reads one file, e.g. "sglang/test/test_programs.py". A wheel is a zip archive, so
+`sys.path.insert(0, str(sglang_wheel()))` puts its pure-Python modules on the import path (zipimport);
+`import sglang` then still needs SGLang's own dependencies (its `__init__` imports its runtime, e.g.
+pybase64, torch, transformers).
 """
 
 from __future__ import annotations

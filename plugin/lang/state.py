@@ -5,25 +5,24 @@ before the fork have run, after the shared prefix was cached in the engine (pref
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .backend import Backend, ChoiceScore, GenOutput, StreamPiece, Usage
 from .choices import decide, resolve as resolve_method
 from .ir import Call, ExprList, Gen, RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd
-from .meta import chunk_meta, gen_meta, merge_chunk_meta
+from .meta import chunk_meta, gen_meta
 from .options import resolve as resolve_options
 from .serial import Serial
+from .streaming import END, TextStream
 
 NEUTRAL_CONTEXT = "\n"  # the context whose likelihood of a choice is its "unconditional" likelihood
-_END = object()
 
 
-class ProgramState:
+class ProgramState(TextStream):
     def __init__(self, backend: Backend, defaults: dict[str, Any] | None = None, stream: bool = False,
                  snapshot: Future | None = None) -> None:
         self.backend, self.defaults, self.stream = backend, dict(defaults or {}), stream
@@ -262,49 +261,8 @@ class ProgramState:
         self.sync()
         return dict(self._vars)
 
-    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
-        """Text as it is produced (the whole program's, or only variable `var_name`'s), until the
-        program ends. Only for states returned by `run`; one reader."""
-        for var, text, _ in self._produced():
-            if text and (var_name is None or var == var_name):
-                yield text
-
-    async def text_async_iter(self, var_name: str | None = None,
-                              return_meta_data: bool = False) -> AsyncIterator[Any]:
-        """`text_iter` for asyncio. With `return_meta_data` (and a variable) each item is
-        (text, that chunk's meta_info); logprobs of tokens that produced no text yet ride along with
-        the next chunk that has text."""
-        loop = asyncio.get_running_loop()
-        pending: dict | None = None
-        while True:
-            item = await loop.run_in_executor(None, self._chunks.get)
-            if item is _END:
-                break
-            var, text, meta = item
-            if var_name is not None and var != var_name:
-                continue
-            if not return_meta_data or var_name is None:
-                if text:
-                    yield text
-            elif text:
-                yield text, merge_chunk_meta(pending, meta or {})
-                pending = None
-            elif meta is not None:
-                pending = merge_chunk_meta(pending, meta)
-        if self._error is not None:
-            raise self._error
-
-    def _produced(self) -> Iterator[tuple]:
-        while True:
-            item = self._chunks.get()
-            if item is _END:
-                break
-            yield item
-        if self._error is not None:
-            raise self._error
-
     def _end(self) -> None:
-        self._submit(lambda: None).add_done_callback(lambda _: self._chunks.put(_END))
+        self._submit(lambda: None).add_done_callback(lambda _: self._chunks.put(END))
 
     # -- fork / join --------------------------------------------------------------------------
     def fork(self, size: int = 1, cache_prefix: bool = True) -> "ForkGroup":
