@@ -69,7 +69,7 @@ def test_multi_turn_chat_four_turns(backend, client):
         expected = client.generate(history, max_new_tokens=12).text
         assert state[f"turn{i}"] == expected != ""
         history.append({"role": "assistant", "content": expected})
-    assert messages == history
+    assert messages == [{**m, "content": m["content"].lstrip()} for m in history]  # SGLang strips a turn's start
 
 
 def test_tree_of_thought_three_levels(backend, client):
