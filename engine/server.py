@@ -294,9 +294,13 @@ class EngineServer:
             if req.stop_text_end is not None:
                 text = text[: req.stop_text_end]
         delta = text[len(live.sent_text) :] if text.startswith(live.sent_text) else text
-        new_ids = ids[live.sent_tokens :]
+        new = slice(live.sent_tokens, len(ids))
         live.sent_tokens, live.sent_text = len(ids), text
-        self._send(live.identity, P.Chunk(rid=live.rid, text=delta, token_ids=list(new_ids)))
+        p = req.params
+        logprobs = self._with_text(req.output_logprobs[new]) if p.wants_logprobs else None
+        tops = [self._with_text(t) for t in req.output_top_logprobs[new]] if p.top_logprobs else None
+        self._send(live.identity, P.Chunk(rid=live.rid, text=delta, token_ids=list(ids[new]), logprobs=logprobs,
+                                          top_logprobs=tops))
 
     def _decode_new(self, live: _Live, ids: list[int]) -> bool:
         """Extend `live.text` with the new tokens' text; False while it ends inside a UTF-8 sequence."""

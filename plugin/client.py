@@ -46,10 +46,12 @@ class Result:
 
 @dataclass
 class StreamChunk:
-    """New text and token ids since the previous chunk."""
+    """New text and token ids since the previous chunk (and their logprobs when `logprobs=True`)."""
 
     text: str
     token_ids: list[int]
+    logprobs: list | None = None
+    top_logprobs: list | None = None
 
 
 SAMPLING_FIELDS = frozenset(P.SamplingOptions.__struct_fields__)
@@ -104,7 +106,7 @@ def _collect(msg: P.Generate, done: list[P.Done]) -> Result | list[Result]:
 
 def _stream_item(reply: P.Response, include_result: bool) -> StreamChunk | Result | None:
     if isinstance(reply, P.Chunk):
-        return StreamChunk(reply.text, reply.token_ids)
+        return StreamChunk(reply.text, reply.token_ids, reply.logprobs, reply.top_logprobs)
     if include_result and isinstance(reply, P.Done):
         return _result(reply)
     return None

@@ -118,15 +118,18 @@ class Usage(msgspec.Struct, kw_only=True):
     completion_tokens: int
 
 
+# [logprob, token_id, token_text], as SGLang reports them; None for the first prompt token.
+TokenLogprob = tuple[float, int, str]
+
+
 class Chunk(_Message, tag="chunk"):
-    """Streamed progress: new token ids and the text they completed."""
+    """Streamed progress: new token ids and the text they completed; with output logprobs asked,
+    the new tokens' logprobs (and top alternatives) too."""
 
     text: str
     token_ids: list[int]
-
-
-# [logprob, token_id, token_text], as SGLang reports them; None for the first prompt token.
-TokenLogprob = tuple[float, int, str]
+    logprobs: list[TokenLogprob] | None = None
+    top_logprobs: list[list[TokenLogprob]] | None = None
 
 
 class Done(_Message, tag="done"):

@@ -1,8 +1,10 @@
 """The frontend language over a deterministic fake Backend (no model): text building, variables,
-fork/join, run_batch, select arithmetic, dtype parsing, streaming."""
+fork/join, run_batch, select arithmetic, typed gens, streaming, and SGLang's API surface (role and
+variable scopes, fork item assignment, composition, logprob meta_info, global_config)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -10,9 +12,9 @@ import time
 import pytest
 
 import radixlm as sgl
-from radixlm.lang import ChoiceScore, DTypeError, GenOutput, Usage
+from radixlm.lang import ChoiceScore, GenOutput, StreamPiece, Usage
 from radixlm.lang.choices import decide, greedy_token_selection, token_length_normalized, unconditional_likelihood_normalized
-from radixlm.lang.ir import parse_dtype
+from radixlm.lang.ir import DTYPE_REGEX, REGEX_INT
 
 CHATML = {r: (f"<{r}>", f"</{r}>") for r in ("system", "user", "assistant")}
 
@@ -36,13 +38,22 @@ class FakeBackend:
             time.sleep(self.delay())
         text = self.reply(prompt, opts)
         self._record("gen", prompt, opts)
-        return GenOutput(text, "stop", Usage(len(prompt), 0, len(text)))
+        return GenOutput(text, "stop", Usage(len(prompt), 0, len(text)), None, self._logprobs(text, opts))
+
+    @staticmethod
+    def _logprobs(text, opts):
+        """One token per character, logprob -i/10 for the i-th; None unless asked."""
+        return [(-i / 10, i, ch) for i, ch in enumerate(text)] if opts.get("logprobs") else None
 
     def stream(self, prompt, **opts):
+        """First a token whose text is held back (an empty piece), then two characters (tokens) per piece."""
         self._record("stream", prompt, opts)
         text = self.reply(prompt, opts)
+        lps = self._logprobs("#" + text, opts)
+        yield StreamPiece("", 1, lps and lps[:1])
         for i in range(0, len(text), 2):
-            yield text[i:i + 2]
+            yield StreamPiece(text[i:i + 2], len(text[i:i + 2]), lps and lps[i + 1:i + 3])
+        yield GenOutput(text, "stop", Usage(len(prompt), 0, len(text) + 1), None, lps)
 
     def cache_prefix(self, prompt):
         self._record("prefix", prompt)
@@ -166,6 +177,13 @@ def test_run_batch_keeps_input_order_and_precaches_the_constant_prefix():
         s += sgl.gen("echo")
 
     assert prog.trace_prefix(fake) == "<system>sys</system>constant header\nitem #"
+
+    @sgl.function
+    def method_roles(s, q):
+        s.system("sys")
+        s.user("hello " + q)
+
+    assert method_roles.trace_prefix(fake) == "<system>sys</system><user>hello "
     states = prog.run_batch([{"n": i} for i in range(30)], num_threads=8, backend=fake, progress_bar=True)
     assert [s["echo"] for s in states] == [str(i) for i in range(30)]
     assert fake.log[0] == ("prefix", "<system>sys</system>constant header\nitem #")
@@ -226,38 +244,28 @@ def test_select_in_a_program_uses_scores_and_unconditional_context():
     assert sgl.gen("g", choices=["a", "b"]) == sgl.select("g", choices=["a", "b"])
 
 
-@pytest.mark.parametrize("dtype,text,value", [(int, " 42", 42), (float, "-1.5", -1.5), (bool, "False", False),
-                                              (str, '"hi"', "hi")])
-def test_dtype_parsing(dtype, text, value):
-    assert parse_dtype(dtype, text) == value
-
-
-@pytest.mark.parametrize("dtype,text", [(int, "4.2"), (int, "abc"), (float, "x1"), (bool, "yes"), (str, "hi")])
-def test_dtype_parse_errors(dtype, text):
-    with pytest.raises(DTypeError):
-        parse_dtype(dtype, text)
-
-
-def test_typed_gen_constrains_with_a_regex_and_reports_bad_output():
-    fake = FakeBackend(reply=lambda p, o: "12" if "good" in p else "twelve")
+def test_typed_gen_is_constrained_by_sglangs_regex_and_keeps_its_text():
+    fake = FakeBackend(reply=lambda p, o: "12")
 
     @sgl.function
-    def prog(s, word):
-        s += word + sgl.gen("n", dtype=int)
-        s += " then"
+    def prog(s):
+        s += "n=" + sgl.gen_int("n") + " then " + sgl.gen_string("w", stop=["!"]) + sgl.gen("b", dtype=bool)
 
-    good = prog.run(word="good", backend=fake)
-    assert good["n"] == 12 and good.text() == "good12 then"
-    assert fake.log[0][2]["regex"] == r"-?[0-9]{1,15}[ \n]?"
-    bad = prog.run(word="bad", backend=fake)
-    with pytest.raises(DTypeError):
-        bad["n"]
-    with pytest.raises(DTypeError):
-        bad.text()
-    with pytest.raises(ValueError):
+    state = prog.run(stop=["\n\n"], backend=fake)
+    assert state["n"] == "12" and state.text() == "n=12 then 1212"  # the value is the text, as in SGLang
+    n_opts, w_opts, b_opts = (e[2] for e in fake.log)
+    assert n_opts["regex"] == DTYPE_REGEX["int"] and n_opts["stop"] == ["\n\n", " ", "\n"]
+    assert w_opts["regex"] == sgl.lang.REGEX_STR and w_opts["stop"] == ["!"]
+    assert b_opts["regex"] == "(True|False)" and b_opts["stop"] == ["\n\n"]
+    assert REGEX_INT == r"[-+]?[0-9]+[ \n]*"
+    with pytest.raises(ValueError, match="dtype"):
         sgl.gen("x", dtype=list)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not both"):
         sgl.gen("x", dtype=int, regex="[0-9]")
+    with pytest.raises(ValueError, match="invalid regex"):
+        sgl.gen("x", regex="(")
+    with pytest.raises(ValueError, match="fork"):
+        sgl.gen("x", n=2)
 
 
 def test_text_iter_streams_the_whole_program_or_one_variable():
@@ -274,3 +282,150 @@ def test_text_iter_streams_the_whole_program_or_one_variable():
     assert pieces == ["start ", "ab", "cd", "ef", " end"]
     assert fake.log[0][0] == "stream"
     assert list(prog.run(stream=True, backend=fake).text_iter("v")) == ["ab", "cd", "ef"]
+
+
+def test_role_and_variable_scopes():
+    fake = FakeBackend(reply=lambda p, o: " hi")
+
+    @sgl.function
+    def chat(s, question):
+        s.system("Be brief.")
+        with s.user():
+            s += question
+        with s.assistant():
+            with s.var_scope("said"):
+                s += "Sure:" + sgl.gen("answer")
+
+    state = chat.run(question="Hello?", backend=fake)
+    assert state.text() == "<system>Be brief.</system><user>Hello?</user><assistant>Sure: hi</assistant>"
+    assert state["said"] == "Sure: hi" and state["answer"] == " hi"
+    assert [m["role"] for m in state.messages()] == ["system", "user", "assistant"]
+    assert fake.log[0][1] == "<system>Be brief.</system><user>Hello?</user><assistant>Sure:"
+
+    @sgl.function
+    def leading_space(s):
+        s += sgl.assistant(sgl.gen("a"))
+
+    assert leading_space.run(backend=fake).messages() == [{"role": "assistant", "content": "hi"}]  # lstripped
+
+
+def test_fork_item_assignment_and_a_function_of_the_branch_index():
+    fake = FakeBackend(reply=lambda p, o: p[-2:])
+
+    @sgl.function
+    def prog(s):
+        s += "P"
+        forks = s.fork(3)
+        for i in range(3):
+            forks[i] += f"-{i}"
+        forks += lambda i: f"{i * 2}"
+        forks += sgl.gen("tail")
+        forks.join()
+        s += "/" + forks[2]["tail"]
+
+    state = prog.run(backend=fake)
+    assert state["tail"] == ["00", "12", "24"] and state.text() == "P/24"
+    with pytest.raises(TypeError, match="replaced"):
+        forks = prog.run(backend=fake).fork(2)
+        forks[0] = forks[1]
+
+
+def test_a_program_called_inside_a_program_runs_on_the_same_state():
+    fake = FakeBackend(reply=lambda p, o: "!")
+
+    @sgl.function
+    def greet(s, name):
+        s += "Hi " + name + sgl.gen("mark")
+
+    @sgl.function
+    def outer(s):
+        s += "<"
+        s += greet("Ann") + ">"
+        s += greet(name="Bob")
+
+    state = outer.run(backend=fake)
+    assert state.text() == "<Hi Ann!>Hi Bob!" and state["mark"] == "!"
+    alone = greet("Cy", backend=fake)  # outside a program: a run of its own
+    assert alone.text() == "Hi Cy!"
+
+
+def test_logprobs_in_meta_info_with_sglangs_names():
+    fake = FakeBackend(reply=lambda p, o: "abc")
+
+    @sgl.function
+    def prog(s):
+        s += "x" + sgl.gen("plain") + sgl.gen("scored", return_logprob=True, top_logprobs_num=0,
+                                             return_text_in_logprobs=True)
+
+    state = prog.run(backend=fake, logprob_start_len=-1)
+    meta = state.get_meta_info("scored")
+    assert meta["output_token_logprobs"] == [(0.0, 0, "a"), (-0.1, 1, "b"), (-0.2, 2, "c")]
+    assert meta["completion_tokens"] == 3 and meta["finish_reason"] == {"type": "stop", "matched": None}
+    assert "output_token_logprobs" not in state.get_meta_info("plain")
+    plain_opts, scored_opts = fake.log[0][2], fake.log[1][2]
+    assert "logprobs" not in plain_opts and scored_opts["logprobs"] is True and scored_opts["logprob_start_len"] == -1
+    untexted = prog.run(backend=fake, return_text_in_logprobs=False)  # the gen's own value wins
+    assert untexted.get_meta_info("scored")["output_token_logprobs"][0] == (0.0, 0, "a")
+
+
+def test_streamed_chunks_carry_their_own_tokens_logprobs():
+    fake = FakeBackend(reply=lambda p, o: "abcd")
+
+    @sgl.function
+    def prog(s):
+        s += "Q:" + sgl.gen("v", return_logprob=True)
+
+    async def collect(state):
+        return [item async for item in state.text_async_iter("v", return_meta_data=True)]
+
+    chunks = asyncio.run(collect(prog.run(stream=True, backend=fake)))
+    assert [text for text, _ in chunks] == ["ab", "cd"]
+    first, second = (meta for _, meta in chunks)
+    # the held-back first token's logprob rides with the first chunk that has text
+    assert first["completion_tokens"] == 3 and len(first["output_token_logprobs"]) == 3
+    assert first["output_token_logprobs_length"] == 3
+    assert second["completion_tokens"] == 5 and len(second["output_token_logprobs"]) == 2
+    streamed = prog.run(stream=True, backend=fake)
+    assert list(streamed.text_iter("v")) == ["ab", "cd"] and streamed["v"] == "abcd"
+    assert streamed.get_meta_info("v")["output_token_logprobs_length"] == 5
+
+
+def test_stream_run_returns_at_once_and_reraises_the_bodys_error():
+    release = threading.Event()
+
+    @sgl.function
+    def prog(s):
+        s += "a"
+        release.wait(5)
+        raise KeyError("boom")
+
+    state = prog.run(stream=True, backend=FakeBackend())
+    release.set()
+    with pytest.raises(KeyError, match="boom"):
+        list(state.text_iter())
+
+
+def test_run_keywords_global_config_and_unsupported_features():
+    fake = FakeBackend(reply=lambda p, o: "r")
+
+    @sgl.function
+    def prog(s, a, b="B"):
+        s += a + b + sgl.gen("g", max_tokens=3)
+
+    previous = sgl.global_config.default_backend
+    sgl.set_default_backend(fake)
+    try:
+        assert sgl.global_config.default_backend is fake
+        state = prog.run("A", max_new_tokens=9, temperature=0, top_k=-1, frequency_penalty=0.5)
+        assert state.text() == "ABr"
+        assert fake.log[-1][2] == {"max_new_tokens": 3, "temperature": 0, "top_k": 0, "frequency_penalty": 0.5}
+        states = prog.run_batch([("x",), ["y", "z"]], num_threads=2)
+        assert [s.text() for s in states] == ["xBr", "yzr"]
+    finally:
+        sgl.set_default_backend(previous)
+    with pytest.raises(ValueError, match="fork"):
+        prog.run("A", n=2, backend=fake)
+    with pytest.raises(NotImplementedError, match="speculative"):
+        sgl.function(num_api_spec_tokens=64)
+    with pytest.raises(TypeError, match="run_batch item"):
+        prog.run_batch([("x", "y", "z")], backend=fake)

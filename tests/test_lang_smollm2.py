@@ -3,6 +3,7 @@ plain sequential requests, and prefix sharing visible in the engine's usage repo
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -68,7 +69,7 @@ def test_multi_turn_chat_four_turns(backend, client):
         expected = client.generate(history, max_new_tokens=12).text
         assert state[f"turn{i}"] == expected != ""
         history.append({"role": "assistant", "content": expected})
-    assert messages == history
+    assert messages == [{**m, "content": m["content"].lstrip()} for m in history]  # SGLang strips a turn's start
 
 
 def test_tree_of_thought_three_levels(backend, client):
@@ -205,7 +206,52 @@ def test_gen_dtype_int(backend, client):
         s += "3 + 4 = 7\n10 + 5 = 15\n2 + 2 = " + sgl.gen("n", dtype=int, max_tokens=6, stop="\n")
 
     state = arith.run()
-    assert isinstance(state["n"], int) and state["n"] == 4
+    assert state["n"] == "4"  # a typed gen's value is its text, as in SGLang
+
+
+STATEMENT = "Determine whether the statement is True or False.\nStatement: Ice is cold.\nAnswer:"
+
+
+def test_select_scores_every_choice_in_one_extend_pass_over_the_cached_prefix(backend, client):
+    choices = [" True", " False", " Unknown", " Maybe"]
+
+    @sgl.function
+    def pick(s):
+        s += STATEMENT + sgl.select("answer", choices=choices)
+
+    before = client.stats()["extend_passes"]
+    state = pick.run()
+    assert state["answer"] in choices
+    # one pass caches the prefix, one pass scores the four choices together
+    assert client.stats()["extend_passes"] - before == 2
+    prefix_tokens = client.generate(STATEMENT, prefix_only=True).prompt_tokens
+    for usage in state.usage("answer"):
+        # the prefix's last token's logprob (for token healing) comes from the pass over the token before it
+        assert usage.cached_tokens >= prefix_tokens - 2
+
+
+TIP_PROMPT = "Give one short tip for writing a good blog post, on a single line.\n"
+
+
+def test_fork_branches_share_the_cached_prefix(backend, client):
+    @sgl.function
+    def tips(s):
+        s += TIP_PROMPT
+        forks = s.fork(4)
+        forks += lambda i: f"Tip {i + 1}:"
+        forks += sgl.gen("tip", max_tokens=4, stop="\n")
+        forks.join()
+
+    before = client.stats()["computed_tokens"]
+    state = tips.run()
+    computed = client.stats()["computed_tokens"] - before
+    branches = state.get_meta_info("tip")["branches"]
+    prefix_tokens = client.generate(TIP_PROMPT, prefix_only=True).prompt_tokens
+    assert len(state["tip"]) == 4 and all(m["prompt"].startswith(TIP_PROMPT) for m in branches)
+    assert all(m["cached_tokens"] >= prefix_tokens for m in branches)
+    # the shared prefix is computed once, not once per branch
+    branch_work = sum(m["prompt_tokens"] - m["cached_tokens"] + m["completion_tokens"] for m in branches)
+    assert computed <= prefix_tokens + branch_work
 
 
 def test_streaming_text_iter_equals_the_blocking_run(backend, client):
@@ -243,3 +289,22 @@ def test_run_batch_of_twenty_computes_the_constant_prefix_once(backend, client):
     assert after - before <= prefix_tokens + suffix_work + 20
     for w, st in zip(words, states):
         assert st["label"] == classify.run(word=w)["label"]
+
+
+def test_streamed_logprobs_equal_the_blocking_gens(backend, client):
+    @sgl.function
+    def qa(s):
+        s += sgl.user("Name a fruit.")
+        s += sgl.assistant(sgl.gen("answer", max_tokens=8, return_logprob=True, top_logprobs_num=2))
+
+    async def collect(state):
+        return [meta async for _, meta in state.text_async_iter("answer", return_meta_data=True)]
+
+    metas = asyncio.run(collect(qa.run(stream=True)))
+    streamed = [e for m in metas for e in m["output_token_logprobs"]]
+    blocking = qa.run().get_meta_info("answer")
+    assert metas and metas[-1]["completion_tokens"] == len(streamed)
+    assert [e[1] for e in streamed] == [e[1] for e in blocking["output_token_logprobs"]][: len(streamed)]
+    assert [e[0] for e in streamed] == pytest.approx([e[0] for e in blocking["output_token_logprobs"]][: len(streamed)],
+                                                     abs=1e-3)
+    assert all(len(t) == 2 for m in metas for t in m["output_top_logprobs"])

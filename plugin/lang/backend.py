@@ -6,11 +6,13 @@ HTTP backend can implement the same few calls later.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, runtime_checkable
 
+from ..client import Result, StreamChunk
 from .chat import probe_chat_template
+from .global_config import global_config
 
 
 @dataclass
@@ -25,10 +27,27 @@ class Usage:
 
 @dataclass
 class GenOutput:
+    """A finished generation. Logprob entries are (logprob, token_id, token_text), None where the
+    engine has none (the first prompt token)."""
+
     text: str
     finish_reason: str
     usage: Usage
     matched_stop: Any = None
+    output_logprobs: list | None = None
+    output_top_logprobs: list | None = None
+    prompt_logprobs: list | None = None
+    prompt_top_logprobs: list | None = None
+
+
+@dataclass
+class StreamPiece:
+    """New text of a streamed generation, the number of tokens it took, and their logprobs (when asked)."""
+
+    text: str
+    token_count: int
+    logprobs: list | None = None
+    top_logprobs: list | None = None
 
 
 @dataclass
@@ -45,11 +64,12 @@ class ChoiceScore:
 @runtime_checkable
 class Backend(Protocol):
     def generate(self, prompt: str, **options: Any) -> GenOutput:
-        """Generate after `prompt`. Options: max_new_tokens, stop, temperature, top_p, top_k, seed,
-        regex, json_schema, ..."""
+        """Generate after `prompt`. Options: the client's (max_new_tokens, min_new_tokens, stop,
+        temperature, top_p, top_k, seed, regex, json_schema, logprobs, top_logprobs,
+        logprob_start_len, ...)."""
 
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        """Yield generated text pieces."""
+    def stream(self, prompt: str, **options: Any) -> Iterator[StreamPiece | GenOutput]:
+        """Yield StreamPieces as tokens are generated, then the whole GenOutput last."""
 
     def cache_prefix(self, prompt: str) -> Usage:
         """Compute and cache `prompt` without generating (a prefix hint)."""
@@ -65,26 +85,25 @@ class Backend(Protocol):
 class EngineBackend:
     """A Backend over a radixlm `Client` (default: `radixlm.connect()`)."""
 
-    def __init__(self, client: Any = None, max_workers: int = 64, **connect_options: Any) -> None:
+    def __init__(self, client: Any = None, **connect_options: Any) -> None:
         if client is None:
             from ..client import connect
 
             client = connect(**connect_options)
         self.client = client
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="radixlm-lang")
         self._parts: dict | None = None
         self._parts_probed = False
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, prompt: str, **options: Any) -> GenOutput:
-        r = self.client.generate(prompt, **options)
-        return GenOutput(r.text, r.finish_reason, Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens),
-                         r.matched_stop)
+        return _gen_output(self.client.generate(prompt, **options))
 
-    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
-        for chunk in self.client.stream(prompt, **options):
-            if chunk.text:
-                yield chunk.text
+    def stream(self, prompt: str, **options: Any) -> Iterator[StreamPiece | GenOutput]:
+        for item in self.client.stream(prompt, include_result=True, **options):
+            if isinstance(item, StreamChunk):
+                yield StreamPiece(item.text, len(item.token_ids), item.logprobs, item.top_logprobs)
+            else:
+                yield _gen_output(item)
 
     def cache_prefix(self, prompt: str) -> Usage:
         r = self.client.generate(prompt, prefix_only=True)
@@ -93,10 +112,11 @@ class EngineBackend:
     # -- select ---------------------------------------------------------------------------------
     def score_choices(self, prefix: str, choices: list[str]) -> list[ChoiceScore]:
         """Send the prefix once (prefix_only, also asking the logprob of its LAST token so that its id
-        is known), then every `prefix + choice` concurrently as prefix_only requests with prompt
-        logprobs from the prefix's last position. Token healing: `prefix + choice` is tokenized as one
-        text; if the token at the prefix's last position is not the prefix's own last token, the
-        boundary merged and that merged token counts as part of the choice."""
+        is known), then every `prefix + choice` as prefix_only requests with prompt logprobs from the
+        prefix's last position, all sent back to back from one event loop so that the engine admits
+        them into one extend pass over the cached prefix. Token healing: `prefix + choice` is
+        tokenized as one text; if the token at the prefix's last position is not the prefix's own last
+        token, the boundary merged and that merged token counts as part of the choice."""
         if not prefix:
             raise ValueError("select needs a non-empty prefix")
         head = self.client.generate(prefix, prefix_only=True, logprob_start_len=1 << 30)
@@ -104,16 +124,18 @@ class EngineBackend:
         last_id = head.prompt_logprobs[-1][1] if n > 1 and head.prompt_logprobs and head.prompt_logprobs[-1] else None
         start = max(n - 1, 0)
 
-        def one(choice: str) -> ChoiceScore:
-            r = self.client.generate(prefix + choice, prefix_only=True, logprob_start_len=start)
+        async def all_choices() -> list[Result]:
+            return await asyncio.gather(*(self.client.aio.generate(prefix + c, prefix_only=True, logprob_start_len=start)
+                                          for c in choices))
+
+        def score(r: Result) -> ChoiceScore:
             entries = list(r.prompt_logprobs or [])
             healed = not entries or entries[0] is None or entries[0][1] != last_id
-            picked = entries if healed else entries[1:]
-            picked = [e for e in picked if e is not None]
+            picked = [e for e in (entries if healed else entries[1:]) if e is not None]
             return ChoiceScore([e[0] for e in picked], [e[1] for e in picked],
                                Usage(r.prompt_tokens, r.cached_tokens, 0, kind="select"), healed)
 
-        return list(self._pool.map(one, choices))
+        return [score(r) for r in asyncio.run(all_choices())]
 
     # -- chat -----------------------------------------------------------------------------------
     def chat_template_parts(self) -> dict[str, tuple[str, str]] | None:
@@ -123,14 +145,18 @@ class EngineBackend:
         return self._parts
 
 
-_default: list[Backend | None] = [None]
+def _gen_output(r: Result) -> GenOutput:
+    return GenOutput(r.text, r.finish_reason, Usage(r.prompt_tokens, r.cached_tokens, r.completion_tokens),
+                     r.matched_stop, r.output_logprobs, r.output_top_logprobs, r.prompt_logprobs, r.prompt_top_logprobs)
 
 
 def set_default_backend(backend: Backend) -> None:
-    _default[0] = backend
+    """The backend programs run on when `run` gets none (`sgl.global_config.default_backend`)."""
+    global_config.default_backend = backend
 
 
 def get_default_backend() -> Backend:
-    if _default[0] is None:
-        _default[0] = EngineBackend()
-    return _default[0]
+    """The default backend; an EngineBackend over `radixlm.connect()` when none was set."""
+    if global_config.default_backend is None:
+        global_config.default_backend = EngineBackend()
+    return global_config.default_backend

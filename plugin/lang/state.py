@@ -1,5 +1,5 @@
-"""ProgramState: the `s` of a program. `s += expr` queues work on the state's own single worker thread
-(so operations of one state run in order while the program goes on); `s["name"]` waits for that
+"""ProgramState: the `s` of a program. `s += expr` queues work on the state's own worker (so the
+operations of one state run in order while the program goes on); `s["name"]` waits for that
 variable. `fork(n)` makes n branch states that start from this state's text once the ops queued
 before the fork have run, after the shared prefix was cached in the engine (prefix_only)."""
 
@@ -7,54 +7,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .backend import Backend, ChoiceScore, Usage
-from .choices import decide, resolve
-from .ir import DTYPE_REGEX, ExprList, Gen, RoleBegin, RoleEnd, Select, dtype_name, parse_dtype
+from .backend import Backend, ChoiceScore, GenOutput, StreamPiece, Usage
+from .choices import decide, resolve as resolve_method
+from .ir import Call, ExprList, Gen, RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd
+from .meta import chunk_meta, gen_meta
+from .options import resolve as resolve_options
+from .serial import Serial
+from .streaming import END, TextStream
 
 NEUTRAL_CONTEXT = "\n"  # the context whose likelihood of a choice is its "unconditional" likelihood
-_END = object()
-_GEN_TO_ENGINE = {"max_tokens": "max_new_tokens", "stop": "stop", "stop_token_ids": "stop_token_ids",
-                  "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
-                  "regex": "regex", "json_schema": "json_schema", "ignore_eos": "ignore_eos"}
 
 
-class _Serial:
-    """Runs submitted functions one at a time in submission order on a thread that exists only
-    while there is queued work (so thousands of finished states hold no threads)."""
-
-    def __init__(self) -> None:
-        self._queue: deque = deque()
-        self._lock = threading.Lock()
-        self._running = False
-
-    def submit(self, fn: Callable[[], None]) -> Future:
-        fut: Future = Future()
-        with self._lock:
-            self._queue.append((fn, fut))
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._drain, name="radixlm-state", daemon=True).start()
-        return fut
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._running = False
-                    return
-                fn, fut = self._queue.popleft()
-            try:
-                fn()
-                fut.set_result(None)
-            except BaseException as e:  # noqa: BLE001
-                fut.set_exception(e)
-
-
-class ProgramState:
+class ProgramState(TextStream):
     def __init__(self, backend: Backend, defaults: dict[str, Any] | None = None, stream: bool = False,
                  snapshot: Future | None = None) -> None:
         self.backend, self.defaults, self.stream = backend, dict(defaults or {}), stream
@@ -63,12 +31,13 @@ class ProgramState:
         self._new_vars: list[str] = []  # variables set on this state itself (not inherited at a fork)
         self._events: dict[str, threading.Event] = {}
         self._meta: dict[str, dict] = {}
+        self._scopes: dict[str, int] = {}  # open var_scope name -> where its text starts
         self.requests: list[Usage] = []  # every engine request this state made, in order
         self._messages: list[dict] = []
         self._role: tuple[str, int] | None = None
         self._error: BaseException | None = None
-        self._chunks: queue.SimpleQueue = queue.SimpleQueue()
-        self._worker = _Serial()
+        self._chunks: queue.SimpleQueue = queue.SimpleQueue()  # (variable, text, chunk meta) as produced
+        self._worker = Serial()
         self.fork_text = ""
         self.fork_prefix_usage: Usage | None = None
         if snapshot is not None:
@@ -82,14 +51,18 @@ class ProgramState:
                     raise self._error
                 fn()
             except BaseException as e:  # noqa: BLE001 - kept and re-raised to the program
-                if self._error is None:
-                    self._error = e
-                for ev in self._events.values():
-                    ev.set()
+                self._fail(e)
                 if on_fail is not None:
                     on_fail(e)
 
         return self._worker.submit(run)
+
+    def _fail(self, error: BaseException) -> None:
+        """Keep the program's first error; wake every reader (they re-raise it)."""
+        if self._error is None:
+            self._error = error
+        for ev in list(self._events.values()):
+            ev.set()
 
     def _declare(self, name: str | None) -> None:
         if name is not None:
@@ -101,6 +74,11 @@ class ProgramState:
         if self._error is not None:
             raise self._error
         return self
+
+    def error(self) -> BaseException | None:
+        """Wait for the queued work; the program's error, or None."""
+        self._submit(lambda: None).result()
+        return self._error
 
     # -- appending ----------------------------------------------------------------------------
     def __iadd__(self, expr: Any) -> "ProgramState":
@@ -121,12 +99,21 @@ class ProgramState:
             self._submit(lambda: self._run_select(expr))
         elif isinstance(expr, (RoleBegin, RoleEnd)):
             self._submit(lambda: self._run_role(expr))
+        elif isinstance(expr, VarScopeBegin):
+            self._declare(expr.name)
+            self._submit(lambda: self._scopes.__setitem__(expr.name, len(self._text)))
+        elif isinstance(expr, VarScopeEnd):
+            self._submit(lambda: self._set_var(expr.name, self._text[self._scopes.pop(expr.name):], {}))
+        elif isinstance(expr, Call):
+            expr.func(self, *expr.args, **expr.kwargs)
+        elif expr is None:
+            raise ValueError("tried to append None to a program state")
         else:
             raise TypeError(f"cannot append {type(expr).__name__} to a program state")
 
-    def _add_text(self, text: str, var: str | None = None) -> None:
+    def _add_text(self, text: str, var: str | None = None, meta: dict | None = None) -> None:
         self._text += text
-        self._chunks.put((var, text))
+        self._chunks.put((var, text, meta))
 
     def _set_var(self, name: str | None, value: Any, meta: dict) -> None:
         if name is None:
@@ -137,34 +124,30 @@ class ProgramState:
         self._events.setdefault(name, threading.Event()).set()
 
     def _run_gen(self, g: Gen) -> None:
-        opts = {}
-        for field, key in _GEN_TO_ENGINE.items():
-            value = getattr(g, field)
-            if value is None:
-                value = self.defaults.get(key)
-            if value is not None:
-                opts[key] = value
-        if g.dtype is not None:
-            opts["regex"] = DTYPE_REGEX[dtype_name(g.dtype)]
-            opts.setdefault("max_new_tokens", 32)
+        opts, ask = resolve_options(g, self.defaults)
         prompt = self._text
-        usage = None
-        if self.stream:
-            parts = []
-            for piece in self.backend.stream(prompt, **opts):
-                parts.append(piece)
-                self._add_text(piece, g.name)
-            text = "".join(parts)
-        else:
-            out = self.backend.generate(prompt, **opts)
-            text, usage = out.text, out.usage
-            self.requests.append(usage)
-            self._add_text(text, g.name)
-        value = parse_dtype(g.dtype, text) if g.dtype is not None else text
-        self._set_var(g.name, value, {"usage": usage, "text": text, "prompt": prompt})
+        out = self._stream_gen(prompt, opts, ask, g.name) if self.stream else self.backend.generate(prompt, **opts)
+        self.requests.append(out.usage)
+        if not self.stream:
+            self._add_text(out.text, g.name)
+        self._set_var(g.name, out.text, gen_meta(out, ask, prompt))
+
+    def _stream_gen(self, prompt: str, opts: dict, ask: Any, name: str | None) -> GenOutput:
+        tokens = logprobs = 0
+        out: GenOutput | None = None
+        for item in self.backend.stream(prompt, **opts):
+            if isinstance(item, StreamPiece):
+                tokens += item.token_count
+                logprobs += len(item.logprobs or [])
+                self._add_text(item.text, name, chunk_meta(item, tokens, logprobs, ask))
+            else:
+                out = item
+        if out is None:
+            raise RuntimeError("the backend's stream ended without its result")
+        return out
 
     def _run_select(self, sel: Select) -> None:
-        method = resolve(sel.choices_method)
+        method = resolve_method(sel.choices_method)
         prefix = self._text
         cond: list[ChoiceScore] = self.backend.score_choices(prefix, sel.choices)
         uncond = self.backend.score_choices(NEUTRAL_CONTEXT, sel.choices) if method.requires_unconditional else None
@@ -175,6 +158,8 @@ class ProgramState:
         self._add_text(choice, sel.name)
         self._set_var(sel.name, choice, {
             "scores": scores, "method": method.name, "choices": list(sel.choices),
+            "normalized_prompt_logprobs": [sum(c.token_logprobs) / max(len(c.token_logprobs), 1) for c in cond],
+            "input_token_logprobs": [[(lp, t, None) for lp, t in zip(c.token_logprobs, c.token_ids)] for c in cond],
             "token_logprobs": [c.token_logprobs for c in cond], "token_ids": [c.token_ids for c in cond],
             "healed": [c.healed for c in cond],
             "unconditional_token_logprobs": [u.token_logprobs for u in uncond] if uncond else None,
@@ -194,9 +179,38 @@ class ProgramState:
         else:
             if self._role is None or self._role[0] != marker.role:
                 raise RuntimeError(f"{marker.role}_end without a matching {marker.role}_begin")
-            self._messages.append({"role": marker.role, "content": self._text[self._role[1]:]})
+            self._messages.append({"role": marker.role, "content": self._text[self._role[1]:].lstrip()})
             self._role = None
             self._add_text(end)
+
+    # -- scopes ---------------------------------------------------------------------------------
+    def _role_scope(self, role: str, expr: Any) -> Any:
+        if expr is not None:
+            self._append(ExprList([RoleBegin(role), expr, RoleEnd(role)]))
+            return None
+        return self._scope(RoleBegin(role), RoleEnd(role))
+
+    @contextmanager
+    def _scope(self, begin: Any, end: Any) -> Iterator[None]:
+        self._append(begin)
+        yield
+        self._append(end)
+
+    def system(self, expr: Any = None) -> Any:
+        """`s.system(expr)` appends a system turn; `with s.system(): ...` wraps what is appended inside."""
+        return self._role_scope("system", expr)
+
+    def user(self, expr: Any = None) -> Any:
+        """`s.user(expr)` appends a user turn; `with s.user(): ...` wraps what is appended inside."""
+        return self._role_scope("user", expr)
+
+    def assistant(self, expr: Any = None) -> Any:
+        """`s.assistant(expr)` appends an assistant turn; `with s.assistant(): ...` wraps the block."""
+        return self._role_scope("assistant", expr)
+
+    def var_scope(self, name: str) -> Any:
+        """`with s.var_scope(name): ...`: variable `name` becomes the text appended inside the block."""
+        return self._scope(VarScopeBegin(name), VarScopeEnd(name))
 
     # -- reading ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Any:
@@ -215,11 +229,15 @@ class ProgramState:
         self._declare(name)
         self._submit(lambda: self._set_var(name, value, {}))
 
+    set_var = __setitem__
+
     def __contains__(self, name: str) -> bool:
         self.sync()
         return name in self._vars
 
     def get_meta_info(self, name: str) -> dict:
+        """SGLang's meta_info of variable `name` (token counts, finish reason, logprobs asked for;
+        for a select: the per-choice scores)."""
         self[name]
         return self._meta[name]
 
@@ -243,27 +261,16 @@ class ProgramState:
         self.sync()
         return dict(self._vars)
 
-    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
-        """Text as it is produced (the whole program's, or only variable `var_name`'s), until the
-        program ends. Only for states returned by `run`; one reader."""
-        while True:
-            item = self._chunks.get()
-            if item is _END:
-                break
-            var, text = item
-            if var_name is None or var == var_name:
-                yield text
-        if self._error is not None:
-            raise self._error
-
     def _end(self) -> None:
-        self._submit(lambda: None).add_done_callback(lambda _: self._chunks.put(_END))
+        self._submit(lambda: None).add_done_callback(lambda _: self._chunks.put(END))
 
     # -- fork / join --------------------------------------------------------------------------
-    def fork(self, n: int = 1, cache_prefix: bool = True) -> "ForkGroup":
-        """n branch states starting from this state's text; the shared prefix is cached once first."""
-        if n < 1:
-            raise ValueError("fork needs n >= 1")
+    def fork(self, size: int = 1, cache_prefix: bool = True) -> "ForkGroup":
+        """`size` branch states starting from this state's text; the shared prefix is cached once first."""
+        from .fork import ForkGroup
+
+        if size < 1:
+            raise ValueError("fork needs size >= 1")
         snap: Future = Future()
 
         def take() -> None:
@@ -274,7 +281,7 @@ class ProgramState:
             snap.set_result((self._text, dict(self._vars), dict(self._meta), list(self._messages), self._role, usage))
 
         self._submit(take, on_fail=lambda e: snap.done() or snap.set_exception(e))
-        return ForkGroup([ProgramState(self.backend, self.defaults, self.stream, snap) for _ in range(n)], self)
+        return ForkGroup([ProgramState(self.backend, self.defaults, self.stream, snap) for _ in range(size)], self)
 
     def _start_from(self, snapshot: tuple) -> None:
         self._text, vars_, meta, self._messages, self._role, self.fork_prefix_usage = snapshot
@@ -284,7 +291,7 @@ class ProgramState:
         for name in vars_:
             self._events.setdefault(name, threading.Event()).set()
 
-    def join(self, forks: "ForkGroup | list[ProgramState]", mode: str = "gather_variable") -> None:
+    def join(self, forks: Any, mode: str = "gather_variable") -> None:
         """Gather the branches' new variables into lists on this state (`gather_variable`), or append
         the text each branch added after the fork (`concate_and_append`)."""
         branches = list(forks)
@@ -305,34 +312,3 @@ class ProgramState:
                 self._add_text("".join(b._text[len(b.fork_text):] for b in branches))
 
         self._submit(gather)
-
-
-class ForkGroup:
-    """The branches of one fork: index, iterate, `+=` to all (or a list, one item per branch), join."""
-
-    def __init__(self, states: list[ProgramState], parent: ProgramState) -> None:
-        self.states, self.parent = states, parent
-
-    def __getitem__(self, i: int) -> ProgramState:
-        return self.states[i]
-
-    def __iter__(self) -> Iterator[ProgramState]:
-        return iter(self.states)
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __iadd__(self, other: Any) -> "ForkGroup":
-        if isinstance(other, (list, tuple)):
-            if len(other) != len(self.states):
-                raise ValueError(f"{len(other)} items for {len(self.states)} branches")
-            for s, x in zip(self.states, other):
-                s += x
-        else:
-            for s in self.states:
-                s += other
-        return self
-
-    def join(self, mode: str = "gather_variable") -> ProgramState:
-        self.parent.join(self, mode)
-        return self.parent
