@@ -110,6 +110,7 @@ def test_engine_validation_errors_are_400_and_the_engine_keeps_serving(http):
     ({"input_ids": [1], "sampling_params": {"max_new_tokens": 2, "warp": 3}}, "unknown sampling parameter 'warp'"),
     ({"input_ids": [1], "sampling_params": {"ebnf": "root ::= \"a\""}}, "ebnf"),
     ({"input_ids": [1], "bogus": 1}, "unknown field(s) bogus"),
+    ({"input_ids": [1], "lora_path": "adapter"}, "lora_path is not supported"),
     ({"input_ids": ["x"]}, "input_ids must be"),
     ({"input_ids": [1], "sampling_params": {"temperature": -2}}, "temperature"),
 ])

@@ -22,7 +22,20 @@ from .front import SSE_DONE, Front, first_then_rest, read_json, sse, trace_id, u
 # `messages` (chat messages rendered with the model's template) and the `lark` / `choices` constraints are
 # radixlm's extensions of SGLang's request; the httpx client uses them against a radixlm server only.
 GENERATE_FIELDS = {"text", "input_ids", "messages", "sampling_params", "return_logprob", "logprob_start_len", "top_logprobs_num",
-                   "return_text_in_logprobs", "stream", "rid"}
+                   "return_text_in_logprobs", "stream", "rid", "routing_key", "conversation_id"}
+# SGLang request fields with no effect on the result (bookkeeping; what smg adds when it forwards a request).
+IGNORED_FIELDS = {"model", "log_metrics", "no_logs", "custom_labels", "received_time", "priority",
+                  "external_trace_header", "session_id", "routed_dp_rank", "data_parallel_rank"}
+# SGLang request fields this engine has no feature for: accepted only unset (null, false, empty).
+UNSET_FIELDS = {"input_embeds", "image_data", "video_data", "audio_data", "mm_hashes", "mm_content_hashes",
+                "use_audio_in_video", "video_config", "watermark", "token_ids_logprob", "return_sampling_mask",
+                "sampling_logprobs_mode", "return_flat_raw_top_logprobs", "return_flat_raw_output_top_logprobs",
+                "return_hidden_states", "return_routed_experts", "routed_experts_start_len", "return_indexer_topk",
+                "modalities", "session_params", "lora_path", "lora_id", "custom_logit_processor",
+                "positional_embed_overrides", "bootstrap_host", "bootstrap_port", "bootstrap_room",
+                "bootstrap_pair_key", "decode_tp_size", "disagg_prefill_dp_rank", "background", "require_reasoning",
+                "max_thinking_tokens", "extra_key", "return_bytes", "return_entropy", "return_prompt_token_ids",
+                "cache_salt"}
 # SGLang sampling parameters mapped onto the engine's options (same name unless given).
 SAMPLING_NAMES = {"max_new_tokens": "max_new_tokens", "min_new_tokens": "min_new_tokens", "n": "n", "stop": "stop",
                   "stop_token_ids": "stop_token_ids", "temperature": "temperature", "top_p": "top_p",
@@ -71,9 +84,12 @@ def _item(value: Any, i: int, batch: bool) -> Any:
 
 def _requests(body: dict) -> tuple[list[tuple[str | list[int], dict[str, Any]]], bool]:
     """([(prompt, engine options)], is_batch) of a /generate body."""
-    unknown = set(body) - GENERATE_FIELDS
+    unknown = set(body) - GENERATE_FIELDS - IGNORED_FIELDS - UNSET_FIELDS
     if unknown:
         raise HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))}")
+    for name in sorted(UNSET_FIELDS & set(body)):
+        if body[name]:
+            raise HTTPError(400, f"{name} is not supported by this engine")
     text, ids, messages = body.get("text"), body.get("input_ids"), body.get("messages")
     if sum(x is not None for x in (text, ids, messages)) != 1:
         raise HTTPError(400, "give exactly one of text, input_ids and messages")
@@ -144,7 +160,7 @@ async def generate(front: Front, request: Request):
     if not isinstance(body, dict):
         raise HTTPError(400, "the request body must be a JSON object")
     reqs, batch = _requests(body)
-    trace = trace_id(request)
+    trace = trace_id(request, *(v for v in (body.get("routing_key"), body.get("conversation_id")) if isinstance(v, str)))
     if trace:
         for _, opts in reqs:
             opts["trace_id"] = trace
