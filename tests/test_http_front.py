@@ -145,3 +145,16 @@ def test_models_and_server_info(http):
     assert info["engine"] == "radixlm" and info["stats"]["running"] == 0
     assert http.get("/get_model_info").json()["model_path"] == "fake"
     assert http.post("/flush_cache").status_code == 200
+
+
+def test_connect_over_http_rejects_options_that_do_not_apply_and_names_an_unreachable_server():
+    import radixlm
+
+    with pytest.raises(TypeError, match="engine options"):
+        radixlm.connect("http://127.0.0.1:9", kv_cache_tokens=1024)
+    with pytest.raises(TypeError, match="http:// endpoints only"):
+        radixlm.connect("ipc:///nonexistent/engine.sock", api="openai", spawn=False)
+    with pytest.raises(ValueError, match="unknown api"):
+        radixlm.connect("http://127.0.0.1:9", api="grpc")
+    with pytest.raises(radixlm.EngineDiedError, match="unreachable"):
+        radixlm.connect("http://127.0.0.1:9")
