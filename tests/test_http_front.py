@@ -158,3 +158,46 @@ def test_connect_over_http_rejects_options_that_do_not_apply_and_names_an_unreac
         radixlm.connect("http://127.0.0.1:9", api="grpc")
     with pytest.raises(radixlm.EngineDiedError, match="unreachable"):
         radixlm.connect("http://127.0.0.1:9")
+
+
+@pytest.fixture(scope="module")
+def served_url(engine_client):
+    import threading
+    import time
+
+    import uvicorn
+    from http_harness import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(Front(engine_client, "fake", 4096)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_httpx_client_in_both_dialects_against_the_front(served_url):
+    import radixlm
+
+    prompt = [7, 8, 9, 10]
+    expected = FakeModel().reference(prompt, 3, eos=0)
+    native = radixlm.connect(served_url)
+    assert native.dialect.name == "radixlm"
+    r = native.generate(prompt, max_new_tokens=3, trace_id="t-1")
+    assert r.output_ids == expected and r.completion_tokens == len(expected)
+    items = list(native.stream(prompt, max_new_tokens=3, include_result=True))
+    assert [t for c in items[:-1] for t in c.token_ids] == expected and items[-1].output_ids == expected
+    assert native.generate(prompt, max_new_tokens=3).cached_tokens >= len(prompt) - 1
+    openai = radixlm.connect(served_url, model="fake", api="openai")
+    r = openai.generate(prompt, max_new_tokens=3)
+    assert r.completion_tokens == len(expected) and r.prompt_tokens == len(prompt) and r.output_ids == []
+    with pytest.raises(ValueError, match="native /generate"):
+        openai.generate(prompt, prefix_only=True)
+    with pytest.raises(radixlm.EngineError, match="HTTP 400"):
+        native.generate(prompt, temperature=-1)
+    native.close()
+    openai.close()
