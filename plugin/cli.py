@@ -46,8 +46,32 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("radixlm serve: give --endpoint or --port, not both")
     endpoint = args.endpoint or (tcp_endpoint(args.port) if args.port else default_endpoint())
     config = dataclass_from_args(EngineConfig, args)
-    run_server(args.model, endpoint, config, args.parent_pid, args.curve_keys)
+    front = _start_http_front(args, endpoint)
+    try:
+        run_server(args.model, endpoint, config, args.parent_pid, args.curve_keys)
+    finally:
+        if front is not None:
+            front.terminate()
     return 0
+
+
+def _start_http_front(args: argparse.Namespace, endpoint: str):  # -> subprocess.Popen | None
+    """With --http-port, start the HTTP front (radixlm.http.server) as a child process: one more client of
+    the engine, so the engine's loop never parses HTTP. It exits when this process does."""
+    if args.http_port is None:
+        return None
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "radixlm.http.server", "--engine", endpoint, "--host", args.http_host,
+           "--port", str(args.http_port), "--model", args.model, "--parent-pid", str(os.getpid())]
+    if args.api_key:
+        cmd.append("--api-key-stdin")  # never on a command line, where `ps` shows it
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if args.api_key else None)
+    if args.api_key:
+        proc.stdin.write(args.api_key.encode() + b"\n")
+        proc.stdin.close()
+    return proc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options = serve.add_argument_group("engine options (radixlm.connect(**options) takes the same names)")
     add_dataclass_flags(engine_options, EngineConfig)
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    http = serve.add_argument_group("HTTP front", "OpenAI-compatible /v1/... and SGLang-native /generate beside "
+                                    "the ZeroMQ endpoint")
+    http.add_argument("--http-port", type=int, help="serve HTTP on this port")
+    http.add_argument("--http-host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    http.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every HTTP endpoint but /health")
     serve.set_defaults(func=_serve)
     # The suite parses its own options (`radixlm bench --help`), so the other commands never import it.
     bench = sub.add_parser("bench", add_help=False, help="the benchmark suite: SGLang-paper workloads on radixlm and "

@@ -315,13 +315,26 @@ def _ready(conn: Connection, wait: float) -> dict | None:
 def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool = True,
             timeout: float | None = None, startup_timeout: float = 600.0,
             heartbeat_timeout: float | None = None, curve_keys: str | Path | None = None,
-            **engine_options: Any) -> Client:
+            api: str | None = None, api_key: str | None = None, **engine_options: Any) -> Client:
     """Attach to the engine at `endpoint` (default: the user's ipc socket) or, if none answers and
     `spawn` is true, start one on `model` with `engine_options` (EngineConfig fields, the same names
     as the `radixlm serve` flags) and wait for it. A call fails with EngineDiedError when the engine
     exits or is stopped (a local engine), or sends nothing for `heartbeat_timeout` seconds (default
     60 for an engine that is not a local process; see radixlm.connection). `curve_keys`: a keys
-    directory (radixlm.auth) for an engine served beyond loopback."""
+    directory (radixlm.auth) for an engine served beyond loopback.
+
+    An `http://` or `https://` endpoint gives an `radixlm.http.client.HttpClient` with the same API, of a
+    radixlm HTTP front, an SGLang server or an OpenAI-compatible server (`api`: "radixlm", "sglang" or
+    "openai"; detected when not given); `model` is the name sent to OpenAI endpoints, `api_key` the bearer
+    token."""
+    if endpoint is not None and endpoint.startswith(("http://", "https://")):
+        if engine_options:
+            raise TypeError(f"engine options ({', '.join(engine_options)}) cannot be sent to an HTTP server")
+        from .http.client import connect_http
+
+        return connect_http(endpoint, model, api=api, api_key=api_key, timeout=timeout)
+    if api is not None or api_key is not None:
+        raise TypeError("api and api_key apply to http:// endpoints only")
     endpoint = endpoint or default_endpoint()
     socket_file = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
     if socket_file is None or socket_file.exists():

@@ -1,0 +1,90 @@
+"""Scale-out through SGLang's model gateway: two radixlm workers (the real engine loop and HTTP front, on the
+fake model so the test stays fast) behind `smg launch --policy cache_aware --backend sglang`. An agent's
+later calls reach the worker that holds its prefix (cached tokens reported); when that worker is killed,
+the calls that had not started go to the other one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fake_model import FakeModel
+from http_harness import free_port
+
+import radixlm
+
+SMG = Path(sys.executable).parent / "smg"
+WORKER = Path(__file__).resolve().parent / "fake_http_worker.py"
+
+
+def _wait(url: str, path: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with code {proc.returncode}")
+        try:
+            r = httpx.get(url + path, timeout=2.0)
+            if r.status_code == 200 and (path != "/v1/models" or r.json()["data"]):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}{path} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def cluster():
+    if not SMG.exists():
+        pytest.skip("smg (SGLang's model gateway, `pip install smg`) is not installed")
+    ports = [free_port(), free_port()]
+    workers = [subprocess.Popen([sys.executable, str(WORKER), str(p)]) for p in ports]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    router = None
+    try:
+        for url, proc in zip(urls, workers):
+            _wait(url, "/health", proc)
+        port = free_port()
+        router = subprocess.Popen(
+            [str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls,
+             "--policy", "cache_aware", "--backend", "sglang", "--health-check-interval-secs", "1",
+             "--health-failure-threshold", "1", "--prometheus-host", "127.0.0.1",
+             "--prometheus-port", str(free_port()), "--log-level", "error"], stdout=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        _wait(url, "/v1/models", router)
+        yield url, urls, workers
+    finally:
+        for proc in ([router] if router else []) + workers:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def _finished(url: str) -> int:
+    return httpx.get(url + "/get_server_info", timeout=10).json()["stats"]["requests_finished"]
+
+
+def test_an_agent_stays_on_one_worker_and_fails_over_when_it_dies(cluster):
+    router, urls, workers = cluster
+    client = radixlm.connect(router, api="radixlm", timeout=60)
+    prompt = list(range(1, 40))
+    for step in range(3):
+        r = client.generate(prompt, max_new_tokens=4, trace_id="agent-1")
+        assert r.output_ids == FakeModel().reference(prompt, 4, eos=0)
+        if step:
+            assert r.cached_tokens >= len(prompt) - 5  # its previous prompt and output were cached there
+        prompt += r.output_ids + [step + 1]
+    served = [_finished(u) for u in urls]
+    assert sorted(served) == [0, 3]  # every call of the agent on one worker
+    home = served.index(3)
+    workers[home].kill()  # the worker dies; the agent's next calls have not started yet
+    workers[home].wait(timeout=30)
+    for step in range(3, 5):
+        r = client.generate(prompt, max_new_tokens=4, trace_id="agent-1")
+        assert r.output_ids == FakeModel().reference(prompt, 4, eos=0)
+        prompt += r.output_ids + [step + 1]
+    assert _finished(urls[1 - home]) == 2
+    client.close()
