@@ -1,21 +1,21 @@
-"""Shared pieces of the LangChain adapters: one engine client per (endpoint, model), the root run id of
-a LangChain run tree (used as the engine's trace id), and the engine's streaming-with-result call."""
+"""Shared pieces of the LangChain adapters: one engine client per (endpoint, model) with what its engine
+said about itself, and the root run id of a LangChain run tree (used as the engine's trace id)."""
 
 from __future__ import annotations
 
 import threading
 from contextvars import ContextVar
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tracers.context import register_configure_hook
 
 import radixlm
-from radixlm import protocol as P
-from radixlm.client import Client, _generate_message
+from radixlm.client import Client
 
 _clients: dict[tuple[str | None, str], Client] = {}
+_engine_infos: dict[tuple[str | None, str], dict[str, Any]] = {}
 _clients_lock = threading.Lock()
 
 
@@ -27,14 +27,22 @@ def get_client(endpoint: str | None, model: str, timeout: float | None = None,
         client = _clients.get(key)
         if client is None:
             client = radixlm.connect(endpoint, model=model, timeout=timeout, **(engine_options or {}))
+            _engine_infos[key] = client.info()
             _clients[key] = client
         return client
+
+
+def engine_info(endpoint: str | None, model: str) -> dict[str, Any] | None:
+    """`Client.info()` of the engine for (endpoint, model), once this process has attached to it."""
+    with _clients_lock:
+        return _engine_infos.get((endpoint, model))
 
 
 def forget_client(endpoint: str | None, model: str) -> None:
     """Drop the cached client (e.g. after its engine was shut down); the next call reconnects."""
     with _clients_lock:
         _clients.pop((endpoint, model), None)
+        _engine_infos.pop((endpoint, model), None)
 
 
 class _RootRunTracker(BaseCallbackHandler):
@@ -114,24 +122,3 @@ def trace_id_for(run_manager: Any) -> str | None:
     if root is None:
         root = run_manager.parent_run_id or run_manager.run_id
     return str(root)
-
-
-def stream_with_result(client: Client, prompt: Any, options: dict[str, Any]) -> Iterator[Any]:
-    """Stream a generation: yields P.Chunk replies, then the final P.Done (which carries usage,
-    finish reason and logprobs; `Client.stream` drops it)."""
-    msg = _generate_message(client.conn.new_rid(), prompt, True, options)
-    for reply in client._call(msg):
-        if isinstance(reply, (P.Chunk, P.Done)):
-            yield reply
-
-
-async def astream_with_result(client: Client, prompt: Any, options: dict[str, Any]) -> AsyncIterator[Any]:
-    """Async twin of `stream_with_result`."""
-    msg = _generate_message(client.conn.new_rid(), prompt, True, options)
-    calls = client.aio._call(msg)
-    try:
-        async for reply in calls:
-            if isinstance(reply, (P.Chunk, P.Done)):
-                yield reply
-    finally:
-        await calls.aclose()
