@@ -56,7 +56,9 @@ class ReplyReader:
             text = self._decide(self.buffer + text, piece)
         if self.state == "call":
             args = self._scan_arguments(text)
-            if args:
+            if piece.tool_call_chunks:  # one chunk per piece: LangChain merges chunks across messages only
+                piece.tool_call_chunks[0]["args"] += args
+            elif args:
                 piece.tool_call_chunks.append(tool_call_chunk(name=None, args=args, id=None, index=0))
         elif self.state == "answer_text":
             piece.content += self._decode_answer(text)

@@ -192,3 +192,47 @@ def test_example_agents_call_tools_answer_and_reuse_the_cache(endpoint, client, 
     assert all(r >= 0.8 for r in example.cache_reuse(messages)[1:]), example.cache_reuse(messages)
     new_traces = {k: v for k, v in client.stats()["traces"].items() if k not in traces_before}
     assert [t["calls"] for t in new_traces.values()] == [len(steps)], new_traces
+
+
+def test_streaming_under_a_grammar_yields_as_it_decodes(endpoint):
+    """A forced tool call streams its name, then its arguments in several pieces; a structured reply
+    streams partial objects; a tool-grammar answer streams its text. The summed stream carries usage."""
+    llm = ChatRadixLM(endpoint=endpoint, max_tokens=32)
+    chunks = list(llm.bind_tools([search], tool_choice="search").stream("Find documents about whales."))
+    early = [c for c in chunks[:-1] if c.tool_call_chunks]
+    assert len(early) > 1 and early[0].tool_call_chunks[0]["name"] == "search", chunks
+    full = sum(chunks[1:], chunks[0])
+    assert full.tool_calls[0]["name"] == "search" and "query" in full.tool_calls[0]["args"]
+    assert full.usage_metadata["output_tokens"] > 0 and full.response_metadata["finish_reason"] == "tool_calls"
+    partial = list(llm.with_structured_output(City).stream("Describe Paris."))
+    assert len(partial) > 1 and City.model_validate(partial[-1].model_dump())
+    texts = [c.content for c in llm.bind_tools([search], tool_choice="none").stream("Say hello.")][:-1]
+    assert sum(bool(t) for t in texts) > 1, texts
+
+
+def _agent_example():
+    path = Path(__file__).resolve().parents[1] / "examples" / "langchain_agent.py"
+    spec = importlib.util.spec_from_file_location("langchain_agent_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_create_agent_uses_several_tools_over_several_steps(endpoint, client):
+    """examples/langchain_agent.py: `create_agent` with three tools; the agent looks the fact up, then
+    the conversion factor, multiplies with the calculator and answers, all in one engine trace whose
+    later steps find their prompt cached."""
+    pytest.importorskip("langchain.agents")
+    example = _agent_example()
+    traces_before = set(client.stats()["traces"])
+    messages = example.run(ChatRadixLM(endpoint=endpoint, max_tokens=64), "How tall is the Eiffel Tower in feet?")
+    steps = [m for m in messages if isinstance(m, AIMessage)]
+    called = [c["name"] for s in steps for c in s.tool_calls]
+    assert len(steps) >= 3 and len(set(called)) >= 2, called
+    assert not steps[-1].tool_calls and steps[-1].content
+    results = [m.content for m in messages if isinstance(m, ToolMessage)]
+    assert "330 metres" in results[0] and "3.281" in results, results
+    for s in steps[1:]:
+        assert s.usage_metadata["input_token_details"]["cache_read"] >= 0.8 * s.usage_metadata["input_tokens"]
+    new_traces = {k: v for k, v in client.stats()["traces"].items() if k not in traces_before}
+    assert [t["calls"] for t in new_traces.values()] == [len(steps)], new_traces
