@@ -11,37 +11,37 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Literal
 
 from langchain.agents import create_agent
+from langchain.agents.middleware import wrap_model_call
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from pydantic import BaseModel, Field
 
 from radixlm.adapters.langchain import ChatRadixLM
 from radixlm.demo import tools as demo_tools
 
-FACTS = {"eiffel tower": "The Eiffel Tower is 330 metres tall.",
-         "mount everest": "Mount Everest is 8849 metres high.",
-         "great wall": "The Great Wall of China is 21196 kilometres long.",
-         "moon": "The Moon is 384400 kilometres from Earth."}
 FACTORS = {("metres", "feet"): 3.281, ("kilometres", "miles"): 0.621, ("metres", "miles"): 0.000621,
            ("kilometres", "feet"): 3281.0}
 
 
-@tool
-def search(topic: str) -> str:
-    """Look a landmark or place up and return what is known about its size or distance."""
-    topic = topic.lower()
-    return next((fact for key, fact in FACTS.items() if key in topic or topic in key), "no result")
+class CalculatorArgs(BaseModel):
+    expression: str = Field(description="arithmetic such as '330 * 3.281'", pattern=r"^[0-9.+*/() -]{1,30}$")
+
+
+# A search over the demo's local knowledge base, and its safe calculator with a schema the grammar
+# enforces (digits and operators only, at most 30 characters).
+search = tool(demo_tools.search)
+calculator = tool("calculator", args_schema=CalculatorArgs)(demo_tools.calculator)
 
 
 @tool
-def unit_factor(from_unit: str, to_unit: str) -> str:
+def unit_factor(from_unit: Literal["metres", "kilometres"], to_unit: Literal["feet", "miles"]) -> str:
     """The number to multiply a value in `from_unit` by to get it in `to_unit` (e.g. metres to feet)."""
-    factor = FACTORS.get((from_unit.lower().strip(), to_unit.lower().strip()))
-    return str(factor) if factor is not None else f"unknown conversion from {from_unit} to {to_unit}"
+    return str(FACTORS[(from_unit, to_unit)])
 
 
-calculator = tool(demo_tools.calculator)
 TOOLS = [search, unit_factor, calculator]
 SYSTEM = ("Answer the question with the tools: search for the fact, ask unit_factor for the conversion, "
           "use calculator to multiply, then answer in one sentence.")
@@ -49,7 +49,7 @@ SYSTEM = ("Answer the question with the tools: search for the fact, ask unit_fac
 
 def worked_example() -> list[BaseMessage]:
     """One solved question as chat turns: a 135M model copies a pattern far better than it follows rules."""
-    steps = [("search", {"topic": "mount everest"}), ("unit_factor", {"from_unit": "metres", "to_unit": "feet"}),
+    steps = [("search", {"query": "mount everest"}), ("unit_factor", {"from_unit": "metres", "to_unit": "feet"}),
              ("calculator", {"expression": "8849 * 3.281"})]
     by_name = {t.name: t for t in TOOLS}
     turns: list[BaseMessage] = [HumanMessage("How high is Mount Everest in feet?")]
@@ -63,19 +63,26 @@ def worked_example() -> list[BaseMessage]:
 EXAMPLE = worked_example()
 
 
-def build_agent(llm: ChatRadixLM):  # noqa: ANN201 (a compiled LangGraph graph)
-    """The agent as LangChain users write it: a model, tools, a system prompt."""
-    return create_agent(llm, TOOLS, system_prompt=SYSTEM)
+def build_agent(llm: ChatRadixLM, max_steps: int = 5):  # noqa: ANN201 (a compiled LangGraph graph)
+    """The agent as LangChain users write it: a model, tools, a system prompt, and a middleware that
+    makes the model answer (tool_choice="none") at its `max_steps`-th call."""
+    example_steps = sum(isinstance(m, AIMessage) for m in EXAMPLE)
+
+    @wrap_model_call
+    def answer_by_last_step(request, handler):  # noqa: ANN001, ANN202
+        steps = sum(isinstance(m, AIMessage) for m in request.messages) - example_steps
+        return handler(request.override(tool_choice="none") if steps >= max_steps - 1 else request)
+
+    return create_agent(llm, TOOLS, system_prompt=SYSTEM, middleware=[answer_by_last_step])
 
 
-def run(llm: ChatRadixLM, question: str, show: bool = False, recursion_limit: int = 12) -> list[BaseMessage]:
+def run(llm: ChatRadixLM, question: str, show: bool = False, max_steps: int = 5) -> list[BaseMessage]:
     """Run the agent on `question`; returns the messages after the question. With `show`, print the
     tool calls as their chunks stream in, the tool results and the answer."""
-    agent = build_agent(llm)
-    inputs = {"messages": [*EXAMPLE, HumanMessage(question)]}
-    config = {"recursion_limit": recursion_limit}
+    agent = build_agent(llm, max_steps)
     final: list[BaseMessage] = []
-    for mode, data in agent.stream(inputs, config, stream_mode=["messages", "values"]):
+    for mode, data in agent.stream({"messages": [*EXAMPLE, HumanMessage(question)]},
+                                   stream_mode=["messages", "values"]):
         if mode == "values":
             final = data["messages"]
         elif show:
@@ -86,7 +93,7 @@ def run(llm: ChatRadixLM, question: str, show: bool = False, recursion_limit: in
 def _print_streamed(message: BaseMessage) -> None:
     if isinstance(message, AIMessageChunk):
         for chunk in message.tool_call_chunks:
-            print(f"\ncall {chunk['name']}: " if chunk["name"] else chunk["args"], end="", flush=True)
+            print((f"\ncall {chunk['name']}: " if chunk["name"] else "") + chunk["args"], end="", flush=True)
         print(message.text, end="", flush=True)
     elif isinstance(message, ToolMessage):
         print(f"\n  -> {message.content}", flush=True)
