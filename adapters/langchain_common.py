@@ -73,9 +73,11 @@ class _RootRunTracker(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kw):  # noqa: ANN001
         self._start(run_id, parent_run_id)
+        _model_run_root.set(self.roots[run_id])
 
     def on_llm_start(self, serialized, prompts, *, run_id, parent_run_id=None, **kw):  # noqa: ANN001
         self._start(run_id, parent_run_id)
+        _model_run_root.set(self.roots[run_id])
 
     def on_tool_start(self, serialized, input_str, *, run_id, parent_run_id=None, **kw):  # noqa: ANN001
         self._start(run_id, parent_run_id)
@@ -108,6 +110,9 @@ class _RootRunTracker(BaseCallbackHandler):
         self._end(run_id)
 
 
+# The root of the model run that started last in this context: langchain-core (1.8) calls `_stream`
+# without its run manager, and this handler runs inline, so the model call that follows sees it.
+_model_run_root: ContextVar[UUID | None] = ContextVar("radixlm_model_run_root", default=None)
 ROOT_TRACKER = _RootRunTracker()
 _tracker_var: ContextVar[_RootRunTracker | None] = ContextVar("radixlm_root_run_tracker", default=ROOT_TRACKER)
 register_configure_hook(_tracker_var, True)
@@ -115,9 +120,11 @@ register_configure_hook(_tracker_var, True)
 
 def trace_id_for(run_manager: Any) -> str | None:
     """The root run id of the run tree `run_manager` belongs to (its parent's or its own id when the
-    tree is not known), as the engine's trace id."""
+    tree is not known), as the engine's trace id; without a run manager (a `_stream` call), that of
+    the model run that started last in this context."""
     if run_manager is None:
-        return None
+        root = _model_run_root.get()
+        return str(root) if root is not None else None
     root = ROOT_TRACKER.root_of(run_manager.run_id)
     if root is None:
         root = run_manager.parent_run_id or run_manager.run_id

@@ -260,3 +260,16 @@ def test_profile_tells_capabilities_and_the_engine_context(monkeypatch):
     mine = ChatRadixLM(endpoint=UNUSED, profile={"max_input_tokens": 100})
     mine._client()
     assert mine.profile == {"max_input_tokens": 100}  # a profile the caller gives is taken as it is
+
+
+async def test_streamed_calls_carry_the_root_run_as_trace(monkeypatch):
+    """langchain-core calls `_stream` without a run manager; the trace is still the root run's id."""
+    import uuid
+
+    from langchain_core.runnables import RunnableLambda
+
+    client = StreamingFakeClient('{"answer": "hi"}')
+    monkeypatch.setattr(ChatRadixLM, "_client", lambda self: client)
+    llm = ChatRadixLM(endpoint=UNUSED).bind_tools([add])
+    RunnableLambda(lambda x: list(llm.stream(x))).invoke("x", config={"run_id": uuid.UUID(int=9)})
+    assert client.sent[-1][1]["trace_id"] == str(uuid.UUID(int=9))
