@@ -1,21 +1,21 @@
-"""Shared pieces of the LangChain adapters: one engine client per (endpoint, model), the root run id of
-a LangChain run tree (used as the engine's trace id), and the engine's streaming-with-result call."""
+"""Shared pieces of the LangChain adapters: one engine client per (endpoint, model) with what its engine
+said about itself, and the root run id of a LangChain run tree (used as the engine's trace id)."""
 
 from __future__ import annotations
 
 import threading
 from contextvars import ContextVar
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tracers.context import register_configure_hook
 
 import radixlm
-from radixlm import protocol as P
-from radixlm.client import Client, _generate_message, end_trace_everywhere
+from radixlm.client import Client, end_trace_everywhere
 
 _clients: dict[tuple[str | None, str], Client] = {}
+_engine_infos: dict[tuple[str | None, str], dict[str, Any]] = {}
 _clients_lock = threading.Lock()
 
 
@@ -27,14 +27,22 @@ def get_client(endpoint: str | None, model: str, timeout: float | None = None,
         client = _clients.get(key)
         if client is None:
             client = radixlm.connect(endpoint, model=model, timeout=timeout, **(engine_options or {}))
+            _engine_infos[key] = client.info()
             _clients[key] = client
         return client
+
+
+def engine_info(endpoint: str | None, model: str) -> dict[str, Any] | None:
+    """`Client.info()` of the engine for (endpoint, model), once this process has attached to it."""
+    with _clients_lock:
+        return _engine_infos.get((endpoint, model))
 
 
 def forget_client(endpoint: str | None, model: str) -> None:
     """Drop the cached client (e.g. after its engine was shut down); the next call reconnects."""
     with _clients_lock:
         _clients.pop((endpoint, model), None)
+        _engine_infos.pop((endpoint, model), None)
 
 
 class _RootRunTracker(BaseCallbackHandler):
@@ -66,9 +74,11 @@ class _RootRunTracker(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kw):  # noqa: ANN001
         self._start(run_id, parent_run_id)
+        _model_run_root.set(self.roots[run_id])
 
     def on_llm_start(self, serialized, prompts, *, run_id, parent_run_id=None, **kw):  # noqa: ANN001
         self._start(run_id, parent_run_id)
+        _model_run_root.set(self.roots[run_id])
 
     def on_tool_start(self, serialized, input_str, *, run_id, parent_run_id=None, **kw):  # noqa: ANN001
         self._start(run_id, parent_run_id)
@@ -101,6 +111,9 @@ class _RootRunTracker(BaseCallbackHandler):
         self._end(run_id)
 
 
+# The root of the model run that started last in this context: langchain-core (1.8) calls `_stream`
+# without its run manager, and this handler runs inline, so the model call that follows sees it.
+_model_run_root: ContextVar[UUID | None] = ContextVar("radixlm_model_run_root", default=None)
 ROOT_TRACKER = _RootRunTracker()
 _tracker_var: ContextVar[_RootRunTracker | None] = ContextVar("radixlm_root_run_tracker", default=ROOT_TRACKER)
 register_configure_hook(_tracker_var, True)
@@ -108,31 +121,12 @@ register_configure_hook(_tracker_var, True)
 
 def trace_id_for(run_manager: Any) -> str | None:
     """The root run id of the run tree `run_manager` belongs to (its parent's or its own id when the
-    tree is not known), as the engine's trace id."""
+    tree is not known), as the engine's trace id; without a run manager (a `_stream` call), that of
+    the model run that started last in this context."""
     if run_manager is None:
-        return None
+        root = _model_run_root.get()
+        return str(root) if root is not None else None
     root = ROOT_TRACKER.root_of(run_manager.run_id)
     if root is None:
         root = run_manager.parent_run_id or run_manager.run_id
     return str(root)
-
-
-def stream_with_result(client: Client, prompt: Any, options: dict[str, Any]) -> Iterator[Any]:
-    """Stream a generation: yields P.Chunk replies, then the final P.Done (which carries usage,
-    finish reason and logprobs; `Client.stream` drops it)."""
-    msg = _generate_message(client.conn.new_rid(), prompt, True, options)
-    for reply in client._call(msg):
-        if isinstance(reply, (P.Chunk, P.Done)):
-            yield reply
-
-
-async def astream_with_result(client: Client, prompt: Any, options: dict[str, Any]) -> AsyncIterator[Any]:
-    """Async twin of `stream_with_result`."""
-    msg = _generate_message(client.conn.new_rid(), prompt, True, options)
-    calls = client.aio._call(msg)
-    try:
-        async for reply in calls:
-            if isinstance(reply, (P.Chunk, P.Done)):
-                yield reply
-    finally:
-        await calls.aclose()

@@ -229,12 +229,13 @@ def parse_reply(text: str, json_answer: bool = False) -> tuple[str, list[dict], 
         answer = None if json_answer else _salvage_answer(text)
         if answer is not None:
             return answer, [], []
-        return "", [], [{"type": "invalid_tool_call", "name": None, "args": text, "id": _call_id(),
+        return "", [], [{"type": "invalid_tool_call", "name": None, "args": text, "id": new_call_id(),
                          "error": f"reply was cut off before it was complete ({err})"}]
     if isinstance(obj, dict) and set(obj) == {"name", "arguments"}:
-        return "", [{"type": "tool_call", "name": obj["name"], "args": obj["arguments"], "id": _call_id()}], []
+        return "", [{"type": "tool_call", "name": obj["name"], "args": obj["arguments"], "id": new_call_id()}], []
     return (text if json_answer else obj["answer"]), [], []
 
 
-def _call_id() -> str:
+def new_call_id() -> str:
+    """A fresh tool call id in OpenAI's style."""
     return "call_" + uuid.uuid4().hex[:24]

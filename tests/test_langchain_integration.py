@@ -192,3 +192,52 @@ def test_example_agents_call_tools_answer_and_reuse_the_cache(endpoint, client, 
     assert all(r >= 0.8 for r in example.cache_reuse(messages)[1:]), example.cache_reuse(messages)
     new_traces = {k: v for k, v in client.stats()["traces"].items() if k not in traces_before}
     assert [t["calls"] for t in new_traces.values()] == [len(steps)], new_traces
+
+
+def test_streaming_under_a_grammar_yields_as_it_decodes(endpoint):
+    """A forced tool call streams its name, then its arguments in several pieces; a structured reply
+    streams partial objects; a tool-grammar answer streams its text. The summed stream carries usage."""
+    llm = ChatRadixLM(endpoint=endpoint, max_tokens=32)
+    chunks = list(llm.bind_tools([search], tool_choice="search").stream("Find documents about whales."))
+    early = [c for c in chunks[:-1] if c.tool_call_chunks]
+    assert len(early) > 1 and early[0].tool_call_chunks[0]["name"] == "search", chunks
+    full = sum(chunks[1:], chunks[0])
+    assert full.tool_calls[0]["name"] == "search" and "query" in full.tool_calls[0]["args"]
+    assert full.usage_metadata["output_tokens"] > 0 and full.response_metadata["finish_reason"] == "tool_calls"
+    partial = list(llm.with_structured_output(City).stream("Describe Paris."))
+    assert len(partial) > 1 and City.model_validate(partial[-1].model_dump())
+    texts = [c.content for c in llm.bind_tools([search], tool_choice="none").stream("Say hello.")][:-1]
+    assert sum(bool(t) for t in texts) > 1, texts
+
+
+def _agent_example():
+    path = Path(__file__).resolve().parents[1] / "examples" / "langchain_agent.py"
+    spec = importlib.util.spec_from_file_location("langchain_agent_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_create_agent_uses_several_tools_over_several_steps(endpoint, client):
+    """examples/langchain_agent.py: `create_agent` with three tools (search, unit_factor, calculator)
+    and a middleware that makes the 4th model call answer: the agent calls at least two different
+    tools over at least two steps, each with valid arguments, then answers; all its calls are one
+    engine trace whose later steps find >= 80% of their prompt cached."""
+    pytest.importorskip("langchain.agents")
+    example = _agent_example()
+    traces_before = set(client.stats()["traces"])
+    messages = example.run(ChatRadixLM(endpoint=endpoint, max_tokens=48), "How tall is the Eiffel Tower in feet?",
+                           max_steps=4)
+    steps = [m for m in messages if isinstance(m, AIMessage)]
+    calls = [c for s in steps for c in s.tool_calls]
+    assert sum(bool(s.tool_calls) for s in steps) >= 2 and len({c["name"] for c in calls}) >= 2, calls
+    tools = {t.name: t for t in example.TOOLS}
+    for call in calls:
+        tools[call["name"]].args_schema.model_validate(call["args"])
+    assert not steps[-1].tool_calls and steps[-1].content and len(steps) <= 4
+    results = [m.content for m in messages if isinstance(m, ToolMessage)]
+    assert len(results) == len(calls) and "330 metres" in results[0], results
+    for s in steps[1:]:
+        assert s.usage_metadata["input_token_details"]["cache_read"] >= 0.8 * s.usage_metadata["input_tokens"]
+    new_traces = {k: v for k, v in client.stats()["traces"].items() if k not in traces_before}
+    assert [t["calls"] for t in new_traces.values()] == [len(steps)], new_traces

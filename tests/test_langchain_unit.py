@@ -14,9 +14,10 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from radixlm.adapters import langchain_common
 from radixlm.adapters.langchain import ChatRadixLM, RadixLLM
+from radixlm.adapters.langchain_stream import ReplyReader
 from radixlm.adapters.langchain_tools import (parse_reply, text_answer_schema, tighten, to_engine_messages,
                                               tool_call_grammar)
-from radixlm.client import Result
+from radixlm.client import Result, StreamChunk
 
 UNUSED = "ipc:///nonexistent/radixlm-unit-test.sock"
 
@@ -53,6 +54,12 @@ def test_messages_render_as_chat_turns_with_tool_calls_as_json():
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+@tool("search")
+def search_tool(query: str, limit: list) -> str:
+    """Search for a query."""
+    return query
 
 
 class Inner(BaseModel):
@@ -163,3 +170,106 @@ def test_response_format_is_the_answer_schema_next_to_the_tools(monkeypatch):
     assert answer["properties"]["name"] == {"type": "string", "maxLength": 100}
     llm.bind(response_format={"type": "json_object"}).invoke("Paris?")
     assert client.sent[1][1]["json_schema"] == {"type": "object"}
+
+
+def read_in_pieces(reply: str, size: int, tools=("add", "search"), json_answer: bool = False):
+    """Feed `reply` to a ReplyReader `size` characters at a time; (pieces, joined content, joined args)."""
+    reader = ReplyReader(list(tools), json_answer)
+    pieces = [reader.feed(reply[i:i + size]) for i in range(0, len(reply), size)]
+    chunks = [c for p in pieces for c in p.tool_call_chunks]
+    return reader, pieces, "".join(p.content for p in pieces), chunks
+
+
+CALL = '{"name": "search", "arguments": {"query": "a \\"b\\" {c}", "limit": [1, {"x": 2}]}}'
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 100])
+def test_reader_streams_a_call_as_name_then_partial_arguments(size):
+    reader, pieces, content, chunks = read_in_pieces(CALL, size)
+    assert reader.called and content == ""
+    assert chunks[0]["name"] == "search" and chunks[0]["id"].startswith("call_")
+    assert all(c["name"] is None and c["id"] is None and c["index"] == 0 for c in chunks[1:])
+    assert all(len(p.tool_call_chunks) <= 1 for p in pieces)  # LangChain merges chunks across messages only
+    assert json.loads("".join(c["args"] for c in chunks)) == parse_reply(CALL)[1][0]["args"]
+    if size < 10:
+        assert len(chunks) > 3  # the arguments arrive piece by piece, not at the end
+    else:
+        assert len(chunks) == 1 and chunks[0]["args"] == CALL[len('{"name": "search", "arguments": '):-1]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 100])
+def test_reader_decodes_the_answer_text_as_it_arrives(size):
+    reply = '{"answer": "caf\\u00e9 \\"q\\" \\ud83d\\ude00 \\\\ end"}'
+    reader, pieces, content, chunks = read_in_pieces(reply, size)
+    assert not reader.called and not chunks and content == parse_reply(reply)[0] == 'café "q" 😀 \\ end'
+    assert all("\ud83d" not in p.content for p in pieces)  # half a surrogate pair is never sent
+    cut = '{"answer": "cut sh'
+    assert read_in_pieces(cut, size)[2] == parse_reply(cut)[0] == "cut sh"
+
+
+def test_reader_streams_a_json_answer_once_it_cannot_be_a_call():
+    city = '{"name": "Paris", "population": 2}'
+    reader, pieces, content, chunks = read_in_pieces(city, 1, tools=("Paris_lookup",), json_answer=True)
+    assert content == city and not chunks and not reader.called
+    first = next(i for i, p in enumerate(pieces) if p.content)
+    assert city[:first + 1] == '{"name": "Paris"'  # held back only while it could still be a call
+    with pytest.raises(ValueError, match="no branch"):
+        ReplyReader(["add"], json_answer=False).feed('["not', )
+
+
+class StreamingFakeClient(FakeClient):
+    """Streams its canned reply a few characters at a time, then the result."""
+
+    def stream(self, prompt, include_result=False, **opts):
+        self.sent.append((prompt, opts))
+        for i in range(0, len(self.reply), 4):
+            yield StreamChunk(self.reply[i:i + 4], [])
+        yield self.generate(prompt, **opts)
+
+
+def test_streamed_tool_call_aggregates_to_the_invoked_message(monkeypatch):
+    client = StreamingFakeClient(CALL)
+    monkeypatch.setattr(ChatRadixLM, "_client", lambda self: client)
+    llm = ChatRadixLM(endpoint=UNUSED).bind_tools([add, search_tool])
+    chunks = list(llm.stream("find a"))
+    assert sum(bool(c.tool_call_chunks) for c in chunks) > 3 and chunks[-1].chunk_position == "last"
+    full = sum(chunks[1:], chunks[0])
+    invoked = llm.invoke("find a")
+    assert [(c["name"], c["args"]) for c in full.tool_calls] == [(c["name"], c["args"]) for c in invoked.tool_calls]
+    assert full.response_metadata["finish_reason"] == invoked.response_metadata["finish_reason"] == "tool_calls"
+    assert full.usage_metadata == invoked.usage_metadata == {
+        "input_tokens": 10, "output_tokens": 3, "total_tokens": 13, "input_token_details": {"cache_read": 8}}
+
+
+def test_structured_output_streams_partial_objects(monkeypatch):
+    client = StreamingFakeClient('{"x": "a longer text value"}')
+    monkeypatch.setattr(ChatRadixLM, "_client", lambda self: client)
+    partial = list(ChatRadixLM(endpoint=UNUSED).with_structured_output(Inner).stream("x?"))
+    assert len(partial) > 1 and partial[-1] == Inner(x="a longer text value")
+
+
+def test_profile_tells_capabilities_and_the_engine_context(monkeypatch):
+    llm = ChatRadixLM(endpoint=UNUSED)
+    assert llm.profile["tool_calling"] and llm.profile["structured_output"] and llm.profile["tool_call_streaming"]
+    assert not llm.profile["image_inputs"] and "max_input_tokens" not in llm.profile  # not attached yet
+    monkeypatch.setitem(langchain_common._clients, (UNUSED, "smollm2"), FakeClient(""))
+    monkeypatch.setitem(langchain_common._engine_infos, (UNUSED, "smollm2"), {"max_context": 2048})
+    assert ChatRadixLM(endpoint=UNUSED).profile["max_input_tokens"] == 2047
+    llm._client()
+    assert llm.profile["max_input_tokens"] == llm.profile["max_output_tokens"] == 2047
+    mine = ChatRadixLM(endpoint=UNUSED, profile={"max_input_tokens": 100})
+    mine._client()
+    assert mine.profile == {"max_input_tokens": 100}  # a profile the caller gives is taken as it is
+
+
+async def test_streamed_calls_carry_the_root_run_as_trace(monkeypatch):
+    """langchain-core calls `_stream` without a run manager; the trace is still the root run's id."""
+    import uuid
+
+    from langchain_core.runnables import RunnableLambda
+
+    client = StreamingFakeClient('{"answer": "hi"}')
+    monkeypatch.setattr(ChatRadixLM, "_client", lambda self: client)
+    llm = ChatRadixLM(endpoint=UNUSED).bind_tools([add])
+    RunnableLambda(lambda x: list(llm.stream(x))).invoke("x", config={"run_id": uuid.UUID(int=9)})
+    assert client.sent[-1][1]["trace_id"] == str(uuid.UUID(int=9))
