@@ -27,7 +27,12 @@ from .dspy_grammar import chat_grammar, json_reply_schema
 from .dspy_plan import PlanCallback
 from .dspy_trace import TraceCallback, current_trace_id, install_callback, trace
 
-__all__ = ["LM", "RadixEngine", "AsyncRadixEngine", "TraceCallback", "PlanCallback", "trace", "current_trace_id",
+# DSPy's own adapters: on this engine they need no subclass any more (the engine gives each reply its
+# adapter's grammar). The names stay importable from here for code written against earlier versions.
+JSONAdapter = dspy.JSONAdapter
+ChatAdapter = dspy.ChatAdapter
+
+__all__ = ["LM", "JSONAdapter", "ChatAdapter", "RadixEngine", "AsyncRadixEngine", "TraceCallback", "PlanCallback", "trace", "current_trace_id",
            "chat_grammar", "json_reply_schema"]
 
 
