@@ -22,7 +22,7 @@ import pydantic
 # nested objects until max_tokens.
 FLAT_VALUE = {"type": ["string", "number", "boolean", "null"]}
 COMPLETED = "[[ ## completed ## ]]"
-MAX_ITEMS = 8
+MAX_ITEMS = 4
 # JSON inside a Lark grammar written the way the engine writes a json_schema constraint (as json.dumps
 # does, no free whitespace), so a small model cannot wander off into newlines between tokens.
 LARK_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -112,20 +112,39 @@ def cap_strings(schema: Any, max_chars: int) -> Any:
     return out
 
 
-def string_budget(max_tokens: int | None, free_strings: int) -> int:
-    """Characters each free string of a reply may take: the token budget (about 3 characters a
-    token) shared by the reply's `free_strings` top-level strings and a share for the markup."""
-    return max(32, 3 * (max_tokens or 512) // (free_strings + 1))
+def text_slots(schema: Any, defs: dict[str, Any] | None = None) -> int:
+    """How many free strings a value of `schema` can hold at most (an array counts MAX_ITEMS times
+    its items; enums, consts, numbers and booleans hold none)."""
+    if not isinstance(schema, dict) or {"enum", "const"} & schema.keys():
+        return 0
+    defs = schema.get("$defs", defs) or {}
+    if "$ref" in schema:
+        return text_slots(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+    if "anyOf" in schema:
+        return max((text_slots(s, defs) for s in schema["anyOf"]), default=0)
+    kind = schema.get("type")
+    if kind == "array":
+        return schema.get("maxItems", MAX_ITEMS) * text_slots(schema.get("items", {}), defs)
+    if kind == "object":
+        extra = schema.get("additionalProperties")
+        return sum(text_slots(p, defs) for p in schema.get("properties", {}).values()) + \
+            (MAX_ITEMS * text_slots(extra, defs) if isinstance(extra, dict) else 0)
+    return 1 if kind == "string" or (isinstance(kind, list) and "string" in kind) else 0
+
+
+def string_budget(max_tokens: int | None, slots: int) -> int:
+    """Characters each free string of a reply may take: the token budget (about 2 characters a
+    token in the worst case) shared by the reply's `slots` free strings and a share for the markup."""
+    return max(16, 2 * (max_tokens or 512) // (slots + 1))
 
 
 def json_reply_schema(signature: Any, tools: dict[str, Any] | None, max_tokens: int | None) -> dict[str, Any]:
     """The JSON schema a JSONAdapter reply is decoded under (see the module docstring)."""
     schema = output_schema(signature)
-    strings = sum(1 for p in schema["properties"].values() if p.get("type") == "string" and "enum" not in p)
     step_tools = react_tools(signature, tools)
     if step_tools is not None:
         schema = react_step_schema(schema, step_tools)
-    return cap_strings(schema, string_budget(max_tokens, strings))
+    return cap_strings(schema, string_budget(max_tokens, text_slots(schema)))
 
 
 # ---- ChatAdapter --------------------------------------------------------------------------------
@@ -161,9 +180,8 @@ def chat_grammar(signature: Any, tools: dict[str, Any] | None, max_tokens: int |
     """The Lark rules of a ChatAdapter reply to `signature` (see the module docstring), the reply
     being rule `start`."""
     fields = signature.output_fields
-    strings = sum(1 for f in fields.values() if f.annotation is str)
-    max_chars = string_budget(max_tokens, strings)
     step_tools = react_tools(signature, tools)
+    max_chars = string_budget(max_tokens, text_slots(json_reply_schema(signature, tools, max_tokens)))
     parts = []
     for name, field in fields.items():
         if step_tools is not None and name == "next_tool_args":

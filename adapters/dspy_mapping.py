@@ -48,7 +48,7 @@ from dspy.lm15 import TimeoutError as LM15TimeoutError
 from radixlm.client import Result, StreamChunk
 from radixlm.connection import EngineDiedError, EngineError
 
-from .dspy_grammar import chat_grammar, json_reply_schema, string_budget
+from .dspy_grammar import chat_grammar, json_reply_schema
 from .dspy_plan import plan_for
 from .dspy_tools import render_calls, tool_calls_of, tool_calls_schema, tool_mode, tools_prompt
 from .dspy_trace import current_tools, current_trace_id
@@ -159,7 +159,7 @@ def reply_constraint(request: Request, max_tokens: int | None) -> dict[str, Any]
     mode = tool_mode(request) if request.tools else "none"
     if mode == "none":
         return {} if reply is None else {reply[0]: reply[1]}
-    calls = tool_calls_schema(request, string_budget(max_tokens, 1))
+    calls = tool_calls_schema(request, max_tokens)
     if mode == "required":
         return {"json_schema": calls}
     return {"lark": "start: calls | reply\n" + _lark_rule("calls", ("json_schema", calls)) + _lark_rule("reply", reply)}

@@ -15,7 +15,7 @@ from typing import Any
 
 from dspy.lm15 import FunctionTool, Request, ToolCallPart
 
-from .dspy_grammar import cap_strings, tool_arguments
+from .dspy_grammar import cap_strings, string_budget, text_slots, tool_arguments
 
 # json.dumps' default separators are the ones the engine's JSON grammar writes, so a rendered call is
 # byte-identical to the generated one.
@@ -40,7 +40,7 @@ def _allowed(request: Request) -> tuple[FunctionTool, ...]:
     return tools
 
 
-def tool_calls_schema(request: Request, max_chars: int) -> dict[str, Any]:
+def tool_calls_schema(request: Request, max_tokens: int | None) -> dict[str, Any]:
     """The JSON schema of a tool-call reply to `request`: one branch per allowed tool, its arguments
     held to that tool's parameters; one call unless tool_choice allows parallel calls."""
     calls = [{"type": "object", "properties": {"name": {"const": t.name},
@@ -50,8 +50,8 @@ def tool_calls_schema(request: Request, max_chars: int) -> dict[str, Any]:
     array: dict[str, Any] = {"type": "array", "items": {"anyOf": calls}, "minItems": 1}
     if choice is None or not choice.parallel:
         array["maxItems"] = 1
-    return cap_strings({"type": "object", "properties": {CALL_KEY: array}, "required": [CALL_KEY],
-                        "additionalProperties": False}, max_chars)
+    schema = {"type": "object", "properties": {CALL_KEY: array}, "required": [CALL_KEY], "additionalProperties": False}
+    return cap_strings(schema, string_budget(max_tokens, text_slots(schema)))
 
 
 def tool_mode(request: Request) -> str:

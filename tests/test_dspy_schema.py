@@ -47,7 +47,7 @@ def test_chat_grammar_spells_each_type_the_way_chat_adapter_parses_it():
     assert llguidance.LLMatcher.validate_grammar(llguidance.LLMatcher.grammar_from_lark(grammar)) == ""
     assert grammar.startswith('start: "[[ ## sentiment ## ]]\\n" ("positive" | "negative") "\\n\\n"')
     assert '"[[ ## is_question ## ]]\\n" ("True" | "False")' in grammar
-    assert '"additionalProperties": false' in grammar and '"maxItems": 8' in grammar
+    assert '"additionalProperties": false' in grammar and '"maxItems": 4' in grammar
     assert grammar.rstrip().endswith('"\\n\\n" "[[ ## completed ## ]]"')
     # a reply in that form parses with DSPy's own ChatAdapter
     reply = ('[[ ## sentiment ## ]]\npositive\n\n[[ ## words ## ]]\n7\n\n[[ ## is_question ## ]]\nFalse\n\n'
@@ -69,15 +69,15 @@ def test_react_step_holds_each_tool_to_its_parameters_in_both_adapters():
     grammar = chat_grammar(step, react.tools, 96)
     assert llguidance.LLMatcher.validate_grammar(llguidance.LLMatcher.grammar_from_lark(grammar)) == ""
     assert '"[[ ## next_tool_name ## ]]\\nsearch\\n\\n[[ ## next_tool_args ## ]]\\n" %json {"type": "object", ' \
-           '"properties": {"query": {"type": "string", "maxLength": 144}}, "required": ["query"]' in grammar
+           '"properties": {"query": {"type": "string", "maxLength": 64}}, "required": ["query"]' in grammar
     schema = json_reply_schema(step, react.tools, 96)
     by_tool = {b["properties"]["next_tool_name"]["const"]: b["properties"]["next_tool_args"] for b in schema["anyOf"]}
-    assert by_tool["calculator"]["properties"] == {"expression": {"type": "string", "maxLength": 144}}
+    assert by_tool["calculator"]["properties"] == {"expression": {"type": "string", "maxLength": 64}}
     assert by_tool["finish"] == {"type": "object", "properties": {}, "required": [], "additionalProperties": False}
     # outside a ReAct (no tools, or other tools) the open dict holds scalar values
     plain = json_reply_schema(step, None, 96)
     assert plain["properties"]["next_tool_args"]["additionalProperties"] == {
-        "type": ["string", "number", "boolean", "null"], "maxLength": 144}
+        "type": ["string", "number", "boolean", "null"], "maxLength": 32}
     assert json_reply_schema(step, {"other": react.tools["search"]}, 96) == plain
 
 
