@@ -116,7 +116,8 @@ def _solved_examples() -> list:
     return turns
 
 
-def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, max_steps: int = 4) -> AgentRun:
+def run_langchain_agent(endpoint: str, model: str, name: str, question: str, board: Board,
+                        max_steps: int = 4) -> AgentRun:
     """A LangChain tool-calling loop (ChatRadixLM.bind_tools, grammar-constrained calls) under one root run;
     its last step must answer (tool_choice="none")."""
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -127,7 +128,7 @@ def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, m
 
     run = AgentRun(name, "LangChain", question)
     tools = {t.name: t for t in (tool(_recorded(calculator, run, board)), tool(_recorded(search, run, board)))}
-    llm = ChatRadixLM(endpoint=endpoint, max_tokens=64, temperature=0.0)
+    llm = ChatRadixLM(endpoint=endpoint, model=model, max_tokens=64, temperature=0.0)
     act = llm.bind_tools(list(tools.values()), tool_choice="auto")
     answer = llm.bind_tools(list(tools.values()), tool_choice="none")
     messages: list = [SystemMessage(INSTRUCTIONS), *_solved_examples(), HumanMessage(question)]

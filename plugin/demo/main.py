@@ -37,18 +37,22 @@ def run_demo(model: str = "smollm2", agents: int = 4, dtype: str = "float32") ->
         client = radixlm.connect(endpoint, model, dtype=dtype)
         print(f"engine ready in {time.perf_counter() - start:.1f} s ({model}, {endpoint})\n")
         try:
-            runs, seconds = _run_agents(client, endpoint, agents)
+            runs, seconds = _run_agents(client, endpoint, model, agents)
             _summary(runs, seconds, client.stats())
         finally:
             client.shutdown()
     return 1 if any(r.error for r in runs) else 0
 
 
-def _run_agents(client: radixlm.Client, endpoint: str, agents: int) -> tuple[list[AgentRun], float]:
+def _run_agents(client: radixlm.Client, endpoint: str, model: str, agents: int) -> tuple[list[AgentRun], float]:
     from radixlm.adapters.dspy import LM
+    from radixlm.adapters.langchain_common import get_client
 
     # built here, before the threads start, so DSPy's settings are configured from this thread only
     lm = LM(client=client, cache=False, max_tokens=96, num_retries=0)
+    # the LangChain agent's process-wide client attaches now, while the engine is idle and answers
+    # the attach ping at once (under load a late attach could take the engine for absent)
+    get_client(endpoint, model)
     questions = [DSPY_QUESTIONS[i % len(DSPY_QUESTIONS)] for i in range(agents)]
     names = [(f"dspy-{i + 1}", "DSPy") for i in range(agents)] + [("langchain", "LangChain")]
     print("agents:")
@@ -58,7 +62,7 @@ def _run_agents(client: radixlm.Client, endpoint: str, agents: int) -> tuple[lis
     start = time.perf_counter()
     with Board(names) as board, ThreadPoolExecutor(agents + 1) as pool:
         futures = [pool.submit(run_dspy_agent, lm, name, q, board) for (name, _), (q, _) in zip(names, questions)]
-        futures.append(pool.submit(run_langchain_agent, endpoint, "langchain", LANGCHAIN_QUESTION[0], board))
+        futures.append(pool.submit(run_langchain_agent, endpoint, model, "langchain", LANGCHAIN_QUESTION[0], board))
         runs = [f.result() for f in futures]
     for run, (_, expected) in zip(runs, [*questions, LANGCHAIN_QUESTION]):
         run.expected = expected
