@@ -149,7 +149,8 @@ def json_reply_schema(signature: Any, tools: dict[str, Any] | None, max_tokens: 
 
 # ---- ChatAdapter --------------------------------------------------------------------------------
 
-def _lark_json(schema: dict[str, Any]) -> str:
+def lark_json(schema: dict[str, Any]) -> str:
+    """`schema` as a Lark %json expression, written without free whitespace."""
     return f"%json {json.dumps({**schema, 'x-guidance': LARK_JSON_OPTIONS}, ensure_ascii=False)}"
 
 
@@ -169,7 +170,7 @@ def _chat_value(annotation: Any, max_chars: int) -> str:
         return "(" + " | ".join(_lark_literal(str(v)) for v in get_args(annotation)) + ")"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "(" + " | ".join(_lark_literal(str(m.value)) for m in annotation) + ")"
-    return _lark_json(_annotation_schema(annotation, max_chars))
+    return lark_json(_annotation_schema(annotation, max_chars))
 
 
 def _header(name: str) -> str:
@@ -193,7 +194,7 @@ def chat_grammar(signature: Any, tools: dict[str, Any] | None, max_tokens: int |
     rules = [f"{start}: " + ' "\\n\\n" '.join(parts) + f' "\\n\\n" {_lark_literal(COMPLETED)}']
     if step_tools is not None:
         branches = [f"({_lark_literal(_header('next_tool_name') + name + chr(10) + chr(10) + _header('next_tool_args'))}"
-                    f" {_lark_json(cap_strings(tool_arguments(tool.args), max_chars))})"
+                    f" {lark_json(cap_strings(tool_arguments(tool.args), max_chars))})"
                     for name, tool in step_tools.items()]
         rules.append("tool_step: " + " | ".join(branches))
     return "\n".join(rules) + "\n"

@@ -19,7 +19,6 @@ tokens served from the radix cache."""
 from __future__ import annotations
 
 import inspect
-import json
 from typing import Any
 
 import dspy
@@ -48,7 +47,7 @@ from dspy.lm15 import TimeoutError as LM15TimeoutError
 from radixlm.client import Result, StreamChunk
 from radixlm.connection import EngineDiedError, EngineError
 
-from .dspy_grammar import chat_grammar, json_reply_schema
+from .dspy_grammar import chat_grammar, json_reply_schema, lark_json
 from .dspy_plan import plan_for
 from .dspy_tools import render_calls, tool_calls_of, tool_calls_schema, tool_mode, tools_prompt
 from .dspy_trace import current_tools, current_trace_id
@@ -125,9 +124,10 @@ def _last_user_text(request: Request) -> str | None:
     return "".join(p.text for p in last.parts)
 
 
-def _reply_grammar(request: Request, max_tokens: int | None) -> tuple[str, str | dict] | None:
+def _reply_grammar(request: Request, max_tokens: int | None, rule: str) -> tuple[str, str | dict] | None:
     """The constraint of a text reply: the grammar of what the DSPy adapter that formatted the
-    request will parse, else the request's response_format, else None."""
+    request will parse, else the request's response_format, else None. A Lark grammar names its
+    reply `rule`."""
     last = _last_user_text(request)
     plan = plan_for(last) if last is not None else None
     rf = request.config.response_format
@@ -136,27 +136,26 @@ def _reply_grammar(request: Request, max_tokens: int | None) -> tuple[str, str |
         if parser is _JSON_PARSE:
             return "json_schema", json_reply_schema(plan.signature, current_tools(), max_tokens)
         if parser is _CHAT_PARSE and rf is None and plan.signature.output_fields:
-            return "lark", chat_grammar(plan.signature, current_tools(), max_tokens)
+            return "lark", chat_grammar(plan.signature, current_tools(), max_tokens, start=rule)
     if rf is None:
         return None
     return "json_schema", rf["schema"] if rf["type"] == "json_schema" else {"type": "object"}
 
 
 def _lark_rule(name: str, constraint: tuple[str, str | dict] | None) -> str:
+    """Lark rules whose rule `name` is the reply `constraint` describes (free text when None)."""
     if constraint is None:
         return f"{name}: /[^{{\\s](?s:.)*/\n"
     kind, value = constraint
-    if kind == "lark":
-        return value if name == "start" else value.replace("start:", f"{name}:", 1)
-    return f"{name}: %json {json.dumps(value, ensure_ascii=False)}\n"
+    return value if kind == "lark" else f"{name}: {lark_json(value)}\n"
 
 
 def reply_constraint(request: Request, max_tokens: int | None) -> dict[str, Any]:
     """The engine constraint (one of json_schema / lark) for the reply to `request`: the adapter's
     reply grammar, or, when the request offers tools, a tool call under the tools' parameter
     schemas (tool_choice "required") or either of the two ("auto")."""
-    reply = _reply_grammar(request, max_tokens)
     mode = tool_mode(request) if request.tools else "none"
+    reply = _reply_grammar(request, max_tokens, "start" if mode == "none" else "reply")
     if mode == "none":
         return {} if reply is None else {reply[0]: reply[1]}
     calls = tool_calls_schema(request, max_tokens)
