@@ -12,14 +12,15 @@ from dspy.lm15 import Request, Response
 import radixlm
 from radixlm.client import Client
 
-from .dspy_mapping import StreamAssembler, request_messages, request_options, to_response, translate_error
+from .dspy_mapping import (StreamAssembler, check_streamable, request_messages, request_options, to_response,
+                           translate_error)
 
 
 class RadixEngine:
     """Synchronous DSPy engine on a radixlm `Client` (thread-safe: concurrent calls from
     `module.batch` / `dspy.Parallel` threads reach the engine together and batch there)."""
 
-    supports_function_calling = False
+    supports_function_calling = True
     supports_reasoning = False
     supports_response_schema = True
     supported_params = frozenset({
@@ -38,9 +39,10 @@ class RadixEngine:
             result = self.client.generate(request_messages(request), **opts)
         except Exception as exc:
             raise translate_error(exc) from exc
-        return to_response(request.model, result, opts.get("trace_id"))
+        return to_response(request, result, opts.get("trace_id"))
 
     def stream(self, request: Request) -> Iterator:
+        check_streamable(request)
         opts = request_options(request, self.trace_id)
         asm = StreamAssembler(request.model, opts.get("trace_id"))
         try:
@@ -88,9 +90,10 @@ class AsyncRadixEngine:
             result = await self.sync.client.aio.generate(request_messages(request), **opts)
         except Exception as exc:
             raise translate_error(exc) from exc
-        return to_response(request.model, result, opts.get("trace_id"))
+        return to_response(request, result, opts.get("trace_id"))
 
     async def stream(self, request: Request) -> AsyncIterator:
+        check_streamable(request)
         opts = request_options(request, self.sync.trace_id)
         asm = StreamAssembler(request.model, opts.get("trace_id"))
         items = self.sync.client.aio.stream(request_messages(request), include_result=True, **opts)
@@ -116,3 +119,10 @@ class AsyncRadixEngine:
 
     async def aclose(self) -> None:
         self.sync.close()
+
+    def dump_state(self) -> dict[str, Any]:
+        return self.sync.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncRadixEngine:
+        return cls(RadixEngine.load_state(state))

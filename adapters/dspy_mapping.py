@@ -7,17 +7,23 @@
     response_format json_schema -> the engine's json_schema constraint, json_object -> a
     constraint to any JSON object; Config.cache (provider prompt caching) needs nothing.
   * Config.extensions pass through as engine generation options (see EXTENSION_OPTIONS).
-  * Refused with `UnsupportedFeatureError`: tools / tool_choice (no native function calling;
-    DSPy's ReAct and the Chat/JSON adapters work through text instead), reasoning, images or
-    other non-text parts, service_tier / user_id / store, probabilities="required".
+  * The reply is decoded under the grammar of what the DSPy adapter that formatted the request
+    will parse (dspy_plan.py, dspy_grammar.py); a constraint passed through extensions wins.
+  * tools / tool_choice: native function calling (dspy_tools.py): tool calls come back as
+    ToolCallParts (finish_reason "tool_call"), tool results go in as "tool" turns.
+  * Refused with `UnsupportedFeatureError`: built-in (provider) tools, reasoning, images or other
+    non-text parts, service_tier / user_id / store, probabilities="required".
 Usage: input_tokens = prompt tokens, output_tokens = generated tokens, cache_read_tokens = prompt
 tokens served from the radix cache."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import dspy
 from dspy.lm15 import (
+    FunctionTool,
     InvalidRequestError,
     Message,
     ProviderError,
@@ -30,6 +36,8 @@ from dspy.lm15 import (
     TextDelta,
     TextPart,
     TokenLogprob,
+    ToolCallPart,
+    ToolResultPart,
     TopLogprob,
     UnsupportedFeatureError,
     Usage,
@@ -39,7 +47,10 @@ from dspy.lm15 import TimeoutError as LM15TimeoutError
 from radixlm.client import Result, StreamChunk
 from radixlm.connection import EngineDiedError, EngineError
 
-from .dspy_trace import current_trace_id
+from .dspy_grammar import chat_grammar, json_reply_schema, lark_json
+from .dspy_plan import plan_for
+from .dspy_tools import render_calls, tool_calls_of, tool_calls_schema, tool_mode, tools_prompt
+from .dspy_trace import current_tools, current_trace_id
 
 PROVIDER = "radixlm"
 # Engine generation options a caller may pass through Config.extensions.
@@ -48,6 +59,9 @@ EXTENSION_OPTIONS = frozenset({
     "regex", "choices", "lark", "json_schema", "trace_id",
 })
 _FINISH = {"stop": "stop", "length": "length"}
+# How DSPy's own adapters parse a reply: an adapter whose parse is one of these gets its grammar.
+_CHAT_PARSE = inspect.unwrap(dspy.ChatAdapter.parse)
+_JSON_PARSE = inspect.unwrap(dspy.JSONAdapter.parse)
 
 
 def _unsupported(feature: str, detail: str) -> UnsupportedFeatureError:
@@ -65,30 +79,106 @@ def _text_of(parts, where: str) -> str:
     return "".join(texts)
 
 
+def _message(i: int, message: Message) -> dict[str, str]:
+    where = f"message {i}"
+    if message.role == "user":
+        return {"role": "user", "content": _text_of(message.parts, where)}
+    if message.role == "assistant":
+        calls = message.parts_of(ToolCallPart)
+        text = _text_of([p for p in message.parts if not isinstance(p, ToolCallPart)], where)
+        return {"role": "assistant", "content": "\n".join(([text] if text else []) + ([render_calls(calls)] if calls else []))}
+    if message.role == "tool":
+        results = message.parts_of(ToolResultPart)
+        if len(results) != len(message.parts):
+            raise _unsupported("tools", f"{where}: a tool message carries tool results only")
+        texts = [("Error: " if r.is_error else "") + _text_of(r.content, f"{where}'s tool result") for r in results]
+        return {"role": "tool", "content": "\n".join(texts)}
+    raise _unsupported(message.role, f"{where} has role {message.role!r}, which the radixlm engine does not take")
+
+
 def request_messages(request: Request) -> list[dict[str, str]]:
-    """The request's system prompt and messages as chat messages (text only)."""
+    """The request's system prompt (plus the tools' description when it offers tools) and messages as
+    chat messages."""
     out = []
-    if request.system is not None:
-        system = request.system if isinstance(request.system, str) else _text_of(request.system, "system")
+    system = request.system if isinstance(request.system, str) or request.system is None \
+        else _text_of(request.system, "system")
+    if request.tools and tool_mode(request) != "none":
+        system = tools_prompt(request.tools) if system is None else f"{system}\n\n{tools_prompt(request.tools)}"
+    if system is not None:
         out.append({"role": "system", "content": system})
-    for i, message in enumerate(request.messages):
-        if message.role not in ("user", "assistant"):
-            raise _unsupported("tools", f"message {i} has role {message.role!r}; tool messages need native "
-                               "function calling, which radixlm does not offer")
-        out.append({"role": message.role, "content": _text_of(message.parts, f"message {i}")})
+    out.extend(_message(i, m) for i, m in enumerate(request.messages))
     return out
+
+
+def _check_tools(request: Request) -> None:
+    for tool in request.tools:
+        if not isinstance(tool, FunctionTool):
+            raise _unsupported("builtin_tools", f"tool {tool.name!r} is a provider built-in tool; the radixlm "
+                               "engine calls function tools only")
+
+
+def _last_user_text(request: Request) -> str | None:
+    last = request.messages[-1]
+    if last.role != "user" or not all(isinstance(p, TextPart) for p in last.parts):
+        return None
+    return "".join(p.text for p in last.parts)
+
+
+def _reply_grammar(request: Request, max_tokens: int | None, rule: str) -> tuple[str, str | dict] | None:
+    """The constraint of a text reply: the grammar of what the DSPy adapter that formatted the
+    request will parse, else the request's response_format, else None. A Lark grammar names its
+    reply `rule`."""
+    last = _last_user_text(request)
+    plan = plan_for(last) if last is not None else None
+    rf = request.config.response_format
+    if plan is not None:
+        parser = inspect.unwrap(type(plan.adapter).parse)
+        if parser is _JSON_PARSE:
+            return "json_schema", json_reply_schema(plan.signature, current_tools(), max_tokens)
+        if parser is _CHAT_PARSE and rf is None and plan.signature.output_fields:
+            return "lark", chat_grammar(plan.signature, current_tools(), max_tokens, start=rule)
+    if rf is None:
+        return None
+    return "json_schema", rf["schema"] if rf["type"] == "json_schema" else {"type": "object"}
+
+
+def _lark_rule(name: str, constraint: tuple[str, str | dict] | None) -> str:
+    """Lark rules whose rule `name` is the reply `constraint` describes (free text when None)."""
+    if constraint is None:
+        return f"{name}: /[^{{\\s](?s:.)*/\n"
+    kind, value = constraint
+    return value if kind == "lark" else f"{name}: {lark_json(value)}\n"
+
+
+def reply_constraint(request: Request, max_tokens: int | None) -> dict[str, Any]:
+    """The engine constraint (one of json_schema / lark) for the reply to `request`: the adapter's
+    reply grammar, or, when the request offers tools, a tool call under the tools' parameter
+    schemas (tool_choice "required") or either of the two ("auto")."""
+    mode = tool_mode(request) if request.tools else "none"
+    reply = _reply_grammar(request, max_tokens, "start" if mode == "none" else "reply")
+    if mode == "none":
+        return {} if reply is None else {reply[0]: reply[1]}
+    calls = tool_calls_schema(request, max_tokens)
+    if mode == "required":
+        return {"json_schema": calls}
+    return {"lark": "start: calls | reply\n" + _lark_rule("calls", ("json_schema", calls)) + _lark_rule("reply", reply)}
+
+
+def check_streamable(request: Request) -> None:
+    """Streams carry text only: a request that may answer with a tool call is refused."""
+    if request.tools and tool_mode(request) != "none":
+        raise _unsupported("tools", "streaming a reply that may be a tool call is not supported; call "
+                           "complete() (DSPy does when the program is not streamed)")
 
 
 def request_options(request: Request, default_trace: str | None) -> dict[str, Any]:
     """The engine generation options of a request; raises lm15 errors for what is not supported."""
     if not isinstance(request, Request):
         raise TypeError("An engine requires a dspy.lm15.Request")
-    if request.tools:
-        raise _unsupported("tools", "tools / native function calling are not supported; use DSPy's text-based "
-                           "tool use (dspy.ReAct with ChatAdapter or JSONAdapter)")
+    _check_tools(request)
     c = request.config
-    if c.tool_choice is not None:
-        raise _unsupported("tool_choice", "tool_choice is not supported")
+    if c.tool_choice is not None and not request.tools and c.tool_choice.mode != "none":
+        raise InvalidRequestError("radixlm: tool_choice without tools", provider=PROVIDER)
     if c.reasoning is not None:
         raise _unsupported("reasoning", "reasoning controls are not supported")
     for name in ("service_tier", "user_id", "store"):
@@ -109,11 +199,6 @@ def request_options(request: Request, default_trace: str | None) -> dict[str, An
         opts["logprobs"] = True
         if c.logprobs > 0:
             opts["top_logprobs"] = c.logprobs
-    if c.response_format is not None:
-        if c.response_format["type"] == "json_schema":
-            opts["json_schema"] = c.response_format["schema"]
-        else:
-            opts["json_schema"] = {"type": "object"}
     for key, value in (c.extensions or {}).items():
         if key not in EXTENSION_OPTIONS:
             raise InvalidRequestError(f"radixlm: unknown generation option {key!r} (known: "
@@ -122,6 +207,8 @@ def request_options(request: Request, default_trace: str | None) -> dict[str, An
     constraints = [k for k in ("json_schema", "regex", "choices", "lark") if opts.get(k) is not None]
     if len(constraints) > 1:
         raise InvalidRequestError(f"radixlm: one constraint per request, got {constraints}", provider=PROVIDER)
+    if not constraints:  # a constraint passed explicitly wins over the derived one
+        opts.update(reply_constraint(request, c.max_tokens))
     trace_id = opts.get("trace_id") or current_trace_id() or default_trace
     if trace_id is not None:
         opts["trace_id"] = trace_id
@@ -160,11 +247,14 @@ def _provider_data(result: Result, trace_id: str | None) -> dict[str, Any]:
     return data
 
 
-def to_response(model: str, result: Result, trace_id: str | None) -> Response:
-    """A finished engine generation as an lm15 Response."""
-    return Response(id=None, model=model, message=Message.assistant([TextPart(result.text)]),
-                    finish_reason=_finish(result), usage=_usage(result), logprobs=_logprobs(result),
-                    provider_data=_provider_data(result, trace_id))
+def to_response(request: Request, result: Result, trace_id: str | None) -> Response:
+    """A finished engine generation as an lm15 Response (tool calls when the request offered tools
+    and the reply is one)."""
+    calls = tool_calls_of(result.text) if request.tools and result.finish_reason == "stop" else None
+    message = Message.assistant(calls if calls else [TextPart(result.text)])
+    return Response(id=None, model=request.model, message=message,
+                    finish_reason="tool_call" if calls else _finish(result), usage=_usage(result),
+                    logprobs=_logprobs(result), provider_data=_provider_data(result, trace_id))
 
 
 def translate_error(exc: BaseException) -> BaseException:

@@ -92,10 +92,11 @@ class TraceCallback(BaseCallback):
 _install_lock = threading.Lock()
 
 
-def install_trace_callback() -> None:
-    """Add one `TraceCallback` to DSPy's global callbacks (idempotent)."""
+def install_callback(callback_type: type[BaseCallback] = TraceCallback) -> None:
+    """Add one `callback_type()` to DSPy's global callbacks (idempotent; module and adapter callbacks
+    are read from there)."""
     with _install_lock:
         callbacks = list(dspy.settings.get("callbacks", []) or [])
-        if any(isinstance(cb, TraceCallback) for cb in callbacks):
+        if any(isinstance(cb, callback_type) for cb in callbacks):
             return
-        dspy.settings.configure(callbacks=[*callbacks, TraceCallback()])
+        dspy.settings.configure(callbacks=[*callbacks, callback_type()])

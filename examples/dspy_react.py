@@ -12,7 +12,7 @@ import time
 
 import dspy
 
-from radixlm.adapters.dspy import LM, JSONAdapter
+from radixlm.adapters.dspy import LM
 from radixlm.demo.tools import calculator, search
 
 
@@ -28,7 +28,7 @@ def run(question: str, endpoint: str | None = None, max_iters: int = 4) -> dspy.
     lm = LM("smollm2", endpoint, cache=False, max_tokens=160)
     agent = dspy.ReAct(Task, tools=[calculator, search], max_iters=max_iters)
     start = time.perf_counter()
-    with dspy.context(lm=lm, adapter=JSONAdapter()):
+    with dspy.context(lm=lm):  # DSPy's default adapter; each reply is decoded under its grammar
         pred = agent(question=question)
     elapsed = time.perf_counter() - start
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from radixlm.demo.main import DSPY_QUESTIONS, LANGCHAIN_QUESTION, is_right
 from radixlm.demo.progress import Board
+from radixlm.demo.solved import SOLVED, react_demos
 from radixlm.demo.tools import calculator, search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,22 @@ def test_search_finds_facts_by_topic_or_word():
     assert "330 metres" in search("Eiffel Tower height")
     assert "1991" in search("when was python released")
     assert search("zebra") == "no result"
+
+
+def test_every_question_needs_a_tool_and_the_demos_solve_other_questions():
+    solved = {q for q, _, _ in SOLVED}
+    for question, expected in [*DSPY_QUESTIONS, LANGCHAIN_QUESTION]:
+        assert question not in solved and expected not in question  # the answer is not in the question
+    assert is_right("It is 7,006,652.", "7006652") and not is_right("about 7 million", "7006652")
+
+
+def test_react_demos_show_each_step_with_the_real_tool_results():
+    steps, answers = react_demos()
+    assert len(steps) == sum(len(calls) + 1 for _, calls, _ in SOLVED) and len(answers) == len(SOLVED)
+    first, finish = steps[0], steps[1]
+    assert (first.next_tool_name, first.next_tool_args) == ("search", {"query": "great wall"})
+    assert finish.next_tool_name == "finish" and "21196 kilometres" in finish.trajectory
+    assert "[[ ## observation_0 ## ]]" in answers[0].trajectory and answers[0].answer == "21196"
 
 
 def test_board_without_a_terminal_prints_one_line_per_status_change():
@@ -58,6 +76,9 @@ def test_demo_runs_dspy_and_langchain_agents_at_once_and_reports_reuse():
     # the DSPy agents share their signature's prompt: later calls are served mostly from the cache
     assert any(int(cached) > 0.5 * int(prompt) for _, fw, _, cached, prompt in rows if fw == "DSPy"), out
     assert "3 agents ran at once" in out and "prefix reuse:" in out and "3 agent traces" in out
+    # the summary shows each answer and whether it is right
+    assert len(re.findall(r"^             A: .*\((right|wrong, expected \d+)\)$", out, re.M)) == 3, out
+    assert re.search(r"answers: \d of 3 right", out), out
 
 
 @pytest.mark.slow

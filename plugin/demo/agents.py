@@ -1,5 +1,6 @@
-"""The demo's agents: DSPy ReAct agents and a LangChain tool-calling agent, each reporting its steps
-to the progress board and returning what it cost and reused."""
+"""The demo's agents: DSPy ReAct agents (DSPy's default adapter, few-shot demos of solved questions)
+and a LangChain tool-calling agent, each reporting its steps to the progress board and returning what
+it answered, cost and reused."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .progress import Board
+from .solved import SOLVED, react_demos
 from .tools import calculator, search
 
 INSTRUCTIONS = ("Answer the question. Look facts up with `search`, do arithmetic with `calculator`, and "
-                "finish as soon as the observations contain the answer.")
+                "finish as soon as the observations contain the answer. Never repeat a tool call.")
 
 
 @dataclass
@@ -30,28 +32,35 @@ class AgentRun:
     completion_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    repeated_calls: int = 0
+    expected: str = ""
 
 
-def _recorded(fn: Callable[[str], str], run: AgentRun, board: Board) -> Callable[[str], str]:
-    """`fn` that shows each call on the board and logs it as a step of `run`."""
+def _recorded(fn: Callable[..., str], run: AgentRun, board: Board) -> Callable[..., str]:
+    """`fn` that shows each call on the board and logs it as a step of `run`. A call repeated with
+    the same arguments is not run again: the agent gets the earlier result and is told to finish."""
+    seen: dict[str, str] = {}
 
     @functools.wraps(fn)
     def tool(*args: Any, **kwargs: Any) -> str:
         shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
         board.update(run.name, f"{fn.__name__}({shown})")
-        out = fn(*args, **kwargs)
+        if shown in seen:
+            run.repeated_calls += 1
+            out = f"{seen[shown]} (already looked up: answer now)"
+        else:
+            out = seen[shown] = fn(*args, **kwargs)
         run.steps.append(f"{fn.__name__}({shown}) -> {out}")
         return out
 
     return tool
 
 
-def run_dspy_agent(client: Any, name: str, question: str, board: Board, max_iters: int = 4) -> AgentRun:
-    """A dspy.ReAct agent (JSONAdapter, grammar-constrained steps) on the engine behind `client`."""
+def run_dspy_agent(lm: Any, name: str, question: str, board: Board, max_iters: int = 3) -> AgentRun:
+    """A dspy.ReAct agent on `lm` (a radixlm `dspy.LM`) under DSPy's default adapter, taught by demos
+    of solved questions."""
     import dspy
     from dspy.utils.callback import BaseCallback
-
-    from radixlm.adapters.dspy import LM, JSONAdapter
 
     run = AgentRun(name, "DSPy", question)
 
@@ -68,12 +77,13 @@ def run_dspy_agent(client: Any, name: str, question: str, board: Board, max_iter
             _count(run, lm.history)
             board.update(name, calls=run.calls, prompt_tokens=run.prompt_tokens, cached_tokens=run.cached_tokens)
 
-    lm = LM(client=client, cache=False, max_tokens=160, num_retries=0, callbacks=[Events()])
+    lm = lm.copy(callbacks=[Events()])  # this agent's own history and events, the same engine
     agent = dspy.ReAct(Task, tools=[_recorded(calculator, run, board), _recorded(search, run, board)],
                        max_iters=max_iters)
+    agent.react.demos, agent.extract.predict.demos = react_demos()
     start = time.perf_counter()
     try:
-        with dspy.context(lm=lm, adapter=JSONAdapter()):
+        with dspy.context(lm=lm):
             run.answer = str(agent(question=question).answer)
     except Exception as exc:  # one agent's failure is reported, the others go on
         run.error = f"{type(exc).__name__}: {exc}"
@@ -91,21 +101,23 @@ def _count(run: AgentRun, history: list[dict]) -> None:
     run.cached_tokens = sum((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0) for u in usages)
 
 
-def _solved_example() -> list:
-    """One solved question as chat turns (search, calculator, answer): a 135M model follows a worked
-    example far better than instructions. It is part of every call's prefix, so the cache serves it."""
+def _solved_examples() -> list:
+    """The solved questions (solved.py) as chat turns: question, tool call, tool result, answer."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-    steps = [("search", {"query": "mount everest"}, search("mount everest")),
-             ("calculator", {"expression": "8849 * 3.281"}, calculator("8849 * 3.281"))]
-    turns: list = [HumanMessage("How high is Mount Everest in feet?")]
-    for i, (name, args, result) in enumerate(steps):
-        turns += [AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"solved{i}"}]),
-                  ToolMessage(result, tool_call_id=f"solved{i}")]
-    return turns + [AIMessage(f"Mount Everest is about {steps[-1][2]} feet high.")]
+    tools = {"search": search, "calculator": calculator}
+    turns: list = []
+    for i, (question, calls, answer) in enumerate(SOLVED):
+        turns.append(HumanMessage(question))
+        for j, (_, tool, args) in enumerate(calls):
+            turns += [AIMessage("", tool_calls=[{"name": tool, "args": args, "id": f"solved{i}_{j}"}]),
+                      ToolMessage(tools[tool](**args), tool_call_id=f"solved{i}_{j}")]
+        turns.append(AIMessage(answer))
+    return turns
 
 
-def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, max_steps: int = 4) -> AgentRun:
+def run_langchain_agent(endpoint: str, model: str, name: str, question: str, board: Board,
+                        max_steps: int = 4) -> AgentRun:
     """A LangChain tool-calling loop (ChatRadixLM.bind_tools, grammar-constrained calls) under one root run;
     its last step must answer (tool_choice="none")."""
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -116,10 +128,10 @@ def run_langchain_agent(endpoint: str, name: str, question: str, board: Board, m
 
     run = AgentRun(name, "LangChain", question)
     tools = {t.name: t for t in (tool(_recorded(calculator, run, board)), tool(_recorded(search, run, board)))}
-    llm = ChatRadixLM(endpoint=endpoint, max_tokens=64, temperature=0.0)
+    llm = ChatRadixLM(endpoint=endpoint, model=model, max_tokens=64, temperature=0.0)
     act = llm.bind_tools(list(tools.values()), tool_choice="auto")
     answer = llm.bind_tools(list(tools.values()), tool_choice="none")
-    messages: list = [SystemMessage(INSTRUCTIONS), *_solved_example(), HumanMessage(question)]
+    messages: list = [SystemMessage(INSTRUCTIONS), *_solved_examples(), HumanMessage(question)]
 
     def loop(_: object) -> str:
         for step in range(max_steps):

@@ -13,13 +13,19 @@ import radixlm
 from .agents import AgentRun, run_dspy_agent, run_langchain_agent
 from .progress import Board
 
+# (question, the number a right answer contains): each needs a lookup or a calculation.
 DSPY_QUESTIONS = [
-    "How tall is the Eiffel Tower in feet?",
-    "How many years after the Eiffel Tower was completed was Python first released?",
-    "How many hours does the Moon take to orbit the Earth?",
-    "How much higher is Mount Everest than the Eiffel Tower, in metres?",
+    ("How tall is the Eiffel Tower in metres?", "330"),
+    ("What is 1234 times 5678?", "7006652"),
+    ("In which year was Python first released?", "1991"),
+    ("What is 17.5 times 42?", "735"),
 ]
-LANGCHAIN_QUESTION = "What is twelve times the height of the Eiffel Tower in metres?"
+LANGCHAIN_QUESTION = ("How high is Mount Everest in metres?", "8849")
+
+
+def is_right(answer: str, expected: str) -> bool:
+    """Whether an answer states the expected number (thousands separators aside)."""
+    return expected in answer.replace(",", "")
 
 
 def run_demo(model: str = "smollm2", agents: int = 4, dtype: str = "float32") -> int:
@@ -31,27 +37,35 @@ def run_demo(model: str = "smollm2", agents: int = 4, dtype: str = "float32") ->
         client = radixlm.connect(endpoint, model, dtype=dtype)
         print(f"engine ready in {time.perf_counter() - start:.1f} s ({model}, {endpoint})\n")
         try:
-            runs, seconds = _run_agents(client, endpoint, agents)
+            runs, seconds = _run_agents(client, endpoint, model, agents)
             _summary(runs, seconds, client.stats())
         finally:
             client.shutdown()
     return 1 if any(r.error for r in runs) else 0
 
 
-def _run_agents(client: radixlm.Client, endpoint: str, agents: int) -> tuple[list[AgentRun], float]:
-    import dspy  # noqa: F401  (imported here, before the threads start, so DSPy configures once)
+def _run_agents(client: radixlm.Client, endpoint: str, model: str, agents: int) -> tuple[list[AgentRun], float]:
+    from radixlm.adapters.dspy import LM
+    from radixlm.adapters.langchain_common import get_client
 
+    # built here, before the threads start, so DSPy's settings are configured from this thread only
+    lm = LM(client=client, cache=False, max_tokens=96, num_retries=0)
+    # the LangChain agent's process-wide client attaches now, while the engine is idle and answers
+    # the attach ping at once (under load a late attach could take the engine for absent)
+    get_client(endpoint, model)
     questions = [DSPY_QUESTIONS[i % len(DSPY_QUESTIONS)] for i in range(agents)]
     names = [(f"dspy-{i + 1}", "DSPy") for i in range(agents)] + [("langchain", "LangChain")]
     print("agents:")
-    for (name, _), question in zip(names, [*questions, LANGCHAIN_QUESTION]):
+    for (name, _), (question, _) in zip(names, [*questions, LANGCHAIN_QUESTION]):
         print(f"  {name:<10} {question}")
     print()
     start = time.perf_counter()
     with Board(names) as board, ThreadPoolExecutor(agents + 1) as pool:
-        futures = [pool.submit(run_dspy_agent, client, name, q, board) for (name, _), q in zip(names, questions)]
-        futures.append(pool.submit(run_langchain_agent, endpoint, "langchain", LANGCHAIN_QUESTION, board))
+        futures = [pool.submit(run_dspy_agent, lm, name, q, board) for (name, _), (q, _) in zip(names, questions)]
+        futures.append(pool.submit(run_langchain_agent, endpoint, model, "langchain", LANGCHAIN_QUESTION[0], board))
         runs = [f.result() for f in futures]
+    for run, (_, expected) in zip(runs, [*questions, LANGCHAIN_QUESTION]):
+        run.expected = expected
     return runs, time.perf_counter() - start
 
 
@@ -64,7 +78,12 @@ def _summary(runs: list[AgentRun], seconds: float, stats: dict) -> None:
         print(f"             Q: {r.question}")
         for step in r.steps:
             print(f"             - {step}")
-        print(f"             A: {r.answer}" if r.error is None else f"             FAILED: {r.error}")
+        verdict = "right" if is_right(r.answer, r.expected) else f"wrong, expected {r.expected}"
+        print(f"             A: {r.answer}  ({verdict})" if r.error is None else f"             FAILED: {r.error}")
+        if r.repeated_calls:
+            print(f"             ({r.repeated_calls} repeated tool call(s) answered from the earlier result)")
+    right = sum(r.error is None and is_right(r.answer, r.expected) for r in runs)
+    print(f"\n  answers: {right} of {len(runs)} right")
     calls = sum(r.calls for r in runs)
     prompt = sum(r.prompt_tokens for r in runs)
     cached = sum(r.cached_tokens for r in runs)
