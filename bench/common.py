@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 THREADS = 2
 
 
 def setup_torch(threads: int = THREADS) -> None:
     """Fixed thread count so radixlm and HF run under the same conditions."""
+    import torch
+
     torch.set_num_threads(threads)
 
 
@@ -81,6 +81,7 @@ class FirstTokenTimer:
 
 def load_hf_model(folder: str | Path):
     """The HF transformers baseline: float32, eval mode (call it under torch.inference_mode())."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -151,6 +152,8 @@ def warn_if_busy(limit: float = 0.3) -> float:
 
 
 def machine_info() -> dict[str, Any]:
+    import torch
+
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -1,111 +1,146 @@
-"""The benchmark suite behind `radixlm bench`: every chosen workload on every chosen system in one
-run, then the results as JSON, markdown and a PNG chart (see report.py).
+"""The benchmark suite behind `radixlm bench`: every chosen workload on every chosen system, the same
+programs with the same inputs everywhere, each system in its own child process, then one results file
+bench/results/<date>-<cpu>[-quick].json (report.py turns it into the README table and chart).
 
-    radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--out DIR] [--install-peers]
+    radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--threads N] [--install-peers]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from . import report
-from .common import machine_info, warn_if_busy
-from .systems import HF, LLAMACPP, Unavailable, install_peers, open_system
+from .agreement import add_agreement
+from .isolation import Failure, resolve, run_isolated
+from .machine import machine, slug
+from .runner import OPENER, REGISTRY
+from .systems import HF, LLAMACPP, install_peers
 from .workloads import registry
 
 SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off", "hf": HF,
                "llama-cpp": LLAMACPP}
+REFERENCE = "radixlm lpm"  # the system every other one's outputs are compared with
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def run_workload(system, workload, quick: bool) -> dict:
-    """One workload on one open system: its figures (programs/s counts every program; "failed" those
-    that ended in an error, e.g. a DSPy reply that did not parse), or {"error": ...} when it raised."""
-    n = workload.count(system.sequential, quick)
-    system.begin()
-    start = time.perf_counter()
-    try:
-        done = workload.run(system, n)
-    except Exception as exc:  # noqa: BLE001 - one failing cell must not end the run; the error is reported
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    result = system.end(n, time.perf_counter() - start)  # a failed program did its calls too
-    result["failed"] = n - done
-    return result
+def run_system(system: str, workloads: list[str], quick: bool, model: str, threads: int, timeout_s: float,
+               opener: str = OPENER, registry_ref: str = REGISTRY, show: Callable[[str], None] = print) -> dict:
+    """Parent side: every workload's result on one system, run in child processes. A child that
+    crashes or hangs costs the workload it was running (a row with the reason); the rest run in a
+    fresh child. A system that cannot start gets its reason in every row."""
+    results: dict[str, dict] = {}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}  # its engine process too
+    while remaining := [w for w in workloads if w not in results]:
+        started = crashed = False
+        kwargs = {"system": system, "workloads": remaining, "quick": quick, "model": model, "threads": threads,
+                  "opener": opener, "registry_ref": registry_ref}
+        for item in run_isolated("radixlm.bench.runner:serve_system", kwargs, timeout_s, env):
+            if isinstance(item, Failure):
+                if not started:
+                    show(f"  n/a: {item.reason}")
+                    return {**results, **{w: {"error": f"failed to start: {item.reason}"} for w in remaining}}
+                current = next(w for w in remaining if w not in results)
+                results[current] = {"error": item.reason}
+                crashed = True
+                show(f"  {current}: FAILED: {item.reason}")
+            elif item["event"] == "ready":
+                started = True
+                show(f"  ready in {item['startup_s']:.1f} s")
+            else:
+                results[item["workload"]] = item["result"]
+                show(f"  {item['workload']}: {describe(item['result'])}")
+        if not crashed:  # the child exited cleanly: a workload without a result would never get one
+            for w in remaining:
+                results.setdefault(w, {"error": "no result: the system's process ended without running it"})
+    return results
 
 
-def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str = "smollm2", threads: int = 2,
-              command: str = "radixlm bench") -> dict:
-    """Run the workloads (names from `workloads.registry()`) on the systems (names in systems.ALL)."""
-    import torch
+def describe(result: dict) -> str:
+    """One progress line for a workload's result."""
+    if "error" in result:
+        return f"FAILED: {result['error']}"
+    return (f"{result['programs_per_s']:.3f} programs/s, {result['output_tokens_per_s']:.1f} generated tok/s, "
+            f"hit {result['hit_rate']:.0%} (optimal {result['optimal_hit_rate']:.0%}), {result['wall_s']:.1f} s")
 
-    torch.set_num_threads(threads)
-    chosen = registry()
-    busy = warn_if_busy()
+
+def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str = "smollm2",
+              threads: int | None = None, timeout_s: float = 3600.0, command: str = "radixlm bench",
+              opener: str = OPENER, registry_ref: str = REGISTRY, bandwidth: bool = True) -> dict:
+    """Run the workloads on the systems (names in systems.ALL); the whole results file's data."""
+    threads = threads or os.cpu_count() or 1
+    chosen = resolve(registry_ref)()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    info = machine(bandwidth)
+    print(f"{info['cpu']} ({', '.join(info['key_flags'])}), {info['cores']} cores; {threads} threads for every "
+          f"system; load average {info['load_average'][0]:.2f}", flush=True)
     results: dict[str, dict] = {w: {} for w in workloads}
+    wall = time.perf_counter()
     for name in systems:
         print(f"{name}:", flush=True)
-        try:
-            system = open_system(name, model, threads)
-        except Unavailable as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a peer that fails to start is reported, the others still run
-            reason = f"failed to start: {type(exc).__name__}: {exc}"
-        else:
-            reason = None
-        if reason is not None:
-            print(f"  n/a: {reason}", flush=True)
-            for w in workloads:
-                results[w][name] = {"error": reason}
-            continue
-        try:
-            for w in workloads:
-                r = results[w][name] = run_workload(system, chosen[w], quick)
-                shown = r.get("error") or (f"{r['programs_per_s']:.3f} programs/s, hit {r['hit_rate']:.0%} "
-                                           f"(optimal {r['optimal_hit_rate']:.0%}), {r['wall_s']:.1f} s")
-                print(f"  {w}: {shown}", flush=True)
-        finally:
-            system.close()
-            del system
-            gc.collect()
-    return {"bench": "suite", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
-            "busy_cores_before": busy,
+        for w, r in run_system(name, workloads, quick, model, threads, timeout_s, opener, registry_ref,
+                               show=lambda line: print(line, flush=True)).items():
+            results[w][name] = r
+    add_agreement(results, REFERENCE)
+    return {"bench": "suite", "time": started, "wall_s": time.perf_counter() - wall, "machine": info,
+            "load_average_after": list(os.getloadavg()),
             "config": {"command": command, "quick": quick, "model": model, "threads": threads, "systems": systems,
-                       "workloads": {w: chosen[w].description for w in workloads}},
+                       "reference": REFERENCE, "timeout_s": timeout_s,
+                       "workloads": {w: {"description": chosen[w].description, "programs": chosen[w].count(quick)}
+                                     for w in workloads}},
             "results": results}
+
+
+def results_path(data: dict, folder: Path = RESULTS_DIR) -> Path:
+    """bench/results/<date>-<cpu>[-quick].json for a run's data."""
+    stem = f"{data['time'][:10]}-{slug(data['machine']['cpu'])}" + ("-quick" if data["config"]["quick"] else "")
+    return folder / f"{stem}.json"
+
+
+def save(data: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `radixlm bench` options."""
     parser = argparse.ArgumentParser(prog="radixlm bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer programs per workload (under 10 minutes here)")
+    parser.add_argument("--quick", action="store_true", help="fewer programs per workload, for every system")
     parser.add_argument("--workloads", nargs="+", choices=list(registry()), default=list(registry()), metavar="W",
                         help=f"workloads to run (default: all): {', '.join(registry())}")
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEM_KEYS), default=list(SYSTEM_KEYS), metavar="S",
                         help=f"systems to compare (default: all): {', '.join(SYSTEM_KEYS)}")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/suite"),
-                        help="folder for suite[_quick].json / .md / .png (default: bench/results/suite)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: bench/results/<date>-<cpu>[-quick].json)")
     parser.add_argument("--model", default="smollm2", help="embedded model alias (llama-cpp-python needs its GGUF)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of HF and llama-cpp-python")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help=f"CPU threads of every system (default: all cores, {os.cpu_count()} here)")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds a system may run one workload before it is killed and marked failed")
     parser.add_argument("--install-peers", action="store_true",
-                        help="first pip-install the bench extra (llama-cpp-python, built from source; matplotlib)")
+                        help="first pip-install the bench extra (llama-cpp-python; matplotlib)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the suite for parsed `radixlm bench` arguments; print the table and where the files are."""
+    """Run the suite for parsed `radixlm bench` arguments; print the table and where the file is."""
     if args.install_peers and install_peers() != 0:
         print("installing the bench extra failed; the systems that need it will say so", file=sys.stderr)
     systems = [SYSTEM_KEYS[s] for s in args.systems]
     command = ("radixlm bench " + shlex.join(sys.argv[2:])).strip() if sys.argv[1:2] == ["bench"] else "radixlm bench"
-    data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, command)
-    paths = report.write(data, args.out, "suite_quick" if args.quick else "suite")
+    data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, args.timeout, command)
+    path = save(data, args.out or results_path(data))
     print()
-    print(paths[1].read_text())
-    print("wrote " + ", ".join(map(str, paths)))
+    print(report.markdown(data))
+    print(f"wrote {path}; `python -m radixlm.bench.report {path} --readme README.md --chart docs/bench_suite.png` "
+          "puts its table and chart into the README")
     return 0
 
 
