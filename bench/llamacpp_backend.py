@@ -1,8 +1,14 @@
 """llama-cpp-python on the embedded model's own GGUF file (Q4_1), as a local-CPU user runs it: one
 `Llama` object, one call at a time. Its only cache is its own: the KV of the previous call's tokens,
-reused up to the longest common prefix with the next prompt. Gen calls use `Llama.generate`
-(greedy; JSON schemas through llama.cpp's own GBNF grammar); a select evaluates the prefix once
-(reusing what the context already holds) and then each choice's tokens on top of it.
+reused up to the longest common prefix with the next prompt.
+
+Gen calls are greedy (argmax of the logits after each `Llama.eval`, as `Llama.generate` with top_k=1
+but without its sampler chain), and a constrained call masks the logits with the same llguidance
+grammar radixlm and the HF peer use (radixlm's GrammarBackend on the same tokenizer), not llama.cpp's
+own GBNF: llama.cpp's llguidance support is a build option (LLAMA_LLGUIDANCE, which needs a Rust
+toolchain) that llama-cpp-python's wheels do not enable, and its GBNF from a JSON schema allows other
+whitespace than radixlm's grammar, so agents could take different steps. A select evaluates the
+prefix once (reusing what the context already holds) and then each choice's tokens on top of it.
 """
 
 from __future__ import annotations
@@ -50,32 +56,40 @@ class LlamaCppBackend(PeerBackend):
         self.llm.reset()
 
     def _generate(self, ids, max_new_tokens, stop, grammar, t0):
-        from llama_cpp import LlamaGrammar
-
-        if grammar is not None and grammar.kind != "json_schema":
-            raise ValueError("the llama-cpp-python peer takes JSON-schema constraints only")
+        state = self.grammar_backend().new_state(grammar) if grammar is not None else None
         cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
-        g = LlamaGrammar.from_json_schema(grammar.value, verbose=False) if grammar is not None else None
+        self.llm.n_tokens = cached
+        self.llm.eval(ids[cached:])
         out: list[int] = []
         first, reason, text = None, "length", ""
-        for token in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, grammar=g):
+        while len(out) < max_new_tokens:
+            logits = self._logits()
+            if state is not None:
+                logits = np.where(state.allowed_mask().numpy(), logits, -np.inf)
+            token = int(np.argmax(logits))
             if first is None:
                 first = time.perf_counter()
             if token == self.eos:
                 reason = "stop"
                 break
+            if state is not None:
+                state.consume(token)
             out.append(token)
             text, stopped = trim_stop(self.tok.decode(out), stop)
             if stopped:
                 reason = "stop"
                 break
-            if len(out) >= max_new_tokens:
-                break
+            if len(out) < max_new_tokens:
+                self.llm.eval([token])
         return out, text, reason, cached, first or time.perf_counter()
+
+    def _logits(self) -> np.ndarray:
+        """The logits after the last evaluated token (a copy)."""
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).astype(np.float64)
 
     def _logprobs(self) -> np.ndarray:
         """Log-softmax of the logits after the last evaluated token."""
-        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).astype(np.float64)
+        logits = self._logits()
         return logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
 
     def _score(self, seqs, starts):

@@ -175,4 +175,5 @@ def install_peers() -> int:
     print(f"installing {' '.join(reqs)} (llama-cpp-python compiles llama.cpp: about 10-20 minutes on 2 cores)",
           flush=True)
     env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", LLAMA_CMAKE_ARGS)}
-    return subprocess.call([sys.executable, "-m", "pip", "install", "--no-binary", "llama-cpp-python", *reqs], env=env)
+    # No wheel cache: a cached llama-cpp-python wheel may have been built for another instruction set.
+    return subprocess.call([sys.executable, "-m", "pip", "install", "--no-cache-dir", *reqs], env=env)
