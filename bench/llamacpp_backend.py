@@ -14,6 +14,7 @@ prefix once (reusing what the context already holds) and then each choice's toke
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -57,9 +58,7 @@ class LlamaCppBackend(PeerBackend):
 
     def _generate(self, ids, max_new_tokens, stop, grammar, t0):
         state = self.grammar_backend().new_state(grammar) if grammar is not None else None
-        cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
-        self.llm.n_tokens = cached
-        self.llm.eval(ids[cached:])
+        cached = self.prefill(ids)
         out: list[int] = []
         first, reason, text = None, "length", ""
         while len(out) < max_new_tokens:
@@ -82,6 +81,13 @@ class LlamaCppBackend(PeerBackend):
             if len(out) < max_new_tokens:
                 self.llm.eval([token])
         return out, text, reason, cached, first or time.perf_counter()
+
+    def prefill(self, ids: list[int]) -> int:
+        """Evaluate a prompt, reusing the context's longest common prefix with it; the tokens reused."""
+        cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
+        self.llm.n_tokens = cached
+        self.llm.eval(ids[cached:])
+        return cached
 
     def _logits(self) -> np.ndarray:
         """The logits after the last evaluated token (a copy)."""
@@ -111,3 +117,28 @@ class LlamaCppBackend(PeerBackend):
             scores.append(row)
         return scores, [reuse] + [m] * (len(seqs) - 1)
 
+
+
+def serve_sequential(prompts: list[list[int]], max_new_tokens: int, threads: int, emit: Callable,
+                     model: str = "smollm2") -> None:
+    """Child-process entry (see isolation.py) for the single benches: serve token-id prompts one at a
+    time, greedy, exactly `max_new_tokens` tokens each (EOS does not stop it, as radixlm's ignore_eos),
+    the previous prompt's KV as the only cache. Emits per request: service and first-token seconds,
+    tokens reused, output ids."""
+    from radixlm.engine.model_source import resolve_model
+
+    backend = LlamaCppBackend(str(resolve_model(model)), threads, model)
+    backend.generate("Warm up.", max_new_tokens=4)
+    backend.flush()
+    for ids in prompts:
+        start = time.perf_counter()
+        cached = backend.prefill(ids)
+        out: list[int] = []
+        first = None
+        while len(out) < max_new_tokens:
+            out.append(int(np.argmax(backend._logits())))
+            first = first or time.perf_counter()
+            if len(out) < max_new_tokens:
+                backend.llm.eval([out[-1]])
+        emit({"service_s": time.perf_counter() - start, "first_token_s": first - start, "cached_tokens": cached,
+              "output_ids": out})
