@@ -2,7 +2,7 @@
 programs with the same inputs everywhere, each system in its own child process, then one results file
 bench/results/<date>-<cpu>[-quick].json (report.py turns it into the README table and chart).
 
-    radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--threads N] [--install-peers]
+    radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--threads N] [--model-speed]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from . import report
 from .agreement import add_agreement
-from .isolation import Failure, resolve, run_isolated
+from .isolation import Failure, describe_exit, resolve, run_isolated
 from .machine import machine, slug
 from .runner import OPENER, REGISTRY
 from .systems import HF, LLAMACPP, install_peers
@@ -97,6 +98,22 @@ def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str 
             "results": results}
 
 
+def run_model_speed(quick: bool, timeout_s: float) -> dict:
+    """bench/model_speed.py (batch-1 decode and prefill against this CPU's limits) in its own process:
+    the results file it writes, or {"error": ...}."""
+    script = Path(__file__).resolve().parent / "model_speed.py"
+    saved = RESULTS_DIR / ("model_speed_quick.json" if quick else "model_speed.json")
+    saved.unlink(missing_ok=True)
+    try:
+        done = subprocess.run([sys.executable, str(script), *(["--quick"] if quick else [])], timeout=timeout_s,
+                              stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    if done.returncode != 0 or not saved.exists():
+        return {"error": describe_exit(done.returncode, done.stderr) if done.returncode else f"{saved} not written"}
+    return json.loads(saved.read_text())
+
+
 def results_path(data: dict, folder: Path = RESULTS_DIR) -> Path:
     """bench/results/<date>-<cpu>[-quick].json for a run's data."""
     stem = f"{data['time'][:10]}-{slug(data['machine']['cpu'])}" + ("-quick" if data["config"]["quick"] else "")
@@ -124,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"CPU threads of every system (default: all cores, {os.cpu_count()} here)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds a system may run one workload before it is killed and marked failed")
+    parser.add_argument("--model-speed", action="store_true",
+                        help="also run bench/model_speed.py (batch-1 decode, prefill) and keep its figures in the file")
     parser.add_argument("--install-peers", action="store_true",
                         help="first pip-install the bench extra (llama-cpp-python; matplotlib)")
     return parser
@@ -136,6 +155,9 @@ def main(args: argparse.Namespace) -> int:
     systems = [SYSTEM_KEYS[s] for s in args.systems]
     command = ("radixlm bench " + shlex.join(sys.argv[2:])).strip() if sys.argv[1:2] == ["bench"] else "radixlm bench"
     data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, args.timeout, command)
+    if args.model_speed:
+        print("model speed (bench/model_speed.py):", flush=True)
+        data["model_speed"] = run_model_speed(args.quick, args.timeout)
     path = save(data, args.out or results_path(data))
     print()
     print(report.markdown(data))
