@@ -14,11 +14,11 @@ OPENER = "radixlm.bench.systems:open_system"
 REGISTRY = "radixlm.bench.workloads:registry"
 
 
-def run_workload(system, workload, quick: bool) -> dict:
-    """One workload on one open system: its figures, its programs' outputs and their digest
-    ("failed": programs that ended in an error, e.g. a DSPy reply that did not parse), or
-    {"error": ...} when the workload itself raised."""
-    n = workload.count(quick)
+def run_workload(system, workload, quick: bool, programs: int | None = None) -> dict:
+    """One workload on one open system (`programs` of it, default its count for the mode): its
+    figures, its programs' outputs and their digest ("failed": programs that ended in an error, e.g.
+    a DSPy reply that did not parse), or {"error": ...} when the workload itself raised."""
+    n = programs or workload.count(quick)
     system.begin()
     start = time.perf_counter()
     try:
@@ -31,7 +31,7 @@ def run_workload(system, workload, quick: bool) -> dict:
 
 
 def serve_system(system: str, workloads: list[str], quick: bool, model: str, threads: int, emit: Callable,
-                 opener: str = OPENER, registry_ref: str = REGISTRY) -> None:
+                 opener: str = OPENER, registry_ref: str = REGISTRY, programs: int | None = None) -> None:
     """Open `system` with `opener(name, model, threads)`, run the named workloads of
     `registry_ref()` on it, and emit {"event": "ready"} then one {"event": "result"} per workload."""
     chosen = resolve(registry_ref)()
@@ -40,6 +40,6 @@ def serve_system(system: str, workloads: list[str], quick: bool, model: str, thr
     emit({"event": "ready", "startup_s": time.perf_counter() - start})
     try:
         for w in workloads:
-            emit({"event": "result", "workload": w, "result": run_workload(opened, chosen[w], quick)})
+            emit({"event": "result", "workload": w, "result": run_workload(opened, chosen[w], quick, programs)})
     finally:
         opened.close()

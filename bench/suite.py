@@ -2,7 +2,7 @@
 programs with the same inputs everywhere, each system in its own child process, then one results file
 bench/results/<date>-<cpu>[-quick].json (report.py turns it into the README table and chart).
 
-    radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--threads N] [--model-speed]
+    radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--threads N] [--programs N] [--model-speed]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def run_system(system: str, workloads: list[str], quick: bool, model: str, threads: int, timeout_s: float,
-               opener: str = OPENER, registry_ref: str = REGISTRY, show: Callable[[str], None] = print) -> dict:
+               opener: str = OPENER, registry_ref: str = REGISTRY, show: Callable[[str], None] = print,
+               programs: int | None = None) -> dict:
     """Parent side: every workload's result on one system, run in child processes. A child that
     crashes or hangs costs the workload it was running (a row with the reason); the rest run in a
     fresh child. A system that cannot start gets its reason in every row."""
@@ -41,7 +43,7 @@ def run_system(system: str, workloads: list[str], quick: bool, model: str, threa
     while remaining := [w for w in workloads if w not in results]:
         started = crashed = False
         kwargs = {"system": system, "workloads": remaining, "quick": quick, "model": model, "threads": threads,
-                  "opener": opener, "registry_ref": registry_ref}
+                  "opener": opener, "registry_ref": registry_ref, "programs": programs}
         for item in run_isolated("radixlm.bench.runner:serve_system", kwargs, timeout_s, env):
             if isinstance(item, Failure):
                 if not started:
@@ -73,8 +75,10 @@ def describe(result: dict) -> str:
 
 def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str = "smollm2",
               threads: int | None = None, timeout_s: float = 3600.0, command: str = "radixlm bench",
-              opener: str = OPENER, registry_ref: str = REGISTRY, bandwidth: bool = True) -> dict:
-    """Run the workloads on the systems (names in systems.ALL); the whole results file's data."""
+              opener: str = OPENER, registry_ref: str = REGISTRY, bandwidth: bool = True,
+              programs: int | None = None) -> dict:
+    """Run the workloads on the systems (names in systems.ALL); the whole results file's data.
+    `programs`: run that many programs of every workload instead of the mode's counts (smoke runs)."""
     threads = threads or os.cpu_count() or 1
     chosen = resolve(registry_ref)()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -86,14 +90,16 @@ def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str 
     for name in systems:
         print(f"{name}:", flush=True)
         for w, r in run_system(name, workloads, quick, model, threads, timeout_s, opener, registry_ref,
-                               show=lambda line: print(line, flush=True)).items():
+                               show=lambda line: print(line, flush=True), programs=programs).items():
             results[w][name] = r
     add_agreement(results, REFERENCE)
     return {"bench": "suite", "time": started, "wall_s": time.perf_counter() - wall, "machine": info,
             "load_average_after": list(os.getloadavg()),
-            "config": {"command": command, "quick": quick, "model": model, "threads": threads, "systems": systems,
+            "config": {"command": command, "quick": quick, "programs": programs, "model": model, "threads": threads,
+                       "systems": systems,
                        "reference": REFERENCE, "timeout_s": timeout_s,
-                       "workloads": {w: {"description": chosen[w].description, "programs": chosen[w].count(quick)}
+                       "workloads": {w: {"description": chosen[w].description,
+                                         "programs": programs or chosen[w].count(quick)}
                                      for w in workloads}},
             "results": results}
 
@@ -116,7 +122,8 @@ def run_model_speed(quick: bool, timeout_s: float) -> dict:
 
 def results_path(data: dict, folder: Path = RESULTS_DIR) -> Path:
     """bench/results/<date>-<cpu>[-quick].json for a run's data."""
-    stem = f"{data['time'][:10]}-{slug(data['machine']['cpu'])}" + ("-quick" if data["config"]["quick"] else "")
+    mode = "-smoke" if data["config"].get("programs") else ("-quick" if data["config"]["quick"] else "")
+    stem = f"{data['time'][:10]}-{slug(data['machine']['cpu'])}{mode}"
     return folder / f"{stem}.json"
 
 
@@ -141,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"CPU threads of every system (default: all cores, {os.cpu_count()} here)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds a system may run one workload before it is killed and marked failed")
+    parser.add_argument("--programs", type=int, default=None,
+                        help="run this many programs of every workload on every system (a smoke run; its file is "
+                             "named -smoke)")
     parser.add_argument("--model-speed", action="store_true",
                         help="also run bench/model_speed.py (batch-1 decode, prefill) and keep its figures in the file")
     parser.add_argument("--install-peers", action="store_true",
@@ -154,7 +164,10 @@ def main(args: argparse.Namespace) -> int:
         print("installing the bench extra failed; the systems that need it will say so", file=sys.stderr)
     systems = [SYSTEM_KEYS[s] for s in args.systems]
     command = ("radixlm bench " + shlex.join(sys.argv[2:])).strip() if sys.argv[1:2] == ["bench"] else "radixlm bench"
-    data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, args.timeout, command)
+    # A terminated run still kills its systems' processes (isolation.run_isolated cleans up on exit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, args.timeout, command,
+                     programs=args.programs)
     if args.model_speed:
         print("model speed (bench/model_speed.py):", flush=True)
         data["model_speed"] = run_model_speed(args.quick, args.timeout)
