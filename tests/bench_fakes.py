@@ -69,3 +69,9 @@ def registry() -> dict[str, Workload]:
     workloads = [Workload("fake", "stand-in", 4, 2, _answers), Workload("crashy", "crashes some systems", 4, 2, _crash_some),
                  Workload("raises", "always raises", 1, 1, _raises), Workload("one-fails", "program 0 fails", 3, 3, _one_fails)]
     return {w.name: w for w in workloads}
+
+
+def emit_pid_then_hang(emit) -> None:
+    """An isolated target that says who it is, then never finishes."""
+    emit({"pid": os.getpid()})
+    time.sleep(600)

@@ -15,7 +15,7 @@ from radixlm.bench import report, suite
 from radixlm.bench.agreement import add_agreement, compare, digest
 from radixlm.bench.calls import CallLog
 from radixlm.bench.common import optimal_hit_rate
-from radixlm.bench.isolation import describe_exit
+from radixlm.bench.isolation import describe_exit, run_isolated
 from radixlm.bench.machine import machine, slug
 from radixlm.bench.systems import HF, LLAMACPP
 
@@ -95,6 +95,14 @@ def test_an_import_failure_is_the_reason_given(fakes_importable):
 
 def test_a_workload_that_raises_is_a_row_with_its_error(fakes_importable):
     assert _run("radixlm lpm", ["raises"])["raises"] == {"error": "RuntimeError: boom"}
+
+
+def test_an_abandoned_child_is_killed(fakes_importable):
+    items = run_isolated("bench_fakes:emit_pid_then_hang", {}, timeout_s=60.0)
+    pid = next(items)["pid"]
+    items.close()  # the parent stops listening (an exception, Ctrl-C, SIGTERM): the child must not linger
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_describe_exit():
