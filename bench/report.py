@@ -84,7 +84,10 @@ def header(data: dict) -> str:
     m, cfg = data["machine"], data["config"]
     v = m["versions"]
     peers = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "llama_cpp_python", "dspy") if v.get(k))
-    return (f"`{cfg['command']}` ({'quick' if cfg['quick'] else 'full'} run, {data['time']}, "
+    mode = ("smoke" if cfg.get("programs") else ("quick" if cfg["quick"] else "full")) + " run"
+    if not data.get("complete", True):
+        mode += ", cut short: the systems without figures did not run"
+    return (f"`{cfg['command']}` ({mode}, {data['time']}, "
             f"{data['wall_s'] / 60:.0f} min): {m['cpu']} ({', '.join(m['key_flags'])}), {m['cores']} cores, "
             f"{cfg['threads']} threads for every system, copy bandwidth {_gb_s(m['copy_bandwidth_gb_s'])}; "
             f"load average {m['load_average'][0]:.2f} before, {data['load_average_after'][0]:.2f} after; "
@@ -123,8 +126,8 @@ def readme_section(data: dict, results_file: str) -> str:
     for workload, by_system in results.items():
         cells = [workload, data["config"]["workloads"][workload]["programs"]]
         for s in systems:
-            r = by_system.get(s, {})
-            cells.append(f"{r['programs_per_s']:.3f}" if "programs_per_s" in r else "failed")
+            r = by_system.get(s)
+            cells.append("not run" if r is None else f"{r['programs_per_s']:.3f}" if "programs_per_s" in r else "failed")
         main = by_system.get(MAIN, {})
         agree = [_agree(by_system.get(s, {})) or "–" for s in (HF, LLAMACPP)]
         tokens = [str(by_system[s]["output_tokens"]) if "output_tokens" in by_system.get(s, {}) else "–"

@@ -76,32 +76,35 @@ def describe(result: dict) -> str:
 def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str = "smollm2",
               threads: int | None = None, timeout_s: float = 3600.0, command: str = "radixlm bench",
               opener: str = OPENER, registry_ref: str = REGISTRY, bandwidth: bool = True,
-              programs: int | None = None) -> dict:
+              programs: int | None = None, checkpoint: Callable[[dict], Any] | None = None) -> dict:
     """Run the workloads on the systems (names in systems.ALL); the whole results file's data.
-    `programs`: run that many programs of every workload instead of the mode's counts (smoke runs)."""
+    `programs`: run that many programs of every workload instead of the mode's counts (smoke runs).
+    `checkpoint(data)` is called after every system with the data so far ("complete" false until the end)."""
     threads = threads or os.cpu_count() or 1
     chosen = resolve(registry_ref)()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
     info = machine(bandwidth)
     print(f"{info['cpu']} ({', '.join(info['key_flags'])}), {info['cores']} cores; {threads} threads for every "
           f"system; load average {info['load_average'][0]:.2f}", flush=True)
-    results: dict[str, dict] = {w: {} for w in workloads}
+    data: dict[str, Any] = {
+        "bench": "suite", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "complete": False, "wall_s": 0.0,
+        "machine": info, "load_average_after": None,
+        "config": {"command": command, "quick": quick, "programs": programs, "model": model, "threads": threads,
+                   "systems": systems, "reference": REFERENCE, "timeout_s": timeout_s,
+                   "workloads": {w: {"description": chosen[w].description,
+                                     "programs": programs or chosen[w].count(quick)} for w in workloads}},
+        "results": {w: {} for w in workloads}}
     wall = time.perf_counter()
-    for name in systems:
+    for i, name in enumerate(systems):
         print(f"{name}:", flush=True)
         for w, r in run_system(name, workloads, quick, model, threads, timeout_s, opener, registry_ref,
                                show=lambda line: print(line, flush=True), programs=programs).items():
-            results[w][name] = r
-    add_agreement(results, REFERENCE)
-    return {"bench": "suite", "time": started, "wall_s": time.perf_counter() - wall, "machine": info,
-            "load_average_after": list(os.getloadavg()),
-            "config": {"command": command, "quick": quick, "programs": programs, "model": model, "threads": threads,
-                       "systems": systems,
-                       "reference": REFERENCE, "timeout_s": timeout_s,
-                       "workloads": {w: {"description": chosen[w].description,
-                                         "programs": programs or chosen[w].count(quick)}
-                                     for w in workloads}},
-            "results": results}
+            data["results"][w][name] = r
+        add_agreement(data["results"], REFERENCE)
+        data.update(complete=i == len(systems) - 1, wall_s=time.perf_counter() - wall,
+                    load_average_after=list(os.getloadavg()))
+        if checkpoint is not None:
+            checkpoint(data)
+    return data
 
 
 def run_model_speed(quick: bool, timeout_s: float) -> dict:
@@ -166,12 +169,18 @@ def main(args: argparse.Namespace) -> int:
     command = ("radixlm bench " + shlex.join(sys.argv[2:])).strip() if sys.argv[1:2] == ["bench"] else "radixlm bench"
     # A terminated run still kills its systems' processes (isolation.run_isolated cleans up on exit).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    paths: list[Path] = []
+
+    def checkpoint(data: dict) -> None:  # a run cut short still leaves the systems it finished
+        paths[:] = paths or [args.out or results_path(data)]
+        save(data, paths[0])
+
     data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, args.timeout, command,
-                     programs=args.programs)
+                     programs=args.programs, checkpoint=checkpoint)
     if args.model_speed:
         print("model speed (bench/model_speed.py):", flush=True)
         data["model_speed"] = run_model_speed(args.quick, args.timeout)
-    path = save(data, args.out or results_path(data))
+    path = save(data, paths[0])
     print()
     print(report.markdown(data))
     print(f"wrote {path}; `python -m radixlm.bench.report {path} --readme README.md --chart docs/bench_suite.png` "

@@ -130,7 +130,10 @@ def test_machine_names_the_cpu_and_versions():
 
 def test_run_suite_same_programs_checked_outputs_results_file_and_readme(fakes_importable, tmp_path):
     systems = ["radixlm lpm", HF, "disagreeing peer", "segfaults on start"]
-    data = suite.run_suite(["fake", "one-fails"], systems, quick=True, threads=1, bandwidth=False, **FAKES)
+    seen = []  # a checkpoint after every system: a run cut short still leaves a file
+    data = suite.run_suite(["fake", "one-fails"], systems, quick=True, threads=1, bandwidth=False,
+                           checkpoint=lambda d: seen.append((d["complete"], sorted(d["results"]["fake"]))), **FAKES)
+    assert seen[0] == (False, ["radixlm lpm"]) and seen[-1][0] is True and len(seen) == 4
     fake = data["results"]["fake"]
     assert {fake[s]["programs"] for s in systems[:3]} == {2}  # every system ran the same programs
     assert fake[HF]["agreement"]["equal"] == 2 and fake["disagreeing peer"]["agreement"]["equal"] == 1
