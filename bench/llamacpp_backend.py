@@ -4,7 +4,8 @@ reused up to the longest common prefix with the next prompt.
 
 Gen calls are greedy (argmax of the logits after each `Llama.eval`, as `Llama.generate` with top_k=1
 but without its sampler chain), and a constrained call masks the logits with the same llguidance
-grammar radixlm and the HF peer use (radixlm's GrammarBackend on the same tokenizer), not llama.cpp's
+grammar radixlm and the HF peer use (radixlm's GrammarBackend on the same tokenizer, with the engine's
+semantics: the grammar's forced tokens follow each sampled token, evaluated in one batch), not llama.cpp's
 own GBNF: llama.cpp's llguidance support is a build option (LLAMA_LLGUIDANCE, which needs a Rust
 toolchain) that llama-cpp-python's wheels do not enable, and its GBNF from a JSON schema allows other
 whitespace than radixlm's grammar, so agents could take different steps. A select evaluates the
@@ -68,18 +69,24 @@ class LlamaCppBackend(PeerBackend):
             token = int(np.argmax(logits))
             if first is None:
                 first = time.perf_counter()
-            if token == self.eos:
+            new = [token]
+            if token == self.eos:  # kept in the output ids, as radixlm keeps it; `text` is the text before it
+                out.append(token)
                 reason = "stop"
                 break
-            if state is not None:
+            if state is not None:  # radixlm's engine semantics: the grammar's forced tokens follow
                 state.consume(token)
-            out.append(token)
+                if not state.is_finished:
+                    forced = state.forced_tokens()[: max_new_tokens - len(out) - 1]
+                    state.consume_many(forced)
+                    new += forced
+            out += new
             text, stopped = trim_stop(self.tok.decode(out), stop)
-            if stopped:
+            if stopped or (state is not None and state.is_finished):
                 reason = "stop"
                 break
             if len(out) < max_new_tokens:
-                self.llm.eval([token])
+                self.llm.eval(new)
         return out, text, reason, cached, first or time.perf_counter()
 
     def prefill(self, ids: list[int]) -> int:
