@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -152,16 +151,15 @@ def warn_if_busy(limit: float = 0.3) -> float:
 
 
 def machine_info() -> dict[str, Any]:
+    """The machine section of a single bench's results (CPU model and flags, cores, versions, load)."""
     import torch
 
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1min_at_save": load_average(),
-    }
+    try:
+        from radixlm.bench.machine import machine
+    except ImportError:  # run as a script from a checkout without radixlm installed
+        from machine import machine
+
+    return {**machine(bandwidth=False), "torch_threads": torch.get_num_threads()}
 
 
 def save_results(name: str, data: dict[str, Any], markdown: str | None = None) -> Path:
