@@ -91,7 +91,14 @@ def header(data: dict) -> str:
             f"{data['wall_s'] / 60:.0f} min): {m['cpu']} ({', '.join(m['key_flags'])}), {m['cores']} cores, "
             f"{cfg['threads']} threads for every system, copy bandwidth {_gb_s(m['copy_bandwidth_gb_s'])}; "
             f"load average {m['load_average'][0]:.2f} before, {data['load_average_after'][0]:.2f} after; "
-            f"{peers}; commit {str(m['commit'])[:12]}.")
+            f"{peers}; commit {str(m['commit'])[:12]}.{_later_runs(data)}")
+
+
+def _later_runs(data: dict) -> str:
+    """The runs that added systems to the file after its first, with their time and load."""
+    later = data.get("runs", [])[1:]
+    return "".join(f" {', '.join(r['systems'])} added by `{r['command']}` at {r['time']} (load average "
+                   f"{r['load_average'][0]:.2f})." for r in later)
 
 
 def markdown(data: dict) -> str:

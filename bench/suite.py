@@ -34,11 +34,12 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def run_system(system: str, workloads: list[str], quick: bool, model: str, threads: int, timeout_s: float,
                opener: str = OPENER, registry_ref: str = REGISTRY, show: Callable[[str], None] = print,
-               programs: int | None = None) -> dict:
+               programs: int | None = None, on_result: Callable[[str, dict], Any] | None = None) -> dict:
     """Parent side: every workload's result on one system, run in child processes. A child that
     crashes or hangs costs the workload it was running (a row with the reason); the rest run in a
-    fresh child. A system that cannot start gets its reason in every row."""
-    results: dict[str, dict] = {}
+    fresh child. A system that cannot start gets its reason in every row. `on_result(workload,
+    result)` is called as each result arrives."""
+    results = _Results(on_result)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}  # its engine process too
     while remaining := [w for w in workloads if w not in results]:
         started = crashed = False
@@ -48,7 +49,9 @@ def run_system(system: str, workloads: list[str], quick: bool, model: str, threa
             if isinstance(item, Failure):
                 if not started:
                     show(f"  n/a: {item.reason}")
-                    return {**results, **{w: {"error": f"failed to start: {item.reason}"} for w in remaining}}
+                    for w in remaining:
+                        results[w] = {"error": f"failed to start: {item.reason}"}
+                    return dict(results)
                 current = next(w for w in remaining if w not in results)
                 results[current] = {"error": item.reason}
                 crashed = True
@@ -61,8 +64,22 @@ def run_system(system: str, workloads: list[str], quick: bool, model: str, threa
                 show(f"  {item['workload']}: {describe(item['result'])}")
         if not crashed:  # the child exited cleanly: a workload without a result would never get one
             for w in remaining:
-                results.setdefault(w, {"error": "no result: the system's process ended without running it"})
-    return results
+                if w not in results:
+                    results[w] = {"error": "no result: the system's process ended without running it"}
+    return dict(results)
+
+
+class _Results(dict):
+    """A dict of workload results that reports each one as it is stored."""
+
+    def __init__(self, on_result: Callable[[str, dict], Any] | None) -> None:
+        super().__init__()
+        self.on_result = on_result
+
+    def __setitem__(self, workload: str, result: dict) -> None:
+        super().__setitem__(workload, result)
+        if self.on_result is not None:
+            self.on_result(workload, result)
 
 
 def describe(result: dict) -> str:
@@ -76,34 +93,52 @@ def describe(result: dict) -> str:
 def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str = "smollm2",
               threads: int | None = None, timeout_s: float = 3600.0, command: str = "radixlm bench",
               opener: str = OPENER, registry_ref: str = REGISTRY, bandwidth: bool = True,
-              programs: int | None = None, checkpoint: Callable[[dict], Any] | None = None) -> dict:
+              programs: int | None = None, checkpoint: Callable[[dict], Any] | None = None,
+              add_to: dict | None = None) -> dict:
     """Run the workloads on the systems (names in systems.ALL); the whole results file's data.
     `programs`: run that many programs of every workload instead of the mode's counts (smoke runs).
-    `checkpoint(data)` is called after every system with the data so far ("complete" false until the end)."""
+    `checkpoint(data)` is called after every workload with the data so far ("complete" false until
+    the end). `add_to`: an earlier run's data to add these systems to; its workloads, mode, model and
+    threads are used (the other arguments' values for them are ignored), so the work stays the same."""
+    if add_to is not None:
+        cfg = add_to["config"]
+        workloads, quick, model, threads, programs = (list(cfg["workloads"]), cfg["quick"], cfg["model"],
+                                                      cfg["threads"], cfg.get("programs"))
     threads = threads or os.cpu_count() or 1
     chosen = resolve(registry_ref)()
     info = machine(bandwidth)
     print(f"{info['cpu']} ({', '.join(info['key_flags'])}), {info['cores']} cores; {threads} threads for every "
           f"system; load average {info['load_average'][0]:.2f}", flush=True)
-    data: dict[str, Any] = {
-        "bench": "suite", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "complete": False, "wall_s": 0.0,
-        "machine": info, "load_average_after": None,
+    run = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "systems": systems,
+           "load_average": info["load_average"]}
+    data: dict[str, Any] = add_to if add_to is not None else {
+        "bench": "suite", "time": run["time"], "complete": False, "wall_s": 0.0, "machine": info,
+        "load_average_after": None,
         "config": {"command": command, "quick": quick, "programs": programs, "model": model, "threads": threads,
-                   "systems": systems, "reference": REFERENCE, "timeout_s": timeout_s,
+                   "systems": [], "reference": REFERENCE, "timeout_s": timeout_s,
                    "workloads": {w: {"description": chosen[w].description,
                                      "programs": programs or chosen[w].count(quick)} for w in workloads}},
-        "results": {w: {} for w in workloads}}
-    wall = time.perf_counter()
+        "results": {w: {} for w in workloads}, "runs": []}
+    data.setdefault("runs", []).append(run)
+    data["config"]["systems"] += [s for s in systems if s not in data["config"]["systems"]]
+    wall, earlier = time.perf_counter(), data["wall_s"]
+
+    def stored(name: str, last: bool) -> Callable[[str, dict], None]:
+        def on_result(workload: str, result: dict) -> None:
+            data["results"][workload][name] = result
+            add_agreement(data["results"], REFERENCE)
+            done = last and all(name in data["results"][w] for w in workloads)
+            data.update(complete=done, wall_s=earlier + time.perf_counter() - wall,
+                        load_average_after=list(os.getloadavg()))
+            if checkpoint is not None:
+                checkpoint(data)
+        return on_result
+
     for i, name in enumerate(systems):
         print(f"{name}:", flush=True)
-        for w, r in run_system(name, workloads, quick, model, threads, timeout_s, opener, registry_ref,
-                               show=lambda line: print(line, flush=True), programs=programs).items():
-            data["results"][w][name] = r
-        add_agreement(data["results"], REFERENCE)
-        data.update(complete=i == len(systems) - 1, wall_s=time.perf_counter() - wall,
-                    load_average_after=list(os.getloadavg()))
-        if checkpoint is not None:
-            checkpoint(data)
+        run_system(name, workloads, quick, model, threads, timeout_s, opener, registry_ref,
+                   show=lambda line: print(line, flush=True), programs=programs,
+                   on_result=stored(name, i == len(systems) - 1))
     return data
 
 
@@ -154,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--programs", type=int, default=None,
                         help="run this many programs of every workload on every system (a smoke run; its file is "
                              "named -smoke)")
+    parser.add_argument("--add-to", type=Path, default=None, metavar="FILE",
+                        help="add the systems to an earlier results file (same workloads, mode and threads)")
     parser.add_argument("--model-speed", action="store_true",
                         help="also run bench/model_speed.py (batch-1 decode, prefill) and keep its figures in the file")
     parser.add_argument("--install-peers", action="store_true",
@@ -169,14 +206,15 @@ def main(args: argparse.Namespace) -> int:
     command = ("radixlm bench " + shlex.join(sys.argv[2:])).strip() if sys.argv[1:2] == ["bench"] else "radixlm bench"
     # A terminated run still kills its systems' processes (isolation.run_isolated cleans up on exit).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    paths: list[Path] = []
+    paths: list[Path] = [args.add_to] if args.add_to else []
+    add_to = json.loads(args.add_to.read_text()) if args.add_to else None
 
-    def checkpoint(data: dict) -> None:  # a run cut short still leaves the systems it finished
+    def checkpoint(data: dict) -> None:  # a run cut short still leaves the workloads it finished
         paths[:] = paths or [args.out or results_path(data)]
         save(data, paths[0])
 
     data = run_suite(args.workloads, systems, args.quick, args.model, args.threads, args.timeout, command,
-                     programs=args.programs, checkpoint=checkpoint)
+                     programs=args.programs, checkpoint=checkpoint, add_to=add_to)
     if args.model_speed:
         print("model speed (bench/model_speed.py):", flush=True)
         data["model_speed"] = run_model_speed(args.quick, args.timeout)

@@ -130,10 +130,14 @@ def test_machine_names_the_cpu_and_versions():
 
 def test_run_suite_same_programs_checked_outputs_results_file_and_readme(fakes_importable, tmp_path):
     systems = ["radixlm lpm", HF, "disagreeing peer", "segfaults on start"]
-    seen = []  # a checkpoint after every system: a run cut short still leaves a file
-    data = suite.run_suite(["fake", "one-fails"], systems, quick=True, threads=1, bandwidth=False,
+    seen = []  # a checkpoint after every workload: a run cut short still leaves a file
+    data = suite.run_suite(["fake", "one-fails"], systems[:3], quick=True, threads=1, bandwidth=False,
                            checkpoint=lambda d: seen.append((d["complete"], sorted(d["results"]["fake"]))), **FAKES)
-    assert seen[0] == (False, ["radixlm lpm"]) and seen[-1][0] is True and len(seen) == 4
+    assert seen[0] == (False, ["radixlm lpm"]) and len(seen) == 6 and [c for c, _ in seen].count(True) == 1
+    # A later run adds a system to the same file, with the same work (its own arguments are ignored).
+    data = suite.run_suite(["crashy"], systems[3:], quick=False, threads=7, bandwidth=False, add_to=data, **FAKES)
+    assert data["config"]["systems"] == systems and data["config"]["threads"] == 1 and data["complete"]
+    assert len(data["runs"]) == 2 and "crashy" not in data["results"]
     fake = data["results"]["fake"]
     assert {fake[s]["programs"] for s in systems[:3]} == {2}  # every system ran the same programs
     assert fake[HF]["agreement"]["equal"] == 2 and fake["disagreeing peer"]["agreement"]["equal"] == 1
