@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 THREADS = 2
@@ -23,6 +20,8 @@ THREADS = 2
 
 def setup_torch(threads: int = THREADS) -> None:
     """Fixed thread count so radixlm and HF run under the same conditions."""
+    import torch
+
     torch.set_num_threads(threads)
 
 
@@ -81,6 +80,7 @@ class FirstTokenTimer:
 
 def load_hf_model(folder: str | Path):
     """The HF transformers baseline: float32, eval mode (call it under torch.inference_mode())."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -151,14 +151,15 @@ def warn_if_busy(limit: float = 0.3) -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1min_at_save": load_average(),
-    }
+    """The machine section of a single bench's results (CPU model and flags, cores, versions, load)."""
+    import torch
+
+    try:
+        from radixlm.bench.machine import machine
+    except ImportError:  # run as a script from a checkout without radixlm installed
+        from machine import machine
+
+    return {**machine(bandwidth=False), "torch_threads": torch.get_num_threads()}
 
 
 def save_results(name: str, data: dict[str, Any], markdown: str | None = None) -> Path:

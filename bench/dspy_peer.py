@@ -15,6 +15,7 @@ from dspy.lm15 import Message, Response, TextPart, Usage
 
 from radixlm.adapters.dspy_engine import RadixEngine
 from radixlm.adapters.dspy_mapping import request_messages, request_options
+from radixlm.adapters.dspy_trace import install_trace_callback
 
 from .peer_backend import PeerBackend
 
@@ -39,6 +40,10 @@ class PeerEngine(RadixEngine):
 
 
 def peer_lm(backend: PeerBackend, name: str, max_tokens: int) -> dspy.LM:
-    """A `dspy.LM` on a peer backend: greedy, DSPy's response cache off, no retries."""
+    """A `dspy.LM` on a peer backend: greedy, DSPy's response cache off, no retries. As radixlm's LM
+    does, it installs radixlm's TraceCallback, through which a running dspy.ReAct publishes its tools,
+    so that JSONAdapter holds each tool's arguments to its parameters on the peers too (without it
+    the peers decoded ReAct steps under a looser schema than radixlm)."""
+    install_trace_callback()
     return dspy.LM(f"peer/{name}", engine=PeerEngine(backend), temperature=0.0, max_tokens=max_tokens, cache=False,
                    num_retries=0)

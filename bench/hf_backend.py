@@ -20,15 +20,27 @@ from .peer_backend import PeerBackend, trim_stop
 
 
 class _Grammar(LogitsProcessor):
-    """Masks the logits to the tokens an llguidance grammar allows (batch 1)."""
+    """Masks the logits to the tokens an llguidance grammar allows (batch 1), with radixlm's engine
+    semantics: after each sampled token, the tokens the grammar forces (jump-forward) follow, here
+    one generate step each; once the grammar is finished only EOS is allowed (radixlm stops there)."""
 
     def __init__(self, state: Any, prompt_len: int) -> None:
         self.state, self.prompt_len = state, prompt_len
+        self.forced: list[int] = []
 
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] > self.prompt_len:
-            self.state.consume(int(input_ids[0, -1]))
-        mask = self.state.allowed_mask()[: scores.shape[1]]
+            token = int(input_ids[0, -1])
+            self.state.consume(token)
+            if self.forced:
+                self.forced.pop(0)
+            elif not self.state.is_finished:
+                self.forced = self.state.forced_tokens()
+        if self.forced and not self.state.is_finished:
+            mask = torch.zeros(scores.shape[1], dtype=torch.bool)
+            mask[self.forced[0]] = True
+        else:
+            mask = self.state.allowed_mask()[: scores.shape[1]]
         return scores.masked_fill(~mask.unsqueeze(0), float("-inf"))
 
 
@@ -43,8 +55,9 @@ class HFBackend(PeerBackend):
     def _generate(self, ids, max_new_tokens, stop, grammar: GrammarSpec | None, t0):
         first = FirstTokenTimer()
         processors = [first]
-        if grammar is not None:
-            processors.append(_Grammar(self.grammar_backend().new_state(grammar), len(ids)))
+        constraint = _Grammar(self.grammar_backend().new_state(grammar), len(ids)) if grammar is not None else None
+        if constraint is not None:
+            processors.append(constraint)
         inp = torch.tensor([ids])
         extra = {"stop_strings": stop, "tokenizer": self.tok.hf} if stop else {}
         with torch.inference_mode():
@@ -52,8 +65,11 @@ class HFBackend(PeerBackend):
                                       do_sample=False, pad_token_id=self.eos,
                                       logits_processor=LogitsProcessorList(processors), **extra)
         out_ids = out[0, len(ids):].tolist()
+        finished = constraint is not None and constraint.state.is_finished
+        if finished and out_ids and out_ids[-1] == self.eos:
+            out_ids.pop()  # radixlm ends a finished grammar without an EOS token
         text, stopped = trim_stop(self.tok.decode(out_ids), stop)
-        reason = "stop" if stopped or (out_ids and out_ids[-1] == self.eos) else "length"
+        reason = "stop" if stopped or finished or (out_ids and out_ids[-1] == self.eos) else "length"
         return out_ids, text, reason, 0, first.time or time.perf_counter()
 
     def _score(self, seqs, starts):

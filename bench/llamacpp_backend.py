@@ -1,13 +1,21 @@
 """llama-cpp-python on the embedded model's own GGUF file (Q4_1), as a local-CPU user runs it: one
 `Llama` object, one call at a time. Its only cache is its own: the KV of the previous call's tokens,
-reused up to the longest common prefix with the next prompt. Gen calls use `Llama.generate`
-(greedy; JSON schemas through llama.cpp's own GBNF grammar); a select evaluates the prefix once
-(reusing what the context already holds) and then each choice's tokens on top of it.
+reused up to the longest common prefix with the next prompt.
+
+Gen calls are greedy (argmax of the logits after each `Llama.eval`, as `Llama.generate` with top_k=1
+but without its sampler chain), and a constrained call masks the logits with the same llguidance
+grammar radixlm and the HF peer use (radixlm's GrammarBackend on the same tokenizer, with the engine's
+semantics: the grammar's forced tokens follow each sampled token, evaluated in one batch), not llama.cpp's
+own GBNF: llama.cpp's llguidance support is a build option (LLAMA_LLGUIDANCE, which needs a Rust
+toolchain) that llama-cpp-python's wheels do not enable, and its GBNF from a JSON schema allows other
+whitespace than radixlm's grammar, so agents could take different steps. A select evaluates the
+prefix once (reusing what the context already holds) and then each choice's tokens on top of it.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -50,32 +58,51 @@ class LlamaCppBackend(PeerBackend):
         self.llm.reset()
 
     def _generate(self, ids, max_new_tokens, stop, grammar, t0):
-        from llama_cpp import LlamaGrammar
-
-        if grammar is not None and grammar.kind != "json_schema":
-            raise ValueError("the llama-cpp-python peer takes JSON-schema constraints only")
-        cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
-        g = LlamaGrammar.from_json_schema(grammar.value, verbose=False) if grammar is not None else None
+        state = self.grammar_backend().new_state(grammar) if grammar is not None else None
+        cached = self.prefill(ids)
         out: list[int] = []
         first, reason, text = None, "length", ""
-        for token in self.llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, grammar=g):
+        while len(out) < max_new_tokens:
+            logits = self._logits()
+            if state is not None:
+                logits = np.where(state.allowed_mask().numpy(), logits, -np.inf)
+            token = int(np.argmax(logits))
             if first is None:
                 first = time.perf_counter()
-            if token == self.eos:
+            new = [token]
+            if token == self.eos:  # kept in the output ids, as radixlm keeps it; `text` is the text before it
+                out.append(token)
                 reason = "stop"
                 break
-            out.append(token)
+            if state is not None:  # radixlm's engine semantics: the grammar's forced tokens follow
+                state.consume(token)
+                if not state.is_finished:
+                    forced = state.forced_tokens()[: max_new_tokens - len(out) - 1]
+                    state.consume_many(forced)
+                    new += forced
+            out += new
             text, stopped = trim_stop(self.tok.decode(out), stop)
-            if stopped:
+            if stopped or (state is not None and state.is_finished):
                 reason = "stop"
                 break
-            if len(out) >= max_new_tokens:
-                break
+            if len(out) < max_new_tokens:
+                self.llm.eval(new)
         return out, text, reason, cached, first or time.perf_counter()
+
+    def prefill(self, ids: list[int]) -> int:
+        """Evaluate a prompt, reusing the context's longest common prefix with it; the tokens reused."""
+        cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
+        self.llm.n_tokens = cached
+        self.llm.eval(ids[cached:])
+        return cached
+
+    def _logits(self) -> np.ndarray:
+        """The logits after the last evaluated token (a copy)."""
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).astype(np.float64)
 
     def _logprobs(self) -> np.ndarray:
         """Log-softmax of the logits after the last evaluated token."""
-        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).astype(np.float64)
+        logits = self._logits()
         return logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
 
     def _score(self, seqs, starts):
@@ -97,3 +124,28 @@ class LlamaCppBackend(PeerBackend):
             scores.append(row)
         return scores, [reuse] + [m] * (len(seqs) - 1)
 
+
+
+def serve_sequential(prompts: list[list[int]], max_new_tokens: int, threads: int, emit: Callable,
+                     model: str = "smollm2") -> None:
+    """Child-process entry (see isolation.py) for the single benches: serve token-id prompts one at a
+    time, greedy, exactly `max_new_tokens` tokens each (EOS does not stop it, as radixlm's ignore_eos),
+    the previous prompt's KV as the only cache. Emits per request: service and first-token seconds,
+    tokens reused, output ids."""
+    from radixlm.engine.model_source import resolve_model
+
+    backend = LlamaCppBackend(str(resolve_model(model)), threads, model)
+    backend.generate("Warm up.", max_new_tokens=4)
+    backend.flush()
+    for ids in prompts:
+        start = time.perf_counter()
+        cached = backend.prefill(ids)
+        out: list[int] = []
+        first = None
+        while len(out) < max_new_tokens:
+            out.append(int(np.argmax(backend._logits())))
+            first = first or time.perf_counter()
+            if len(out) < max_new_tokens:
+                backend.llm.eval([out[-1]])
+        emit({"service_s": time.perf_counter() - start, "first_token_s": first - start, "cached_tokens": cached,
+              "output_ids": out})

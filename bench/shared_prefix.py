@@ -5,22 +5,26 @@ Workload: R requests (default 64), each = the same ~1,000-token synthetic few-sh
 question, 16 output tokens, greedy, ignore_eos. All requests are submitted at once (add_request for
 each, then Engine.run()); every radixlm system gets a fresh engine, so none reuses another's cache.
 
-Systems: radixlm policy lpm, radixlm fcfs, radixlm with the radix cache off, and HF transformers
-serving one request at a time (greedy generate, min_new_tokens = 16). HF takes seconds per request
-here, so it runs only the first --hf-requests requests and its rates are extrapolated from those.
+Systems: radixlm policy lpm, radixlm fcfs, radixlm with the radix cache off, HF transformers
+serving one request at a time (greedy generate, min_new_tokens = 16), and llama-cpp-python on the
+same model's GGUF serving all requests one at a time in the same run (its own child process, see
+isolation.py; it reuses the previous request's KV for the common prefix; greedy, 16 tokens, EOS not
+stopping it). HF takes seconds per request here, so it runs only the first --hf-requests requests
+and its rates are extrapolated from those.
 
 Reported per system: requests/s, output tokens/s, mean time to first token (arrival -> first token;
 for HF estimated for the whole queue as i x mean service time + measured service TTFT), measured
 prefix hit rate (sum cached_tokens / sum prompt_tokens) against the optimal hit rate of the workload
 (computed exactly from the token ids through a trie; one token of every prompt is always computed).
 
-Usage: python bench/shared_prefix.py [--quick] [--requests N] [--hf-requests N]
+Usage: python bench/shared_prefix.py [--quick] [--requests N] [--hf-requests N] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import statistics
 import sys
@@ -35,6 +39,7 @@ from common import (  # noqa: E402
     warn_if_busy,
 )
 
+from radixlm.bench.isolation import Failure, run_isolated  # noqa: E402
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
 from radixlm.engine.loader import load_model  # noqa: E402
 from radixlm.engine.request import SamplingParams  # noqa: E402
@@ -147,6 +152,31 @@ def run_hf(model, prompts: list[list[int]], total_requests: int, eos: int) -> di
     }
 
 
+def run_llamacpp(prompts: list[list[int]], threads: int) -> dict:
+    """llama-cpp-python serving every prompt one at a time in its own process; {"error": ...} if it failed."""
+    env = {"OMP_NUM_THREADS": str(threads)}
+    items = list(run_isolated("radixlm.bench.llamacpp_backend:serve_sequential",
+                              {"prompts": prompts, "max_new_tokens": OUTPUT_TOKENS, "threads": threads}, 1800, env))
+    if items and isinstance(items[-1], Failure):
+        return {"error": items[-1].reason}
+    service = [i["service_s"] for i in items]
+    queued_ttft = statistics.fmean(sum(service[:k]) + items[k]["first_token_s"] for k in range(len(items)))
+    prompt_tokens = sum(len(p) for p in prompts)
+    cached = sum(i["cached_tokens"] for i in items)
+    return {
+        "wall_s": sum(service),
+        "requests": len(prompts),
+        "requests_per_s": len(prompts) / sum(service),
+        "output_tokens_per_s": OUTPUT_TOKENS * len(prompts) / sum(service),
+        "mean_ttft_s": queued_ttft,  # request k waits for the k before it (all arrive at once)
+        "service_ttft_s": statistics.fmean(i["first_token_s"] for i in items),
+        "hit_rate": cached / prompt_tokens,
+        "prompt_tokens": prompt_tokens,
+        "cached_tokens": cached,
+        "outputs": [i["output_ids"] for i in items],
+    }
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -163,10 +193,12 @@ def main() -> None:
                     help="engine chunk_size (default 2048: with 1024 the ~1,050-token prompts need a chunked "
                          "prefill pass, which crashes on an engine bug: engine.py builds logit_rows with "
                          "torch.tensor([]) -> float32 when no request finishes its prefill in the pass)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of every system (default: all cores)")
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 64)
     n_hf = min(n, args.hf_requests or (2 if args.quick else 6))
-    setup_torch()
+    setup_torch(args.threads)
+    print(f"{args.threads} threads for every system")
     load_before = warn_if_busy()
 
     loaded = load_model("smollm2")
@@ -209,16 +241,29 @@ def main() -> None:
     res[hf_name] = run_hf(hf, prompts[:n_hf], n, eos)
     del hf
 
+    llama_name = "llama-cpp-python (sequential, all requests)"
+    print(f"  running {llama_name} ...", flush=True)
+    llama = run_llamacpp(prompts, args.threads)
+    if "error" in llama:
+        print(f"    FAILED: {llama['error']}", flush=True)
+    else:
+        res[llama_name] = llama
+        print(f"    {llama['wall_s']:.1f} s, {llama['requests_per_s']:.2f} req/s", flush=True)
+
     lpm, off, hfr = res["radixlm lpm"], res["radixlm cache off"], res[hf_name]
     same_off = lpm["outputs"] == off["outputs"]
     same_fcfs = lpm["outputs"] == res["radixlm fcfs"]["outputs"]
     hf_agree = sum(a == b for a, b in zip(hfr["outputs"], lpm["outputs"][:n_hf]))
+    llama_agree = sum(a == b for a, b in zip(llama["outputs"], lpm["outputs"])) if "outputs" in llama else None
     ratios = {
         "vs_hf": lpm["requests_per_s"] / hfr["requests_per_s"],
+        "vs_llamacpp": lpm["requests_per_s"] / llama["requests_per_s"] if "requests_per_s" in llama else None,
         "vs_cache_off": lpm["requests_per_s"] / off["requests_per_s"],
         "hit_vs_optimal": lpm["hit_rate"] / optimal,
     }
     met = {k: ratios[k] >= TARGETS[k] for k in TARGETS}
+    llama_row = f"llama-cpp-python: {llama_agree}/{n} identical" if llama_agree is not None else \
+        f"llama-cpp-python FAILED: {llama['error']}"
 
     headers = ["system", "req/s", "output tok/s", "mean TTFT s", "hit rate", "hit / optimal", "wall s",
                "lpm req/s ratio"]
@@ -226,7 +271,7 @@ def main() -> None:
     for name, r in res.items():
         ttft = r["mean_ttft_s"]
         rows.append([name, r["requests_per_s"], r["output_tokens_per_s"],
-                     f"{ttft:.2f} (est.)" if name == hf_name else ttft, pct(r["hit_rate"]), pct(r["hit_rate"] / optimal),
+                     f"{ttft:.2f} (est.)" if name in (hf_name, llama_name) else ttft, pct(r["hit_rate"]), pct(r["hit_rate"] / optimal),
                      r["wall_s"], lpm["requests_per_s"] / r["requests_per_s"]])
     print()
     print_table(headers, rows)
@@ -237,13 +282,15 @@ def main() -> None:
           f" service TTFT {hfr['service_ttft_s']:.2f} s")
     print(f"radixlm TTFT = Request.first_token_time - arrival (all {n} submitted at once)")
     print(f"greedy outputs, lpm vs cache off: {'identical' if same_off else 'DIFFERENT'} ({n} requests); "
-          f"lpm vs fcfs: {'identical' if same_fcfs else 'DIFFERENT'}; HF vs lpm: {hf_agree}/{n_hf} identical")
+          f"lpm vs fcfs: {'identical' if same_fcfs else 'DIFFERENT'}; HF vs lpm: {hf_agree}/{n_hf} identical; "
+          f"{llama_row} vs lpm")
     checks = [
         ("radixlm lpm vs HF requests/s", ratios["vs_hf"], f">= {TARGETS['vs_hf']:g}x", met["vs_hf"]),
         ("radixlm lpm vs cache off requests/s", ratios["vs_cache_off"], f">= {TARGETS['vs_cache_off']:g}x",
          met["vs_cache_off"]),
         ("hit rate / optimal", pct(ratios["hit_vs_optimal"]), f">= {TARGETS['hit_vs_optimal']:.0%}", met["hit_vs_optimal"]),
         ("outputs lpm == cache off", None, "identical", same_off),
+        ("radixlm lpm vs llama-cpp-python requests/s (same run)", ratios["vs_llamacpp"], "", None),
     ]
     print()
     print_table(["check", "value", "target", "met"], checks)
@@ -258,7 +305,8 @@ def main() -> None:
                    "busy_cores_before": load_before},
         "optimal_hit_rate": optimal, "prompt_tokens": total, "systems": res, "ratios": ratios, "targets": TARGETS,
         "met": met, "outputs_identical_lpm_cache_off": same_off, "outputs_identical_lpm_fcfs": same_fcfs,
-        "hf_outputs_identical_to_lpm": hf_agree,
+        "hf_outputs_identical_to_lpm": hf_agree, "llamacpp_outputs_identical_to_lpm": llama_agree,
+        "llamacpp_error": llama.get("error"), "threads": args.threads,
     }, md)
 
 

@@ -8,6 +8,7 @@ run the programs one after another (concurrency would only interleave their call
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,11 @@ class PeerSystem(System):
         folder = str(resolve_model(model))
         self.name = name
         if name == HF:
+            import torch
+
             from .hf_backend import HFBackend
+
+            torch.set_num_threads(threads)
 
             self.backend = HFBackend(folder)
         else:
@@ -143,11 +148,9 @@ class PeerSystem(System):
 
 
 def open_system(name: str, model: str, threads: int) -> System:
-    """Start one system by name; raises Unavailable (with the reason) when it cannot run here."""
-    t0 = time.perf_counter()
-    system = RadixSystem(name, model, RADIXLM[name]) if name in RADIXLM else PeerSystem(name, model, threads)
-    print(f"  {name} ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    return system
+    """Start one system by name; raises Unavailable (with the reason) when it cannot run here. A
+    radixlm engine process takes its thread count from OMP_NUM_THREADS (the suite sets it)."""
+    return RadixSystem(name, model, RADIXLM[name]) if name in RADIXLM else PeerSystem(name, model, threads)
 
 
 def bench_requirements() -> list[str]:
@@ -156,11 +159,21 @@ def bench_requirements() -> list[str]:
     return [r.split(";")[0].strip() for r in reqs if "extra" in r and '"bench"' in r.replace("'", '"')]
 
 
+# llama.cpp built for an explicit instruction set: a native build (-march=native) of llama-cpp-python
+# 0.3.36 crashed in libggml-cpu on an AVX-512 + AMX Intel Xeon; AVX2 kernels run on every x86-64 CPU here.
+LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF "
+                    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+
+
 def install_peers() -> int:
-    """pip-install the bench extra (llama-cpp-python, built from source; matplotlib) into this Python."""
+    """pip-install the bench extra (llama-cpp-python built with LLAMA_CMAKE_ARGS; matplotlib) into this
+    Python (scripts/setup-bench.sh does the same for a checkout's .venv)."""
     reqs = bench_requirements()
     if not reqs:
         print("radixlm's metadata lists no `bench` extra; reinstall radixlm from this checkout", file=sys.stderr)
         return 1
-    print(f"installing {' '.join(reqs)} (llama-cpp-python compiles llama.cpp: about 10 minutes on 2 cores)", flush=True)
-    return subprocess.call([sys.executable, "-m", "pip", "install", *reqs])
+    print(f"installing {' '.join(reqs)} (llama-cpp-python compiles llama.cpp: about 10-20 minutes on 2 cores)",
+          flush=True)
+    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", LLAMA_CMAKE_ARGS)}
+    # No wheel cache: a cached llama-cpp-python wheel may have been built for another instruction set.
+    return subprocess.call([sys.executable, "-m", "pip", "install", "--no-cache-dir", *reqs], env=env)

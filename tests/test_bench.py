@@ -1,17 +1,25 @@
 """The benchmark suite's machinery, without a model: the optimal hit rate (exact numbers), the
-per-run figures, and a whole `run_suite` + report on stand-in systems (JSON, markdown, PNG)."""
+per-run figures, systems isolated in child processes (a segfault, a hang, an import failure each
+become a failed row and the suite goes on), the work checks, the results file and the README table,
+on the stand-ins of tests/bench_fakes.py."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from radixlm.bench import report, suite
+from radixlm.bench.agreement import add_agreement, compare, digest
 from radixlm.bench.calls import CallLog
 from radixlm.bench.common import optimal_hit_rate
-from radixlm.bench.systems import HF, LLAMACPP, Unavailable
-from radixlm.bench.workloads import Workload
+from radixlm.bench.isolation import describe_exit, run_isolated
+from radixlm.bench.machine import machine, slug
+from radixlm.bench.systems import HF, LLAMACPP
+
+FAKES = {"opener": "bench_fakes:open_system", "registry_ref": "bench_fakes:registry"}
 
 
 def test_optimal_hit_rate_shared_prefix():
@@ -45,66 +53,118 @@ def test_call_log_summary():
     assert log.calls == []
 
 
-class FakeSystem:
-    """A stand-in system whose 'programs' each log one call; `speed` scales its wall time."""
-
-    def __init__(self, name: str, sequential: bool, speed: float) -> None:
-        self.name, self.sequential, self.speed, self.log = name, sequential, speed, CallLog()
-
-    def begin(self) -> None:
-        self.log.clear()
-
-    def end(self, programs: int, wall_s: float) -> dict:
-        return self.log.summary(programs, programs / self.speed)
-
-    def close(self) -> None:
-        pass
-
-
-def _fake_run(system, n: int) -> int:
-    for i in range(n):
-        system.log.add("gen", [1, 2, 3, i], [9], 3 if (i and not system.sequential) else 0, 0.1)
-    return n
-
-
-def _failing_run(system, n: int) -> int:
-    raise RuntimeError("boom")
-
-
 @pytest.fixture
-def fake_suite(monkeypatch):
-    speeds = {"radixlm lpm": 10.0, "radixlm fcfs": 8.0, HF: 1.0}
-
-    def open_system(name, model, threads):
-        if name == LLAMACPP:
-            raise Unavailable("llama-cpp-python is not installed")
-        return FakeSystem(name, name == HF, speeds[name])
-
-    workloads = {"fake": Workload("fake", "stand-in", 4, 4, 2, 2, _fake_run),
-                 "tree-of-thought": Workload("tree-of-thought", "fails", 1, 1, 1, 1, _failing_run)}
-    monkeypatch.setattr(suite, "open_system", open_system)
-    monkeypatch.setattr(suite, "registry", lambda: workloads)
-    monkeypatch.setattr(suite, "warn_if_busy", lambda: 0.0)
+def fakes_importable(monkeypatch):
+    """Children find tests/bench_fakes.py (they inherit this environment)."""
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
 
 
-def test_run_suite_writes_json_markdown_and_png(fake_suite, tmp_path):
-    data = suite.run_suite(["fake", "tree-of-thought"], ["radixlm lpm", "radixlm fcfs", HF, LLAMACPP], quick=True)
+def _run(system: str, workloads: list[str], timeout_s: float = 60.0) -> dict:
+    lines: list[str] = []
+    results = suite.run_system(system, workloads, True, "smollm2", 1, timeout_s, show=lines.append, **FAKES)
+    assert len(lines) >= 1  # progress is shown
+    return results
+
+
+def test_a_peer_that_segfaults_on_start_fails_every_row(fakes_importable):
+    results = _run("segfaults on start", ["fake", "crashy"])
+    assert set(results) == {"fake", "crashy"}
+    for r in results.values():
+        assert r["error"].startswith("failed to start: crashed (SIGSEGV)")
+
+
+def test_a_segfault_in_one_workload_costs_that_row_only(fakes_importable):
+    results = _run("segfaults in a workload", ["fake", "crashy", "one-fails"])
+    assert results["fake"]["programs"] == 2 and "error" not in results["fake"]
+    assert results["crashy"]["error"].startswith("crashed (SIGSEGV)")
+    assert results["one-fails"]["programs"] == 3 and results["one-fails"]["failed"] == 1  # ran in a fresh child
+
+
+def test_a_hung_workload_is_killed_after_the_timeout(fakes_importable):
+    results = _run("hangs in a workload", ["crashy", "fake"], timeout_s=4.0)
+    assert results["crashy"]["error"].startswith("timed out")
+    assert results["fake"]["outputs"] == [{"answer": "a0"}, {"answer": "a1"}]
+
+
+def test_an_import_failure_is_the_reason_given(fakes_importable):
+    results = _run("cannot import", ["fake"])
+    assert results["fake"]["error"] == ("failed to start: exited with status 1: ModuleNotFoundError: No module named "
+                                        "'a_peer_library_that_is_not_installed'")
+
+
+def test_a_workload_that_raises_is_a_row_with_its_error(fakes_importable):
+    assert _run("radixlm lpm", ["raises"])["raises"] == {"error": "RuntimeError: boom"}
+
+
+def test_an_abandoned_child_is_killed(fakes_importable):
+    items = run_isolated("bench_fakes:emit_pid_then_hang", {}, timeout_s=60.0)
+    pid = next(items)["pid"]
+    items.close()  # the parent stops listening (an exception, Ctrl-C, SIGTERM): the child must not linger
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_describe_exit():
+    assert describe_exit(-11, "x\nFatal Python error: Segmentation fault\n\n") == \
+        "crashed (SIGSEGV): Fatal Python error: Segmentation fault"
+    assert describe_exit(2, "") == "exited with status 2"
+
+
+def test_agreement_counts_equal_programs_and_token_ratio():
+    assert digest([{"a": 1}, None]) == digest([{"a": 1}, None]) != digest([{"a": 2}, None])
+    assert compare([{"a": 1}, None, {"b": 2}], [{"a": 1}, None, {"b": 3}]) == 1  # a failed program never agrees
+    results = {"w": {"ref": {"outputs": ["x", "y"], "output_tokens": 10},
+                     "peer": {"outputs": ["x", "z"], "output_tokens": 15}, "broken": {"error": "boom"}}}
+    add_agreement(results, "ref")
+    assert results["w"]["peer"]["agreement"] == {"with": "ref", "equal": 1, "programs": 2, "output_tokens_ratio": 1.5}
+    assert results["w"]["ref"]["agreement"]["equal"] == 2 and "agreement" not in results["w"]["broken"]
+
+
+def test_machine_names_the_cpu_and_versions():
+    m = machine(bandwidth=False)
+    assert m["cpu"] and m["cores"] >= 1 and set(m["key_flags"]) <= set(m["flags"])
+    assert m["versions"]["radixlm"] and "llama_cpp_python" in m["versions"]
+    assert slug("Intel(R) Xeon(R) Platinum 8480+") == "intel-r-xeon-r-platinum-8480"
+
+
+def test_run_suite_same_programs_checked_outputs_results_file_and_readme(fakes_importable, tmp_path):
+    systems = ["radixlm lpm", HF, "disagreeing peer", "segfaults on start"]
+    seen = []  # a checkpoint after every workload: a run cut short still leaves a file
+    data = suite.run_suite(["fake", "one-fails"], systems[:3], quick=True, threads=1, bandwidth=False,
+                           checkpoint=lambda d: seen.append((d["complete"], sorted(d["results"]["fake"]))), **FAKES)
+    assert seen[0] == (False, ["radixlm lpm"]) and len(seen) == 6 and [c for c, _ in seen].count(True) == 1
+    # A later run adds a system to the same file, with the same work (its own arguments are ignored).
+    data = suite.run_suite(["crashy"], systems[3:], quick=False, threads=7, bandwidth=False, add_to=data, **FAKES)
+    assert data["config"]["systems"] == systems and data["config"]["threads"] == 1 and data["complete"]
+    assert len(data["runs"]) == 2 and "crashy" not in data["results"]
     fake = data["results"]["fake"]
-    assert fake["radixlm lpm"]["programs"] == 4 and fake[HF]["programs"] == 2
-    assert fake["radixlm lpm"]["hit_rate"] == 9 / 16 and fake["radixlm lpm"]["optimal_hit_rate"] == 9 / 16
-    assert fake[LLAMACPP] == {"error": "llama-cpp-python is not installed"}
-    assert data["results"]["tree-of-thought"]["radixlm lpm"] == {"error": "RuntimeError: boom"}
+    assert {fake[s]["programs"] for s in systems[:3]} == {2}  # every system ran the same programs
+    assert fake[HF]["agreement"]["equal"] == 2 and fake["disagreeing peer"]["agreement"]["equal"] == 1
+    assert fake["disagreeing peer"]["agreement"]["output_tokens_ratio"] == 5 / 4
+    assert fake["segfaults on start"]["error"].startswith("failed to start: crashed (SIGSEGV)")
+    assert data["config"]["threads"] == 1 and data["config"]["workloads"]["fake"]["programs"] == 2
     assert report.ratio(data["results"], "fake", "radixlm lpm", HF) == 10.0
 
-    paths = report.write(data, tmp_path, "suite_quick")
-    assert [p.name for p in paths] == ["suite_quick.json", "suite_quick.md", "suite_quick.png"]
-    assert json.loads(paths[0].read_text())["results"]["fake"]["radixlm fcfs"]["programs_per_s"] == 8.0
-    md = paths[1].read_text()
-    assert "| fake | radixlm lpm | 4/4 | 10.00 |" in md
-    assert "| fake | radixlm lpm vs HF programs/s | 10.00 | >= 5x | yes |" in md
-    assert "| tree-of-thought | radixlm lpm vs llama-cpp programs/s | n/a | >= 1.5x | n/a |" in md
-    assert "- fake on llama-cpp-python: llama-cpp-python is not installed" in md
-    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = suite.save(data, suite.results_path(data, tmp_path))
+    assert path.name == f"{data['time'][:10]}-{slug(data['machine']['cpu'])}-quick.json"
+    saved = json.loads(path.read_text())
+    assert saved["results"]["fake"]["radixlm lpm"]["outputs_digest"] == digest([{"answer": "a0"}, {"answer": "a1"}])
+
+    md = report.markdown(saved)
+    assert "| fake | radixlm lpm | 2/2 | 10.00 |" in md
+    assert "| fake | radixlm lpm vs HF programs/s | 10.00x | >= 5x | yes |" in md
+    assert "| fake | HF transformers outputs equal to radixlm lpm's | 2/2 | all | yes |" in md
+    assert "- fake on segfaults on start: failed to start: crashed (SIGSEGV)" in md
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.BEGIN}\nold table\n{report.END}\n\nafter\n")
+    report.main([str(path), "--readme", str(readme), "--chart", str(tmp_path / "chart.png")])
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{report.END}\n\nafter\n")
+    assert "| fake | 2 | 10.000 | 1.000 | 2.000 | failed | 10.00x | n/a | 2/2, – |" in text
+    assert f"[`{path.name}`]({path.name})" in text
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_passes_bench_options_to_the_suite(monkeypatch):
@@ -112,6 +172,7 @@ def test_cli_passes_bench_options_to_the_suite(monkeypatch):
 
     seen = []
     monkeypatch.setattr(cli, "_bench", seen.append)  # build_parser binds it when called
-    cli.main(["bench", "--quick", "--systems", "lpm", "hf"])
+    cli.main(["bench", "--quick", "--systems", "lpm", "hf", "--threads", "3"])
     parsed = suite.build_parser().parse_args(seen[0].bench_args)
     assert parsed.quick and parsed.systems == ["lpm", "hf"] and parsed.workloads == list(suite.registry())
+    assert parsed.threads == 3 and suite.build_parser().parse_args([]).threads == os.cpu_count()

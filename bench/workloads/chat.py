@@ -7,7 +7,7 @@ import random
 
 import radixlm as sgl
 
-from . import Workload, threads
+from . import Outputs, Workload, state_outputs, threads
 
 SYSTEM = ("You are a friendly travel assistant. Answer in plain words, one idea at a time, and keep "
           "every answer practical: mention times, costs and places when they matter.")
@@ -38,13 +38,12 @@ def chat(s, turns, max_tokens=8):
 
 
 def _runner(max_tokens: int):
-    def run(system, n: int) -> int:
+    def run(system, n: int) -> Outputs:
         args = [{**c, "max_tokens": max_tokens} for c in conversations(n)]
-        chat.run_batch(args, backend=system.backend, num_threads=threads(system, n))
-        return n
+        return state_outputs(chat.run_batch(args, backend=system.backend, num_threads=threads(system, n)))
 
     return run
 
 
-SHORT = Workload("chat-short", "4-turn chat, answers up to 8 tokens", 32, 8, 8, 2, _runner(8))
-LONG = Workload("chat-long", "4-turn chat, answers up to 64 tokens", 32, 8, 8, 2, _runner(64))
+SHORT = Workload("chat-short", "4-turn chat, answers up to 8 tokens", 16, 8, _runner(8))
+LONG = Workload("chat-long", "4-turn chat, answers up to 64 tokens", 16, 4, _runner(64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dspy
 
-from . import Workload, threads
+from . import Outputs, Workload, prediction_outputs, threads
 from .corpus import questions, retrieve
 
 
@@ -20,14 +20,14 @@ class RetrieveThenAnswer(dspy.Module):
         return self.answer(context=retrieve(f"{question} {query}"), question=question)
 
 
-def run(system, n: int) -> int:
+def run(system, n: int) -> Outputs:
     from radixlm.adapters.dspy import JSONAdapter
 
     examples = [dspy.Example(question=q).with_inputs("question") for q in questions(n, "rag")]
     with dspy.context(lm=system.dspy_lm(max_tokens=48), adapter=JSONAdapter()):
         results = RetrieveThenAnswer().batch(examples, num_threads=threads(system, n), max_errors=n + 1,
                                              provide_traceback=False, disable_progress_bar=True, timeout=0)
-    return sum(r is not None for r in results)
+    return prediction_outputs(results)
 
 
-WORKLOAD = Workload("dspy-rag", "DSPy: query -> retrieve 3 passages -> answer", 32, 8, 8, 2, run)
+WORKLOAD = Workload("dspy-rag", "DSPy: query -> retrieve 3 passages -> answer", 16, 8, run)

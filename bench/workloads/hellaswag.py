@@ -7,7 +7,7 @@ import random
 
 import radixlm as sgl
 
-from . import Workload, threads
+from . import Outputs, Workload, state_outputs, threads
 
 PEOPLE = ["A woman", "A man", "A boy", "A girl", "An old man", "A chef", "A runner", "A painter"]
 PLACES = ["in a kitchen", "on a beach", "in a gym", "at a park", "in a garage", "on a stage", "in a garden"]
@@ -55,10 +55,9 @@ def ending(s, examples, context, endings):
     s += sgl.select("ending", choices=endings)
 
 
-def run(system, n: int) -> int:
-    ending.run_batch(items(n), backend=system.backend, num_threads=threads(system, n))
-    return n
+def run(system, n: int) -> Outputs:
+    return state_outputs(ending.run_batch(items(n), backend=system.backend, num_threads=threads(system, n)))
 
 
 WORKLOAD = Workload("hellaswag", "HellaSwag-style 20-shot sentence completion, four endings by select",
-                    32, 8, 8, 2, run)
+                    32, 8, run)

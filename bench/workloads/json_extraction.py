@@ -7,7 +7,7 @@ import random
 
 import radixlm as sgl
 
-from . import Workload, threads
+from . import Outputs, Workload, state_outputs, threads
 
 SCHEMA = {
     "type": "object",
@@ -48,11 +48,10 @@ def extract(s, paragraph):
     s += sgl.assistant_end()
 
 
-def run(system, n: int) -> int:
-    extract.run_batch([{"paragraph": p} for p in paragraphs(n)], backend=system.backend,
-                      num_threads=threads(system, n))
-    return n
+def run(system, n: int) -> Outputs:
+    return state_outputs(extract.run_batch([{"paragraph": p} for p in paragraphs(n)], backend=system.backend,
+                                           num_threads=threads(system, n)))
 
 
 WORKLOAD = Workload("json", "JSON extraction: 5-field schema filled from a paragraph, constrained decoding",
-                    50, 16, 10, 3, run)
+                    32, 8, run)

@@ -7,7 +7,7 @@ import random
 
 import radixlm as sgl
 
-from . import Workload, threads
+from . import Outputs, Workload, state_outputs, threads
 
 LETTERS = ["A", "B", "C", "D"]
 SUBJECTS = ["elementary arithmetic", "multiplication", "number comparison", "word knowledge"]
@@ -68,9 +68,9 @@ def multiple_choice(s, examples, question):
     s += sgl.select("answer", choices=[" A", " B", " C", " D"])
 
 
-def run(system, n: int) -> int:
-    multiple_choice.run_batch(questions(n), backend=system.backend, num_threads=threads(system, n))
-    return n
+def run(system, n: int) -> Outputs:
+    return state_outputs(multiple_choice.run_batch(questions(n), backend=system.backend,
+                                                   num_threads=threads(system, n)))
 
 
-WORKLOAD = Workload("mmlu", "MMLU-style 5-shot multiple choice, answer letter by select", 64, 16, 16, 4, run)
+WORKLOAD = Workload("mmlu", "MMLU-style 5-shot multiple choice, answer letter by select", 64, 16, run)

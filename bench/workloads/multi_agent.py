@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dspy
 
-from . import Workload, threads
+from . import Outputs, Workload, prediction_outputs, threads
 from .corpus import calculate, lookup, questions
 
 MAX_ITERS = 3
 
 
-def run(system, n: int) -> int:
+def run(system, n: int) -> Outputs:
     from radixlm.adapters.dspy import JSONAdapter
 
     agent = dspy.ReAct("question -> answer", tools=[lookup, calculate], max_iters=MAX_ITERS)
@@ -20,9 +20,8 @@ def run(system, n: int) -> int:
     with dspy.context(lm=system.dspy_lm(max_tokens=96), adapter=JSONAdapter()):
         results = agent.batch(examples, num_threads=threads(system, n), max_errors=n + 1, timeout=0,
                               provide_traceback=False, disable_progress_bar=True)
-    return sum(r is not None for r in results)
+    return prediction_outputs(results)
 
 
-# --quick runs 8 agents so the whole quick suite stays under 10 minutes here.
 WORKLOAD = Workload("multi-agent", f"16 DSPy ReAct agents at once (up to {MAX_ITERS} tool steps each; 8 with --quick)",
-                    16, 8, 4, 1, run)
+                    16, 8, run)

@@ -8,7 +8,7 @@ import random
 
 import radixlm as sgl
 
-from . import Workload, threads
+from . import Outputs, Workload, state_outputs, threads
 
 STEPS = 3
 CITIES = ["Varnholt", "Quellin", "Marrowby", "Tessaly", "Ombrin", "Kestrel Bay", "Dunmere", "Calloway"]
@@ -65,10 +65,9 @@ def react(s, question, observations):
         s += f"Observation {i}: {observation}\n"
 
 
-def run(system, n: int) -> int:
-    react.run_batch(traces(n), backend=system.backend, num_threads=threads(system, n))
-    return n
+def run(system, n: int) -> Outputs:
+    return state_outputs(react.run_batch(traces(n), backend=system.backend, num_threads=threads(system, n)))
 
 
 WORKLOAD = Workload("react", f"ReAct agent trace replay, {STEPS}-step fixed traces, stop at Observation",
-                    32, 8, 8, 2, run)
+                    16, 4, run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import radixlm as sgl
 
-from . import Workload, threads
+from . import Outputs, Workload, state_outputs, threads
 
 TOPICS = ["saving water", "learning chess", "growing tomatoes", "writing letters", "cycling in winter",
           "baking bread", "reading faster", "sleeping well", "packing light", "cooking rice"]
@@ -36,10 +36,9 @@ def tree_of_thought(s, topic, hint=True, depth=2):
     s += sgl.assistant_end()
 
 
-def run(system, n: int) -> int:
+def run(system, n: int) -> Outputs:
     args = [{"topic": TOPICS[i % len(TOPICS)] + f" (case {i})", "depth": 3} for i in range(n)]
-    tree_of_thought.run_batch(args, backend=system.backend, num_threads=threads(system, n))
-    return n
+    return state_outputs(tree_of_thought.run_batch(args, backend=system.backend, num_threads=threads(system, n)))
 
 
-WORKLOAD = Workload("tree-of-thought", "fork 3, three levels (3 + 9 + 27 branches), join", 16, 4, 4, 1, run)
+WORKLOAD = Workload("tree-of-thought", "fork 3, three levels (3 + 9 + 27 branches), join", 8, 2, run)
