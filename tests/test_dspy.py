@@ -145,7 +145,7 @@ def test_react_steps_parse_first_time_reuse_prefixes_and_carry_one_trace(client,
     assert all("Execution error" not in str(v) for k, v in pred.trajectory.items() if k.startswith("observation_"))
     # every ReAct step after the first finds its prompt's prefix in the radix cache
     for entry in calls[1:-1]:
-        assert _cached(entry) >= 0.8 * entry["usage"]["prompt_tokens"], entry["usage"]
+        assert _cached(entry) >= 0.75 * entry["usage"]["prompt_tokens"], entry["usage"]  # new: last step + observation
     usage = pred.get_lm_usage()["radixlm/smollm2"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= sum(_cached(e) for e in calls)
     new = {k: v for k, v in client.stats()["traces"].items() if k not in before}
