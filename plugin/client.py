@@ -304,6 +304,10 @@ def spawn_engine(endpoint: str, model: str, curve_keys: str | Path | None = None
     return proc
 
 
+# How long `connect` waits for an existing engine's answer before it concludes that none is there.
+ATTACH_WAIT_S = 10.0
+
+
 def _ready(conn: Connection, wait: float) -> dict | None:
     probe = Client(conn, timeout=wait)
     try:
@@ -339,7 +343,9 @@ def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool 
     socket_file = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
     if socket_file is None or socket_file.exists():
         conn = Connection(endpoint, heartbeat_timeout=heartbeat_timeout, curve_keys=curve_keys)
-        pong = _ready(conn, 1.0)
+        # A busy engine answers between two forward passes, which can take seconds on a loaded CPU:
+        # give it time rather than start a second engine on the same socket.
+        pong = _ready(conn, ATTACH_WAIT_S)
         if pong is not None:
             if socket_file is not None:  # same host: its pid is ours to watch too
                 conn.engine_pid = pong["pid"]

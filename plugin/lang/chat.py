@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..connection import EngineError
+
 ROLES = ("system", "user", "assistant")
 
 CANDIDATES: dict[str, dict[str, tuple[str, str]]] = {
@@ -31,7 +33,7 @@ def render(parts: dict[str, tuple[str, str]], messages: list[dict], generation_p
 def _signature(client: Any, prompt: Any) -> list[tuple[float, int]] | None:
     try:
         r = client.generate(prompt, prefix_only=True, logprob_start_len=0)
-    except Exception:  # noqa: BLE001 - a model without a template answers with an error
+    except EngineError:  # a model without a chat template answers with an error
         return None
     return [(e[0], e[1]) for e in (r.prompt_logprobs or [])[1:]] + [(0.0, -r.prompt_tokens)]
 

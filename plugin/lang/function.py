@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any, Callable
 
+from ..connection import EngineDiedError
 from .backend import Backend, Usage, get_default_backend
 from .global_config import global_config
 from .ir import Call, ExprList, RoleBegin, RoleEnd
@@ -149,7 +150,9 @@ class SglFunction:
         token = _inside_program.set(True)
         try:
             self.func(tracer, **{**self.bind_arguments, **placeholders})
-        except Exception:  # noqa: BLE001 - any use a constant trace cannot follow ends it
+        except EngineDiedError:
+            raise
+        except Exception:  # noqa: BLE001 - any use of an argument a constant trace cannot follow ends it
             pass
         finally:
             _inside_program.reset(token)
