@@ -57,7 +57,7 @@ def LM(model: str = "smollm2", endpoint: str | None = None, *, client: Client | 
     owns = client is None
     if client is None:
         client = radixlm.connect(endpoint, model, timeout=timeout, **(engine_options or {}))
-    engine = RadixEngine(client, model, endpoint=client.conn.endpoint, owns_client=owns)
+    engine = RadixEngine(client, model, endpoint=client.endpoint, owns_client=owns)
     install_callback(PlanCallback)
     if trace:
         install_callback(TraceCallback)

@@ -129,6 +129,11 @@ class Client:
         self.open_traces: set[str] = set()  # trace ids this client sent calls for and did not end
         _live_clients.add(self)
 
+    @property
+    def endpoint(self) -> str:
+        """The engine's ZeroMQ endpoint (what `connect` takes to reach the same engine again)."""
+        return self.conn.endpoint
+
     def _note_trace(self, msg: msgspec.Struct) -> None:
         if isinstance(msg, P.Generate) and msg.trace_id is not None:
             self.open_traces.add(msg.trace_id)

@@ -64,6 +64,11 @@ class HttpClient:
         self.http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.http_timeout)
         self.aio = AsyncHttpClient(self)
 
+    @property
+    def endpoint(self) -> str:
+        """The server's base URL (what `connect` takes to reach the same server again)."""
+        return self.base_url
+
     def _call(self, prompt: Prompt, stream: bool, options: dict[str, Any]) -> tuple[int, Call]:
         msg = _generate_message("http", prompt, stream, options)
         return msg.sampling.n, self.dialect.call(msg)
