@@ -68,3 +68,13 @@ class FakeModel:
             if t == eos:
                 break
         return out
+
+
+def run_checked(engine) -> dict:
+    """Step an engine to completion, checking its KV ownership after every step; results by rid."""
+    results = {}
+    while engine.has_work():
+        for r in engine.step():
+            results[r.rid] = r
+        engine.check_integrity()
+    return results

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from fake_model import FakeConfig, FakeModel
+from fake_model import FakeConfig, FakeModel, run_checked
 from fault_injection import (BrokenGrammarBackend, PoisonedModel, culprit_for_decode,
                              culprit_for_prefill)
 from radixlm import EngineError
@@ -20,15 +20,6 @@ BUDGET = 12
 LONG = 300
 OTHERS = [[9, 8, 7, 6, 5, 4], [9, 8, 7, 1, 2], [11, 12, 13], [20, 21, 22, 23, 24, 25, 26]]
 PARAMS = SamplingParams(max_new_tokens=BUDGET, ignore_eos=True)
-
-
-def drained(engine: Engine) -> dict:
-    results = {}
-    while engine.has_work():
-        for r in engine.step():
-            results[r.rid] = r
-        engine.check_integrity()
-    return results
 
 
 def assert_nothing_held(engine: Engine) -> None:
@@ -45,7 +36,7 @@ def test_a_forward_fault_fails_only_its_request(where):
     engine = Engine(PoisonedModel(FakeModel(), poison), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
     reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
     bad = engine.add_request(culprit, PARAMS)
-    results = drained(engine)
+    results = run_checked(engine)
     assert [results[r.rid].output_ids for r in reqs] == [FakeModel().reference(p, BUDGET) for p in OTHERS]
     failed = results[bad.rid]
     assert failed.finish_reason is FinishReason.ERROR
@@ -61,7 +52,7 @@ def test_a_grammar_fault_fails_only_its_request():
     reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
     engine.step()  # the others are decoding when the culprit arrives
     bad = engine.add_request([40, 41, 42], SamplingParams(max_new_tokens=5, grammar=GrammarSpec.regex("a+")))
-    results = drained(engine)
+    results = run_checked(engine)
     assert [results[r.rid].output_ids for r in reqs] == [FakeModel().reference(p, BUDGET) for p in OTHERS]
     assert results[bad.rid].finish_reason is FinishReason.ERROR
     assert "grammar mask or sampler" in results[bad.rid].error
@@ -72,13 +63,13 @@ def test_a_seeded_request_beside_a_culprit_samples_as_without_it():
     params = SamplingParams(max_new_tokens=BUDGET, ignore_eos=True, temperature=1.0, seed=7)
     alone = Engine(FakeModel(), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
     solo = alone.add_request(OTHERS[0], params)
-    expected = drained(alone)[solo.rid].output_ids
+    expected = run_checked(alone)[solo.rid].output_ids
     culprit, poison = culprit_for_prefill(FakeModel(), [OTHERS[0]], BUDGET)
     engine = Engine(PoisonedModel(FakeModel(), poison), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
     req = engine.add_request(OTHERS[0], params)
     engine.step()
     bad = engine.add_request(culprit, PARAMS)
-    results = drained(engine)
+    results = run_checked(engine)
     assert results[req.rid].output_ids == expected
     assert results[bad.rid].finish_reason is FinishReason.ERROR
 
@@ -88,7 +79,7 @@ def test_a_chunked_culprit_frees_the_chunks_it_already_computed():
     engine = Engine(PoisonedModel(FakeModel(), poison), EngineConfig(kv_cache_tokens=2048, chunk_size=8), eos_token_ids=[EOS])
     reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
     bad = engine.add_request([t for t in range(1, 40) if t != poison][:29] + [poison], PARAMS)  # fourth chunk
-    results = drained(engine)
+    results = run_checked(engine)
     assert results[bad.rid].finish_reason is FinishReason.ERROR
     assert [results[r.rid].output_ids for r in reqs] == [FakeModel().reference(p, BUDGET) for p in OTHERS]
     assert_nothing_held(engine)
@@ -145,7 +136,7 @@ def test_a_forced_run_longer_than_the_chunk_or_the_free_kv_is_split_not_skipped(
     req = engine.add_request(prompt, SamplingParams(max_new_tokens=30, ignore_eos=True))
     engine.step()
     req.output_ids.extend(forced)  # what Decoding._jump_forward does with forced tokens
-    results = drained(engine)
+    results = run_checked(engine)
     first = model.reference(prompt, 1)
     assert results[req.rid].output_ids == first + forced + model.reference(prompt + first + forced, 5)
     assert_nothing_held(engine)
@@ -233,4 +224,4 @@ def test_a_failure_no_request_can_be_blamed_for_fails_all_and_the_engine_recover
     assert all(r.finish_reason is FinishReason.ERROR and "injected engine bug" in r.error for r in results.values())
     assert_nothing_held(engine)
     again = engine.add_request(OTHERS[0], PARAMS)
-    assert drained(engine)[again.rid].output_ids == FakeModel().reference(OTHERS[0], BUDGET)
+    assert run_checked(engine)[again.rid].output_ids == FakeModel().reference(OTHERS[0], BUDGET)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fake_model import FakeModel
+from fake_model import FakeModel, run_checked
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.model.context import ForwardMode
 from radixlm.engine.policy import order_waiting
@@ -19,16 +19,6 @@ EOS = 0
 
 def make_engine(model: FakeModel | None = None, **cfg) -> Engine:
     return Engine(model or FakeModel(), EngineConfig(**cfg), eos_token_ids=[EOS])
-
-
-def run_checked(engine: Engine) -> dict:
-    """Step to completion, checking slot ownership after every step."""
-    results = {}
-    while engine.has_work():
-        for r in engine.step():
-            results[r.rid] = r
-        engine.check_integrity()
-    return results
 
 
 def shared_prefix_prompts(n: int, prefix_len: int, seed: int = 0) -> list[list[int]]:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fake_model import FakeModel
+from fake_model import FakeModel, run_checked
 from radixlm.client import end_trace_everywhere
 from radixlm.connection import EngineError
 from radixlm.engine.engine import Engine, EngineConfig
@@ -26,15 +26,6 @@ PARAMS = SamplingParams(max_new_tokens=8, ignore_eos=True)
 
 def make_engine(**cfg) -> Engine:
     return Engine(FakeModel(), EngineConfig(**cfg), eos_token_ids=[EOS])
-
-
-def run_checked(engine: Engine) -> dict:
-    results = {}
-    while engine.has_work():
-        for r in engine.step():
-            results[r.rid] = r
-        engine.check_integrity()
-    return results
 
 
 def call(engine: Engine, prompt: list[int], trace_id: str | None = None, params: SamplingParams = PARAMS):
