@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
+
 import zmq
 
 from fake_model import FakeModel
@@ -55,6 +57,9 @@ def test_on_loopback_tcp_only_the_owner_may_shutdown_or_flush():
         assert owner.generate([1, 2, 3], max_new_tokens=2, ignore_eos=True).completion_tokens == 2
         owner.flush_cache()
         owner.shutdown()
+        deadline = time.monotonic() + 10  # the server thread sets the flag right after it replies
+        while not server._stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server._stopping
 
 
