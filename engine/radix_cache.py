@@ -151,7 +151,7 @@ class RadixCache:
     def lock(self, node: TreeNode) -> None:
         """Protect `node` and its ancestors from eviction (one more lock on each)."""
         self.lock_epoch += 1
-        for n in self._path(node):
+        for n in self.path_nodes(node):
             if n.lock_ref == 0:
                 self._evictable_size -= len(n.key)
                 self._protected_size += len(n.key)
@@ -159,7 +159,7 @@ class RadixCache:
 
     def unlock(self, node: TreeNode) -> None:
         """Undo one `lock(node)`; raises IntegrityError (changing nothing) if `node` is not locked."""
-        path = self._path(node)
+        path = self.path_nodes(node)
         for n in path:
             if n.lock_ref <= 0:
                 raise IntegrityError(f"unlock would make lock_ref of node {n.id} negative")
@@ -261,7 +261,7 @@ class RadixCache:
         (one entry per lock taken: each live request's prefix node, each pin) at or below it."""
         expected: dict[int, int] = {}
         for holder in holders:
-            for node in self._path(holder):
+            for node in self.path_nodes(holder):
                 expected[node.id] = expected.get(node.id, 0) + 1
         for node in self._nodes():
             if node.lock_ref != expected.get(node.id, 0):
@@ -270,7 +270,7 @@ class RadixCache:
 
     def path_of(self, node: TreeNode) -> tuple[list[int], torch.Tensor]:
         """The token ids and KV slots from the root down to `node`."""
-        path = self._path(node)[::-1]
+        path = self.path_nodes(node)[::-1]
         ids = [t for n in path for t in n.key]
         return ids, torch.cat([n.value for n in path]) if path else _empty_slots()
 
@@ -291,7 +291,7 @@ class RadixCache:
         parent.children[head.key[0]] = head
         return head
 
-    def _path(self, node: TreeNode) -> list[TreeNode]:
+    def path_nodes(self, node: TreeNode) -> list[TreeNode]:
         """`node` and its ancestors below the root; raises IntegrityError if `node` is not in this tree."""
         path = []
         while node is not self.root:

@@ -149,7 +149,7 @@ class TraceRetention:
             counts: dict[int, int] = {}
             nodes: dict[int, TreeNode] = {}
             for pin in self.pins.values():
-                for node in self._path(pin.node):
+                for node in self.cache.path_nodes(pin.node):
                     counts[node.id] = counts.get(node.id, 0) + 1
                     nodes[node.id] = node
             tokens = sum(len(nodes[i].key) for i, c in counts.items() if nodes[i].lock_ref == c)
@@ -170,19 +170,10 @@ class TraceRetention:
         if pin is not None:
             self.traces.record(trace_id).pinned_tokens = self.exclusive_tokens(pin)
 
-    def _path(self, node: TreeNode) -> list[TreeNode]:
-        path = []
-        while node is not self.cache.root:
-            if node.parent is None:
-                raise IntegrityError(f"pinned node {node.id} is no longer in the tree")
-            path.append(node)
-            node = node.parent
-        return path
-
     def pinned_paths(self) -> list[TreeNode]:
         """The node each pin locks (for the lock accounting of the integrity check)."""
         for pin in self.pins.values():
-            self._path(pin.node)
+            self.cache.path_nodes(pin.node)
         return [p.node for p in self.pins.values()]
 
     def gauges(self) -> dict[str, int]:

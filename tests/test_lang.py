@@ -425,7 +425,7 @@ def test_run_keywords_global_config_and_unsupported_features():
         sgl.set_default_backend(previous)
     with pytest.raises(ValueError, match="fork"):
         prog.run("A", n=2, backend=fake)
-    with pytest.raises(NotImplementedError, match="speculative"):
+    with pytest.raises(ValueError, match="num_api_spec_tokens.*speculative"):
         sgl.function(num_api_spec_tokens=64)
     with pytest.raises(TypeError, match="run_batch item"):
         prog.run_batch([("x", "y", "z")], backend=fake)

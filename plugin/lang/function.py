@@ -204,7 +204,7 @@ class SglFunction:
 def function(func: Callable | None = None, num_api_spec_tokens: int | None = None):
     """Decorator: `@function` or `@function()` turns `def prog(s, ...)` into a runnable program."""
     if num_api_spec_tokens is not None:
-        raise NotImplementedError("API speculative execution (num_api_spec_tokens) is not supported by radixlm")
+        raise ValueError("num_api_spec_tokens: API speculative execution is not supported by radixlm")
     if func is None:
         return SglFunction
     return SglFunction(func)
