@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import torch
 
-from .kv_manager import KVManager
 from .kv_pool import ReqToTokenPool, SlotAllocator
-from .request import FinishReason, GenerationResult, Request, ReqStatus
+from .request import FinishReason, GenerationResult, Request, ReqStatus, describe
 from .sampler import SampleOutput
-from .scheduler import Batch, Scheduler
+from .scheduler import Batch
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -28,10 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("radixlm.engine")
 
 T = TypeVar("T")
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def culprits(items: Sequence[T], attempt: Callable[[T], object]) -> list[tuple[T, Exception]]:
@@ -121,10 +116,7 @@ def recover(engine: Engine, message: str) -> list[GenerationResult]:
     pool, table = engine.kv.pool, engine.kv.table
     pool.allocator = SlotAllocator(pool.num_slots)
     rows = ReqToTokenPool(table.shape[0], table.shape[1], device=table.device)
-    engine.kv = KVManager(pool, rows, type(engine.kv.cache)(pool.allocator))
-    engine.attach_retention()
-    engine.scheduler = Scheduler(engine.kv, engine.config, engine.decoding, engine.traces)
-    engine.in_flight = None
+    engine.build_bookkeeping(pool, rows)
     failed = [r for r in reqs if r.status is not ReqStatus.FINISHED]
     for req in reqs + s.finishing:
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .attention.select import BACKENDS, make_attention
-from .containment import describe, forward_isolating, recover, sample_isolating
+from .containment import forward_isolating, recover, sample_isolating
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
@@ -24,7 +24,7 @@ from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
-from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams
+from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams, describe
 from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler
 from .stats import EngineStats
@@ -113,25 +113,27 @@ class Engine:
         pool = KVPool(config.kv_cache_tokens + 1, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim,
                       dtype=model.dtype, device=model.device)
         rows = ReqToTokenPool(config.max_running_requests + 2, max_context + 1, device=model.device)
-        cache = RadixCache(pool.allocator) if config.radix_cache else NoRadixCache(pool.allocator)
-        self.kv = KVManager(pool, rows, cache)
         detok = tokenizer.decode if tokenizer else None
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
                                  config.jump_forward, detok)
         self.stats = EngineStats()
         self.traces = TraceTable(lambda: self.stats.traces)
-        self.attach_retention()
-        self.scheduler = Scheduler(self.kv, config, self.decoding, self.traces)
-        self.in_flight: Batch | None = None  # the pass being run, for `recover`
+        self.build_bookkeeping(pool, rows)
         self._grammars: GrammarBackend | None = None
         self.max_context = max_context
         self.limits = Limits(mcfg.vocab_size, max_context, pool.allocator.capacity)
 
-    def attach_retention(self) -> None:
-        """Give the KV manager its trace pins (when `trace_retention` is on and the cache is real)."""
+    def build_bookkeeping(self, pool: KVPool, rows: ReqToTokenPool) -> None:
+        """(Re)build what owns the KV slots over `pool`: an empty cache of the configured kind, the KV
+        manager with its trace pins (when `trace_retention` is on and the cache is real), and the
+        scheduler. `recover` calls it again after a step that no request can be blamed for."""
+        cache = RadixCache(pool.allocator) if self.config.radix_cache else NoRadixCache(pool.allocator)
+        self.kv = KVManager(pool, rows, cache)
         if self.config.trace_retention and self.config.radix_cache:
-            self.kv.retention = TraceRetention(self.kv.cache, self.traces, self.kv.pool.allocator.capacity,
+            self.kv.retention = TraceRetention(cache, self.traces, pool.allocator.capacity,
                                                self.config.trace_ttl_s, self.config.max_pinned_share)
+        self.scheduler = Scheduler(self.kv, self.config, self.decoding, self.traces)
+        self.in_flight: Batch | None = None  # the pass being run, for `recover`
 
     @classmethod
     def from_model(cls, name: str, config: EngineConfig = EngineConfig()) -> "Engine":
@@ -257,8 +259,6 @@ class Engine:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
-        for req, n in zip(batch.reqs, batch.extend_lens or [1] * len(batch.reqs)):
-            self.traces.on_computed(req, n)
         self._count(batch, len(out.tokens), now - start)
         return [self._result(r) for r in failed + finished]
 
@@ -311,7 +311,7 @@ class Engine:
             kv_index = table[rows, : int(kv_lens.max())]
             ctx = ForwardContext.for_decode(pool, kv_index, kv_lens)
             ctx.logit_rows = ctx.logit_rows[: len(batch.reqs)]
-            ids_t = torch.tensor([r.fill_ids[r.kv_len] for r in reqs])
+            ids_t = torch.tensor([r.token_at(r.kv_len) for r in reqs])
             pos_t = kv_lens - 1
             sample_rows = list(range(len(batch.reqs)))
         with use_context(ctx):

@@ -66,7 +66,7 @@ def _checked_ids(ids: Sequence[int] | torch.Tensor, slots: torch.Tensor) -> list
     return key
 
 
-def _common_prefix_len(key: list[int], ids: list[int], start: int) -> int:
+def common_prefix_len(key: list[int], ids: list[int], start: int) -> int:
     """Length of the common prefix of `key` and `ids[start:]`."""
     n = min(len(key), len(ids) - start)
     if key[:n] == ids[start : start + n]:
@@ -116,7 +116,7 @@ class RadixCache:
             child = node.children.get(key[pos])
             if child is None:
                 break
-            k = _common_prefix_len(child.key, key, pos)
+            k = common_prefix_len(child.key, key, pos)
             if k < len(child.key):
                 child = self._split(child, k)
             child.last_access = now
@@ -141,7 +141,7 @@ class RadixCache:
                 node.children[key[pos]] = leaf
                 self._evictable_size += len(leaf.key)
                 return pos
-            k = _common_prefix_len(child.key, key, pos)
+            k = common_prefix_len(child.key, key, pos)
             if k < len(child.key):
                 child = self._split(child, k)
             child.last_access = now

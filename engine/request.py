@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 _rid_counter = itertools.count()
 
 
+
+def describe(exc: BaseException) -> str:
+    """An exception as a request's error message: its type and text."""
+    return f"{type(exc).__name__}: {exc}"
+
 class ReqStatus(Enum):
     WAITING = "waiting"
     PREFILLING = "prefilling"
@@ -130,6 +135,11 @@ class Request:
     @property
     def fill_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def token_at(self, pos: int) -> int:
+        """`fill_ids[pos]` without building the whole list (a decode step asks this per request)."""
+        n = len(self.prompt_ids)
+        return self.prompt_ids[pos] if pos < n else self.output_ids[pos - n]
 
     @property
     def fill_len(self) -> int:

@@ -15,7 +15,7 @@ from .decoding import Decoding
 from .kv_manager import KVManager
 from .model.context import ForwardMode
 from .policy import order_waiting
-from .request import FinishReason, Request, ReqStatus
+from .request import FinishReason, Request, ReqStatus, describe
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
@@ -241,6 +241,8 @@ class Scheduler:
             self.kv.release(req)
         for req, n in zip(batch.reqs, batch.extend_lens or [1] * len(batch.reqs)):
             req.kv_len += n
+            if self.traces is not None:
+                self.traces.on_computed(req, n)
             if batch.mode is ForwardMode.EXTEND:
                 # Share what was just computed with requests admitted in later rounds.
                 self.kv.checkpoint(req)
@@ -253,7 +255,7 @@ class Scheduler:
                     reason = self.decoding.append(req, token, logprobs[i] if logprobs else 0.0,
                                                   top_logprobs[i] if top_logprobs else [])
                 except Exception as exc:  # a grammar or stop-string failure ends this request only
-                    self.fail(req, f"decoding failed after token {token}: {type(exc).__name__}: {exc}")
+                    self.fail(req, f"decoding failed after token {token}: {describe(exc)}")
                     finished.append(req)
                     continue
             if req.status is ReqStatus.PREFILLING:

@@ -24,7 +24,7 @@ from radixlm.auth import needs_curve, owner_token_path, serve_with_curve, write_
 
 from .engine import Engine, EngineConfig
 from .grammar import GrammarSpec
-from .request import GenerationResult, Request, SamplingParams
+from .request import GenerationResult, Request, SamplingParams, describe
 from .validation import check_n
 
 log = logging.getLogger("radixlm.server")
@@ -172,7 +172,7 @@ class EngineServer:
             self._send(identity, P.Error(rid=msg.rid, code="invalid_request", message=str(exc)))
         except Exception as exc:  # a bug handling one message must not stop the engine for everyone
             log.exception("handling %s failed", type(msg).__name__)
-            self._send(identity, P.Error(rid=msg.rid, code="engine_error", message=f"{type(exc).__name__}: {exc}"))
+            self._send(identity, P.Error(rid=msg.rid, code="engine_error", message=describe(exc)))
 
     def _dispatch(self, identity: bytes, msg: P.Request) -> None:
         key = f"{identity.hex()}/{msg.rid}"
@@ -262,7 +262,7 @@ class EngineServer:
             self.live.pop(key, None)
             self.engine.abort(key)
             self._send(live.identity, P.Error(rid=live.rid, code="request_failed",
-                                              message=f"building the reply failed: {type(exc).__name__}: {exc}"))
+                                              message=f"building the reply failed: {describe(exc)}"))
             return False
 
     def _with_text(self, pairs: list | None) -> list | None:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .radix_cache import IntegrityError, RadixCache, TreeNode
+from .radix_cache import RadixCache, TreeNode
 from .request import FinishReason, Request
 from .traces import TraceTable
 
@@ -163,7 +163,7 @@ class TraceRetention:
             return float("inf")  # costs nothing: the path is locked by a running request anyway
         away = now - pin.since
         remaining = max(self.traces.expected_tool_seconds(pin.trace_id) - away, away, MIN_REMAINING_S)
-        return held / (held * remaining)
+        return pin.length / (held * remaining)  # the path the next call reuses, per slot-second held
 
     def _refresh_gauge(self, trace_id: str) -> None:
         pin = self.pins.get(trace_id)
@@ -171,9 +171,8 @@ class TraceRetention:
             self.traces.record(trace_id).pinned_tokens = self.exclusive_tokens(pin)
 
     def pinned_paths(self) -> list[TreeNode]:
-        """The node each pin locks (for the lock accounting of the integrity check)."""
-        for pin in self.pins.values():
-            self.cache.path_nodes(pin.node)
+        """The node each pin locks (for the lock accounting of the integrity check, which also checks
+        that each is still in the tree)."""
         return [p.node for p in self.pins.values()]
 
     def gauges(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .radix_cache import common_prefix_len
 from .request import Request
 from .stats import TraceStats
 
@@ -32,14 +33,6 @@ class TraceState:
     last_finish: float | None = None
     last_path: list[int] = field(default_factory=list)  # ids of the newest finished call whose KV it computed
     gaps: list[float] = field(default_factory=list)  # observed tool times, seconds
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class TraceTable:
@@ -79,7 +72,7 @@ class TraceTable:
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
         if state is None or req.retractions:
             return
-        known = min(_common_prefix(state.last_path, req.prompt_ids), len(req.prompt_ids) - 1)
+        known = min(common_prefix_len(state.last_path, req.prompt_ids, 0), len(req.prompt_ids) - 1)
         self.record(req.trace_id).recomputed_tokens += max(known - req.prefix_len, 0)
 
     def on_computed(self, req: Request, tokens: int) -> None:

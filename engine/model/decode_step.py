@@ -47,7 +47,7 @@ def linear(x: torch.Tensor, w: Matrix, fused: bool) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the rotate-half layout; x [B, heads, dim], cos/sin [B, 1, dim]."""
+    """RoPE in the rotate-half layout; x [..., dim], cos/sin broadcastable to it."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .context import ForwardMode, current_context
-from .decode_step import MAX_BATCH, DecodeStep
+from .decode_step import MAX_BATCH, DecodeStep, rotate
 from .precision import Precision
 
 AttentionBackend = Callable[..., torch.Tensor]
@@ -56,9 +56,7 @@ class Rotary:
         self.sin = emb.sin().to(device=device, dtype=dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        return rotate(x, cos, sin)
 
 
 class LlamaModel:

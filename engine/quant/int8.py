@@ -41,9 +41,6 @@ class Int8Weight:
         """The float32 [out, in] weight these bytes stand for."""
         return self.q.float() * self.scale[:, None]
 
-    def nbytes(self) -> int:
-        return self.q.numel() * self.q.element_size() + self.scale.numel() * self.scale.element_size()
-
 
 def matmul_dequant(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [rows, in] (float) times the int8 weight -> [rows, out] in x's dtype; plain torch."""
