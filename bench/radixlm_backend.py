@@ -74,4 +74,4 @@ class RecordingRadixEngine(RadixEngine):
             raise translate_error(exc) from exc
         prompt = self.tok.encode(self.tok.apply_chat_template(messages))
         self.log.add("gen", prompt, item.output_ids, item.cached_tokens, (first or time.perf_counter()) - t0)
-        return to_response(request.model, item, opts.get("trace_id"))
+        return to_response(request, item, opts.get("trace_id"))

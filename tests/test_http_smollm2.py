@@ -144,7 +144,7 @@ def _run_everything(endpoint: str) -> dict:
     import dspy
     from langchain_core.tools import tool
 
-    from radixlm.adapters.dspy import LM, ChatAdapter
+    from radixlm.adapters.dspy import LM
     from radixlm.adapters.langchain import ChatRadixLM
 
     @tool
@@ -153,7 +153,7 @@ def _run_everything(endpoint: str) -> dict:
         return a + b
 
     out: dict = {}
-    with dspy.context(lm=LM(endpoint=endpoint, cache=False, max_tokens=24, num_retries=0), adapter=ChatAdapter()):
+    with dspy.context(lm=LM(endpoint=endpoint, cache=False, max_tokens=24, num_retries=0), adapter=dspy.ChatAdapter()):
         pred = dspy.ChainOfThought("question -> answer")(question="What is the capital of Spain?")
     out["dspy"] = pred.answer
     chat = ChatRadixLM(endpoint=endpoint, max_tokens=12)

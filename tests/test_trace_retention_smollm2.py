@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import StructuredTool
 
 import radixlm
-from radixlm.adapters.dspy import LM, JSONAdapter
+from radixlm.adapters.dspy import LM
 from radixlm.adapters.langchain import ChatRadixLM
 from radixlm.adapters.langchain_common import forget_client
 from radixlm.engine.engine import Engine, EngineConfig
@@ -83,7 +83,7 @@ def test_dspy_react_resumes_from_the_kept_path_under_pressure(served):
         next_tool_args={"query": "Great Wall of China length"})]
     lm = LM(client=served, cache=False, max_tokens=96, num_retries=0)
     before = served.stats()
-    with dspy.context(lm=lm, adapter=JSONAdapter()):
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         pred = agent(question="Search: how tall is the Eiffel Tower in metres?")
     assert pred.trajectory["tool_name_0"] == "search"
     stats = wait_for_end(served, set(served.stats()["traces"]) - set(before["traces"]))

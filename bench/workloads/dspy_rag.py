@@ -21,10 +21,9 @@ class RetrieveThenAnswer(dspy.Module):
 
 
 def run(system, n: int) -> Outputs:
-    from radixlm.adapters.dspy import JSONAdapter
 
     examples = [dspy.Example(question=q).with_inputs("question") for q in questions(n, "rag")]
-    with dspy.context(lm=system.dspy_lm(max_tokens=48), adapter=JSONAdapter()):
+    with dspy.context(lm=system.dspy_lm(max_tokens=48), adapter=dspy.JSONAdapter()):
         results = RetrieveThenAnswer().batch(examples, num_threads=threads(system, n), max_errors=n + 1,
                                              provide_traceback=False, disable_progress_bar=True, timeout=0)
     return prediction_outputs(results)
