@@ -145,13 +145,17 @@ def test_react_steps_parse_first_time_reuse_prefixes_and_carry_one_trace(client,
     assert all("Execution error" not in str(v) for k, v in pred.trajectory.items() if k.startswith("observation_"))
     # every ReAct step after the first finds its prompt's prefix in the radix cache
     for entry in calls[1:-1]:
-        assert _cached(entry) >= 0.75 * entry["usage"]["prompt_tokens"], entry["usage"]  # new: last step + observation
+        # the share depends on the adapter's prompt layout (JSONAdapter re-renders more of the previous
+        # step: 79.7% here); the exact engine property is `recomputed_tokens == 0` below
+        assert _cached(entry) >= 0.75 * entry["usage"]["prompt_tokens"], entry["usage"]
     usage = pred.get_lm_usage()["radixlm/smollm2"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= sum(_cached(e) for e in calls)
     new = {k: v for k, v in client.stats()["traces"].items() if k not in before}
     assert len(new) == 1
     (trace,) = new.values()
     assert trace["calls"] == len(calls)
+    assert trace["prompt_tokens"] == sum(e["usage"]["prompt_tokens"] for e in calls)
+    assert trace["recomputed_tokens"] == 0  # no call recomputed what an earlier call of the trace computed
     assert trace["cached_tokens"] == sum(_cached(e) for e in calls)
 
 
@@ -189,7 +193,11 @@ def test_native_function_calling_returns_tool_calls_and_takes_their_results(clie
     sent = lm.history[-1]["messages"]
     assert [m["role"] for m in sent][-3:] == ["assistant", "tool", "user"]
     assert sent[-2]["content"] == result
-    assert second.tool_calls is not None or isinstance(second.answer, str)
+    later = second.tool_calls.tool_calls if second.tool_calls else []
+    if not later:  # no further call: then it answered
+        assert isinstance(second.answer, str) and second.answer
+    for again in later:  # a further call is a valid one
+        assert again.name in ("calculator", "search") and set(again.args) == set(dspy.Tool(globals()[again.name]).args)
 
 
 def test_programs_holding_the_lm_save_and_load(client, tmp_path):
@@ -229,7 +237,7 @@ def test_acall_and_streamify(client, lm):
 
 
 def test_batch_reaches_the_engine_concurrently(client):
-    lm = LM(client=client, cache=False, max_tokens=12, num_retries=0)
+    lm = LM(client=client, cache=False, max_tokens=32, num_retries=0)  # room for ChatAdapter's markup
     predict = dspy.Predict("question -> answer")
     examples = [dspy.Example(question=f"What is {i} plus {i}?").with_inputs("question") for i in range(16)]
     before = client.stats()
@@ -241,7 +249,12 @@ def test_batch_reaches_the_engine_concurrently(client):
     finished = after["requests_finished"] - before["requests_finished"]
     generated = after["generated_tokens"] - before["generated_tokens"]
     decode_passes = after["decode_passes"] - before["decode_passes"]
-    assert finished == 16
+    assert finished == 16 and len(results) == 16
+    # at least 4 output tokens a reply; the markup the grammar forces is computed by jump-forward
+    # extends, so the engine's sampled (`generated`) count is the smaller part of it
+    assert sum(c["usage"]["completion_tokens"] for c in calls) >= 16 * 4 and generated > finished
+    assert all(c["usage"]["completion_tokens"] < 32 for c in calls)  # each reply ended by itself
+    assert all("[[" not in r.answer for r in results)  # ...so no field swallowed a cut-off marker
     # sequential runs need one decode pass per generated token (minus the first of each request);
     # batched requests share passes
     assert decode_passes < (generated - finished) / 2, (decode_passes, generated, finished)

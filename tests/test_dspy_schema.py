@@ -10,7 +10,8 @@ import pydantic
 import pytest
 from dspy.lm15 import Config, FunctionTool, Message, Request, ToolCallPart, ToolChoice, ToolResultPart, TextPart
 
-from radixlm.adapters.dspy_grammar import cap_strings, chat_grammar, json_reply_schema, output_schema, string_budget
+from radixlm.adapters.dspy_grammar import (MAX_ITEMS, cap_strings, chat_grammar, json_reply_schema, output_schema,
+                                           string_budget, text_slots)
 from radixlm.adapters.dspy_mapping import reply_constraint, request_messages, request_options, to_response
 from radixlm.adapters.dspy_plan import PlanCallback
 from radixlm.client import Result
@@ -86,8 +87,13 @@ def test_output_schema_closes_nested_models_and_caps_strings():
     assert schema["additionalProperties"] is False and schema["$defs"]["Place"]["additionalProperties"] is False
     assert set(schema["required"]) == set(Typed.output_fields)
     props = cap_strings({"type": "object", "properties": {"a": {"type": "string", "maxLength": 5},
-                                                          "b": {"type": "string", "enum": ["x"]}}}, 50)["properties"]
-    assert props == {"a": {"type": "string", "maxLength": 5}, "b": {"type": "string", "enum": ["x"]}}
+                                                          "b": {"type": "string", "enum": ["x"]},
+                                                          "c": {"type": ["string", "null"]}}}, 50)["properties"]
+    assert props == {"a": {"type": "string", "maxLength": 5}, "b": {"type": "string", "enum": ["x"]},
+                     "c": {"type": ["string", "null"], "maxLength": 50}}
+    # the budget: 2 characters a token shared by the free strings and the markup; 512 tokens by default
+    assert string_budget(None, 1) == 512 and string_budget(96, 2) == 64 and string_budget(4, 1) == 16
+    assert text_slots(schema) == MAX_ITEMS + 2  # each keyword, city and country (numbers, bools, enums hold none)
 
 
 def _formatted(adapter: dspy.Adapter, signature) -> list[dict]:
