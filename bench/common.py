@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Results go to bench/results/ of the checkout the benches are run from (its root is the working
+# directory); the module's own folder may be an installed copy in site-packages.
+RESULTS_DIR = Path.cwd() / "bench" / "results"
 THREADS = 2
 
 
@@ -23,23 +24,6 @@ def setup_torch(threads: int = THREADS) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(fn(), seconds) measured with time.perf_counter."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
-def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float]]:
-    """Median seconds of `repeats` calls of fn, and every sample."""
-    samples = [timed(fn)[1] for _ in range(max(1, repeats))]
-    return statistics.median(samples), samples
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 def optimal_hit_rate(calls: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[float, int, int]:

@@ -35,6 +35,7 @@ from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.kv_pool import KVPool
 from radixlm.engine.model.context import ForwardContext, use_context
 from radixlm.bench.llamacpp_backend import gguf_path
+from radixlm.bench.machine import copy_bandwidth_gb_s
 from radixlm.engine.request import SamplingParams
 
 PREFILL_TOKENS = 1024
@@ -79,11 +80,9 @@ def best_seconds(fn, repeats: int) -> float:
 def machine_ceilings(repeats: int) -> dict[str, float]:
     """Read and copy bandwidth (GB/s) and fp32/bf16 matmul peak (GFLOP/s) of this CPU, measured now."""
     buf = torch.ones(128 * 1024 * 1024)  # 512 MB: far beyond the caches
-    dst = torch.empty_like(buf)
-    nbytes = buf.numel() * buf.element_size()
-    read = nbytes / best_seconds(lambda: buf.sum(), repeats) / 1e9
-    copy = 2 * nbytes / best_seconds(lambda: dst.copy_(buf), repeats) / 1e9
-    del buf, dst
+    read = buf.numel() * buf.element_size() / best_seconds(lambda: buf.sum(), repeats) / 1e9
+    del buf
+    copy = copy_bandwidth_gb_s(mib=512, repeats=repeats + 1)  # best of them all: the first one warms up
     m, k, n = PREFILL_TOKENS, 576, 1536
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from . import report
 from .agreement import add_agreement
+from .common import RESULTS_DIR
 from .isolation import Failure, describe_exit, resolve, run_isolated
 from .machine import machine, slug
 from .runner import OPENER, REGISTRY
@@ -29,7 +30,6 @@ from .workloads import registry
 SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off", "hf": HF,
                "llama-cpp": LLAMACPP}
 REFERENCE = "radixlm lpm"  # the system every other one's outputs are compared with
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def run_system(system: str, workloads: list[str], quick: bool, model: str, threads: int, timeout_s: float,
@@ -52,10 +52,13 @@ def run_system(system: str, workloads: list[str], quick: bool, model: str, threa
                     for w in remaining:
                         results[w] = {"error": f"failed to start: {item.reason}"}
                     return dict(results)
-                current = next(w for w in remaining if w not in results)
-                results[current] = {"error": item.reason}
-                crashed = True
-                show(f"  {current}: FAILED: {item.reason}")
+                current = next((w for w in remaining if w not in results), None)
+                if current is None:  # every workload had reported (e.g. a crash in close()): nothing lost
+                    show(f"  after its last workload: {item.reason}")
+                else:
+                    results[current] = {"error": item.reason}
+                    crashed = True
+                    show(f"  {current}: FAILED: {item.reason}")
             elif item["event"] == "ready":
                 started = True
                 show(f"  ready in {item['startup_s']:.1f} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from .calls import CallLog
+from .machine import cpu_info
 
 RADIXLM = {"radixlm lpm": {"policy": "lpm"}, "radixlm fcfs": {"policy": "fcfs"},
            "radixlm cache off": {"policy": "lpm", "radix_cache": False}}
@@ -159,21 +161,39 @@ def bench_requirements() -> list[str]:
     return [r.split(";")[0].strip() for r in reqs if "extra" in r and '"bench"' in r.replace("'", '"')]
 
 
-# llama.cpp built for an explicit instruction set: a native build (-march=native) of llama-cpp-python
-# 0.3.36 crashed in libggml-cpu on an AVX-512 + AMX Intel Xeon; AVX2 kernels run on every x86-64 CPU here.
+# llama.cpp built for an explicit instruction set on x86-64 CPUs with AVX2: a native build (-march=native) of
+# llama-cpp-python 0.3.36 crashed in libggml-cpu on an AVX-512 + AMX Intel Xeon; AVX2 kernels run on them all.
 LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF "
                     "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
 
 
+def llama_cmake_args() -> str | None:
+    """CMAKE_ARGS for building llama-cpp-python here: LLAMA_CMAKE_ARGS on an x86-64 CPU with AVX2, else
+    None (llama.cpp's own defaults)."""
+    if platform.machine() == "x86_64" and "avx2" in cpu_info()["flags"]:
+        return LLAMA_CMAKE_ARGS
+    return None
+
+
 def install_peers() -> int:
-    """pip-install the bench extra (llama-cpp-python built with LLAMA_CMAKE_ARGS; matplotlib) into this
-    Python (scripts/setup-bench.sh does the same for a checkout's .venv)."""
+    """pip-install the bench extra (llama-cpp-python; matplotlib) into this Python (scripts/setup-bench.sh
+    does the same for a checkout's .venv). llama-cpp-python is built from source with CMAKE_ARGS, or
+    llama_cmake_args() when that is unset; with LLAMA_CPP_WHEEL=/path/to/llama_cpp_python-*.whl that
+    wheel is installed instead (it must be the extra's pinned version)."""
     reqs = bench_requirements()
     if not reqs:
         print("radixlm's metadata lists no `bench` extra; reinstall radixlm from this checkout", file=sys.stderr)
         return 1
-    print(f"installing {' '.join(reqs)} (llama-cpp-python compiles llama.cpp: about 10-20 minutes on 2 cores)",
-          flush=True)
-    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", LLAMA_CMAKE_ARGS)}
+    env = dict(os.environ)
+    wheel = env.get("LLAMA_CPP_WHEEL")
+    if wheel:  # listed before the pinned requirement, pip takes llama-cpp-python from this wheel only
+        reqs.insert(0, wheel)
+        print(f"installing {' '.join(reqs)}", flush=True)
+    else:
+        print(f"installing {' '.join(reqs)} (llama-cpp-python compiles llama.cpp: about 10-20 minutes on 2 cores)",
+              flush=True)
+        cmake_args = env.get("CMAKE_ARGS", llama_cmake_args())
+        if cmake_args is not None:
+            env["CMAKE_ARGS"] = cmake_args
     # No wheel cache: a cached llama-cpp-python wheel may have been built for another instruction set.
     return subprocess.call([sys.executable, "-m", "pip", "install", "--no-cache-dir", *reqs], env=env)

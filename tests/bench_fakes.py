@@ -1,6 +1,7 @@
 """Stand-ins for the suite's child processes (tests/test_bench.py): systems and workloads without a
 model, including a peer that segfaults on start, one that segfaults in one workload, one that hangs,
-and one whose import fails. Imported by name in the children (tests/ is put on PYTHONPATH)."""
+one that segfaults on close after its last workload, and one whose import fails. Imported by name in
+the children (tests/ is put on PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class FakeSystem:
         return self.log.summary(programs, programs / SPEEDS.get(self.name, 2.0))
 
     def close(self) -> None:
-        pass
+        if self.name == "segfaults on close":
+            os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def open_system(name: str, model: str, threads: int) -> FakeSystem:

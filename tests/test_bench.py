@@ -17,7 +17,7 @@ from radixlm.bench.calls import CallLog
 from radixlm.bench.common import optimal_hit_rate
 from radixlm.bench.isolation import describe_exit, run_isolated
 from radixlm.bench.machine import machine, slug
-from radixlm.bench.systems import HF, LLAMACPP
+from radixlm.bench.systems import HF
 
 FAKES = {"opener": "bench_fakes:open_system", "registry_ref": "bench_fakes:registry"}
 
@@ -85,6 +85,16 @@ def test_a_hung_workload_is_killed_after_the_timeout(fakes_importable):
     results = _run("hangs in a workload", ["crashy", "fake"], timeout_s=4.0)
     assert results["crashy"]["error"].startswith("timed out")
     assert results["fake"]["outputs"] == [{"answer": "a0"}, {"answer": "a1"}]
+
+
+def test_a_crash_after_the_last_workload_keeps_the_results_and_the_suite_goes_on(fakes_importable, capsys):
+    data = suite.run_suite(["fake", "one-fails"], ["segfaults on close", "radixlm lpm"], quick=True, threads=1,
+                           bandwidth=False, **FAKES)
+    assert data["complete"]
+    for system in ("segfaults on close", "radixlm lpm"):
+        assert data["results"]["fake"][system]["programs"] == 2 and "error" not in data["results"]["fake"][system]
+        assert data["results"]["one-fails"][system]["failed"] == 1
+    assert "  after its last workload: crashed (SIGSEGV)" in capsys.readouterr().out
 
 
 def test_an_import_failure_is_the_reason_given(fakes_importable):
