@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         if front is not None:
             front.terminate()
+            front.wait(timeout=5)
     return 0
 
 

@@ -14,19 +14,18 @@ from ..client import Prompt, Result, StreamChunk, _generate_message
 from ..connection import EngineDiedError
 from .native_wire import NativeDialect
 from .openai_wire import OpenAIDialect
-from .wire import Call, Dialect, error_from_body
+from .wire import Call, Dialect, StreamParser, error_from_body
 
-_DONE = object()
 DIALECTS = ("radixlm", "sglang", "openai")
 
 
-def _events(lines: Iterator[str]) -> Iterator[Any]:
-    """The JSON payloads of SSE `data:` lines; `_DONE` for `data: [DONE]`."""
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        yield _DONE if payload == "[DONE]" else json.loads(payload)
+def _line_items(parser: StreamParser, line: str) -> list[StreamChunk | Result]:
+    """The chunks and results one SSE line completes: those of its `data:` JSON, or of the stream's end at
+    `data: [DONE]`; none for other lines."""
+    if not line.startswith("data:"):
+        return []
+    payload = line[5:].strip()
+    return parser.close() if payload == "[DONE]" else parser.feed(json.loads(payload))
 
 
 def _error(resp: httpx.Response) -> Exception:
@@ -92,8 +91,8 @@ class HttpClient:
                 if resp.status_code >= 400:
                     resp.read()
                     raise _error(resp)
-                for event in _events(resp.iter_lines()):
-                    for item in parser.close() if event is _DONE else parser.feed(event):
+                for line in resp.iter_lines():
+                    for item in _line_items(parser, line):
                         if include_result or isinstance(item, StreamChunk):
                             yield item
 
@@ -164,10 +163,9 @@ class AsyncHttpClient:
                         await resp.aread()
                         raise _error(resp)
                     async for line in resp.aiter_lines():
-                        for event in _events(iter([line])):
-                            for item in parser.close() if event is _DONE else parser.feed(event):
-                                if include_result or isinstance(item, StreamChunk):
-                                    yield item
+                        for item in _line_items(parser, line):
+                            if include_result or isinstance(item, StreamChunk):
+                                yield item
 
 
 def detect_dialect(base_url: str, api_key: str | None, model: str) -> Dialect:

@@ -28,13 +28,17 @@ class HTTPError(Exception):
 
 
 def from_engine(exc: Exception) -> HTTPError:
-    """The HTTPError for an engine-side failure of one request."""
+    """The HTTPError for a failure of one engine call: the engine's errors, its absence, a timeout, and
+    what the client refuses to send (an unknown option is a TypeError, a message over the size limit a
+    ValueError) as 400."""
     if isinstance(exc, EngineError):
         return HTTPError(ENGINE_STATUS.get(exc.code, 500), exc.message, code=exc.code)
     if isinstance(exc, EngineDiedError):
         return HTTPError(503, f"the engine is not running: {exc}", code="engine_unavailable")
     if isinstance(exc, TimeoutError):
         return HTTPError(504, str(exc), code="timeout")
+    if isinstance(exc, (ValueError, TypeError)):
+        return HTTPError(400, str(exc))
     raise exc
 
 

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 import msgspec
 from starlette.requests import Request
 
-from ..client import Client
+from ..client import Client, Prompt, Result
 from .errors import HTTPError, from_engine
 from .wire import ROUTING_KEY_HEADER
 
@@ -92,6 +92,12 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         raise
     except Exception as exc:
         raise from_engine(exc) from exc
+
+
+async def generate_all(front: Front, requests: list[tuple[Prompt, dict[str, Any]]]) -> list[list[Result]]:
+    """The results of (prompt, engine options) requests run at once: a list per request (n results)."""
+    outs = await asyncio.gather(*(front.client.aio.generate(prompt, **opts) for prompt, opts in requests))
+    return [out if isinstance(out, list) else [out] for out in outs]
 
 
 async def first_then_rest(items: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:

@@ -12,6 +12,7 @@ import msgspec
 
 from .. import protocol as P
 from ..client import Result, StreamChunk
+from .openai_wire import OpenAIDialect
 from .wire import ROUTING_KEY_HEADER, Call, error_from_body
 
 _DEFAULTS = P.SamplingOptions()
@@ -104,18 +105,16 @@ class NativeStreamParser:
 
 class NativeDialect:
     """radixlm's HTTP front (`radixlm=True`: chat messages, lark and choices travel as extensions) or an
-    SGLang server."""
+    SGLang server, which renders chat templates on its OpenAI endpoint (`openai`) only."""
 
     def __init__(self, radixlm: bool, model: str) -> None:
-        self.radixlm, self.model = radixlm, model
+        self.radixlm, self.openai = radixlm, OpenAIDialect(model)
         self.name = "radixlm" if radixlm else "sglang"
 
     def call(self, msg: P.Generate) -> Call:
         headers = {ROUTING_KEY_HEADER: msg.trace_id} if msg.trace_id else {}
         if msg.messages is not None and not self.radixlm:
-            from .openai_wire import OpenAIDialect  # SGLang renders chat templates on its OpenAI endpoint
-
-            return OpenAIDialect(self.model).call(msg)
+            return self.openai.call(msg)
         body: dict[str, Any] = {"sampling_params": _sampling_params(msg, self.radixlm)}
         if msg.text is not None:
             body["text"] = msg.text
@@ -133,20 +132,16 @@ class NativeDialect:
                 body["logprob_start_len"] = lp.prompt_start
         if msg.stream:
             body["stream"] = True
-        return Call("/generate", body, headers, msg.sampling.n, bool(lp and lp.output))
+        return Call("/generate", body, headers, output_logprobs=bool(lp and lp.output))
 
     def results(self, call: Call, data: Any) -> list[Result]:
         if call.path != "/generate":
-            from .openai_wire import OpenAIDialect
-
-            return OpenAIDialect(self.model).results(call, data)
+            return self.openai.results(call, data)
         objs = data if isinstance(data, list) else [data]
         return [result_of(o, call) for o in objs]
 
     def stream_parser(self, call: Call):  # noqa: ANN201
         if call.path != "/generate":
-            from .openai_wire import OpenAIDialect
-
-            return OpenAIDialect(self.model).stream_parser(call)
+            return self.openai.stream_parser(call)
         return NativeStreamParser(call)
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -14,7 +13,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from ..client import Result, StreamChunk
 from .chat_tools import chat_request, reply_message
 from .errors import HTTPError
-from .front import SSE_DONE, Front, decode, first_then_rest, sse, trace_id, until_disconnect
+from .front import SSE_DONE, Front, decode, first_then_rest, generate_all, sse, trace_id, until_disconnect
 from .openai_schema import ChatCompletionRequest, CompletionRequest
 
 
@@ -24,8 +23,13 @@ def _check_model(front: Front, model: str) -> None:
                         param="model", code="model_not_found")
 
 
-def sampling_options(front: Front, body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> dict[str, Any]:
-    """Engine generation options of the sampling fields OpenAI (and SGLang's / vLLM's extensions) define."""
+def engine_options(front: Front, request: Request, body: ChatCompletionRequest | CompletionRequest,
+                   max_tokens: int | None, logprobs: bool, top_logprobs: int | None, top_param: str) -> dict[str, Any]:
+    """Engine generation options of a request: the sampling fields OpenAI (and SGLang's / vLLM's
+    extensions) define, output logprobs (`top_logprobs`, the request field `top_param`, in [0, 20]) and
+    the trace id."""
+    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+        raise HTTPError(400, f"{top_param} must be in [0, 20], got {top_logprobs}", param=top_param)
     if body.logit_bias:
         raise HTTPError(400, "logit_bias is not supported", param="logit_bias")
     if max_tokens is not None and max_tokens < 1:
@@ -40,24 +44,31 @@ def sampling_options(front: Front, body: ChatCompletionRequest | CompletionReque
         "n": body.n, "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty,
         "ignore_eos": body.ignore_eos,
     }
-    if body.stop:
-        opts["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    if body.stop:  # "" and [] mean no stop
+        opts["stop"] = body.stop
     for name, key in (("top_p", "top_p"), ("seed", "seed"), ("top_k", "top_k"), ("min_p", "min_p"),
                       ("repetition_penalty", "repetition_penalty"), ("min_tokens", "min_new_tokens"),
                       ("stop_token_ids", "stop_token_ids"), ("regex", "regex")):
         value = getattr(body, name)
         if value is not None:
             opts[key] = value
+    if logprobs:
+        opts["logprobs"] = True
+        if top_logprobs:
+            opts["top_logprobs"] = top_logprobs
+    trace = trace_id(request, body.prompt_cache_key, body.user)
+    if trace:
+        opts["trace_id"] = trace
     return opts
 
 
-def usage(results: list[Result]) -> dict[str, Any]:
-    """OpenAI usage of one request's results: the prompt counted once, completions summed."""
-    first = results[0]
-    completion = sum(r.completion_tokens for r in results)
-    return {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": first.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": first.cached_tokens}}
+def usage(per_prompt: list[list[Result]]) -> dict[str, Any]:
+    """OpenAI usage of one request's results, a list per prompt: each prompt counted once, completions summed."""
+    firsts = [results[0] for results in per_prompt]
+    prompt = sum(r.prompt_tokens for r in firsts)
+    completion = sum(r.completion_tokens for results in per_prompt for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)}}
 
 
 def _token_entry(lp: tuple) -> dict[str, Any]:
@@ -92,16 +103,8 @@ def _include_usage(stream_options: dict | None) -> bool:
 async def chat_completions(front: Front, request: Request):
     body = await decode(request, ChatCompletionRequest)
     _check_model(front, body.model)
-    if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
-        raise HTTPError(400, f"top_logprobs must be in [0, 20], got {body.top_logprobs}", param="top_logprobs")
-    opts = sampling_options(front, body, body.max_completion_tokens or body.max_tokens)
-    if body.logprobs:
-        opts["logprobs"] = True
-        if body.top_logprobs:
-            opts["top_logprobs"] = body.top_logprobs
-    trace = trace_id(request, body.prompt_cache_key, body.user)
-    if trace:
-        opts["trace_id"] = trace
+    opts = engine_options(front, request, body, body.max_completion_tokens or body.max_tokens, body.logprobs,
+                          body.top_logprobs, "top_logprobs")
     chat = chat_request(body.messages, body.tools, body.tool_choice, body.response_format, opts)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": front.model}
@@ -116,7 +119,7 @@ async def chat_completions(front: Front, request: Request):
     for i, r in enumerate(results):
         message, finish = reply_message(r.text, r.finish_reason, chat.reply_format)
         choices.append({"index": i, "message": message, "logprobs": chat_logprobs(r), "finish_reason": finish})
-    return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": usage(results)})
+    return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": usage([results])})
 
 
 async def _chat_events(head: dict, first: Any, rest: AsyncIterator, reply_format: str | None,
@@ -141,7 +144,7 @@ async def _chat_events(head: dict, first: Any, rest: AsyncIterator, reply_format
                     delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
                 yield chunk(delta, finish, chat_logprobs(item) if logprobs else None)
                 if include_usage:
-                    yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage([item])})
+                    yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage([[item]])})
             item = await anext(rest, None)
         yield SSE_DONE
     finally:
@@ -171,16 +174,8 @@ async def completions(front: Front, request: Request):
     prompts = _prompts(body.prompt)
     if body.stream and len(prompts) > 1:
         raise HTTPError(400, "streaming supports one prompt per request", param="prompt")
-    opts = sampling_options(front, body, body.max_tokens if body.max_tokens is not None else 16)
-    if body.logprobs is not None:
-        if not 0 <= body.logprobs <= 20:
-            raise HTTPError(400, f"logprobs must be in [0, 20], got {body.logprobs}", param="logprobs")
-        opts["logprobs"] = True
-        if body.logprobs:
-            opts["top_logprobs"] = body.logprobs
-    trace = trace_id(request, body.prompt_cache_key, body.user)
-    if trace:
-        opts["trace_id"] = trace
+    opts = engine_options(front, request, body, body.max_tokens if body.max_tokens is not None else 16,
+                          body.logprobs is not None, body.logprobs, "logprobs")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": front.model}
     if body.stream:
@@ -188,25 +183,11 @@ async def completions(front: Front, request: Request):
         first, rest = await first_then_rest(items)
         return StreamingResponse(_completion_events(head, first, rest, _include_usage(body.stream_options)),
                                  media_type="text/event-stream")
-
-    async def run_all() -> list[list[Result]]:
-        outs = await asyncio.gather(*(front.client.aio.generate(p, **opts) for p in prompts))
-        return [o if isinstance(o, list) else [o] for o in outs]
-
-    per_prompt = await until_disconnect(request, run_all())
-    choices, all_results = [], []
-    for results in per_prompt:
-        for r in results:
-            choices.append({"index": len(choices), "text": r.text, "logprobs": completion_logprobs(r),
-                            "finish_reason": r.finish_reason})
-        all_results.append(results)
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "prompt_tokens_details": {"cached_tokens": 0}}
-    for results in all_results:
-        u = usage(results)
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            total[key] += u[key]
-        total["prompt_tokens_details"]["cached_tokens"] += u["prompt_tokens_details"]["cached_tokens"]
-    return JSONResponse({**head, "object": "text_completion", "choices": choices, "usage": total})
+    per_prompt = await until_disconnect(request, generate_all(front, [(p, opts) for p in prompts]))
+    results = [r for prompt_results in per_prompt for r in prompt_results]
+    choices = [{"index": i, "text": r.text, "logprobs": completion_logprobs(r), "finish_reason": r.finish_reason}
+               for i, r in enumerate(results)]
+    return JSONResponse({**head, "object": "text_completion", "choices": choices, "usage": usage(per_prompt)})
 
 
 async def _completion_events(head: dict, first: Any, rest: AsyncIterator, include_usage: bool) -> AsyncIterator[bytes]:
@@ -223,7 +204,7 @@ async def _completion_events(head: dict, first: Any, rest: AsyncIterator, includ
             else:
                 yield chunk("", item.finish_reason, completion_logprobs(item))
                 if include_usage:
-                    yield sse({**head, "object": "text_completion", "choices": [], "usage": usage([item])})
+                    yield sse({**head, "object": "text_completion", "choices": [], "usage": usage([[item]])})
             item = await anext(rest, None)
         yield SSE_DONE
     finally:

@@ -24,6 +24,7 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     presence_penalty: float = 0.0
     logit_bias: Union[dict[str, float], None] = None
     user: Union[str, None] = None
+    prompt_cache_key: Union[str, None] = None
     # Extensions of SGLang's and vLLM's OpenAI servers.
     top_k: Union[int, None] = None
     min_p: Union[float, None] = None
@@ -47,7 +48,6 @@ class ChatCompletionRequest(_Body):
     tool_choice: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: Union[bool, None] = None
     response_format: Union[dict[str, Any], None] = None
-    prompt_cache_key: Union[str, None] = None
 
 
 class CompletionRequest(_Body):
@@ -56,4 +56,3 @@ class CompletionRequest(_Body):
     echo: bool = False
     suffix: Union[str, None] = None
     best_of: Union[int, None] = None
-    prompt_cache_key: Union[str, None] = None

@@ -120,7 +120,7 @@ class OpenAIDialect:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         path = "/v1/chat/completions" if chat else "/v1/completions"
-        return Call(path, body, headers, 1, bool(lp.output))
+        return Call(path, body, headers, output_logprobs=bool(lp.output))
 
     def results(self, call: Call, data: Any) -> list[Result]:
         chat = call.path.endswith("/chat/completions")

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from .. import __version__
 from ..client import Result, StreamChunk
 from .errors import HTTPError, from_engine
-from .front import SSE_DONE, Front, first_then_rest, read_json, sse, trace_id, until_disconnect
+from .front import SSE_DONE, Front, first_then_rest, generate_all, read_json, sse, trace_id, until_disconnect
 
 # `messages` (chat messages rendered with the model's template) and the `lark` / `choices` constraints are
 # radixlm's extensions of SGLang's request; the httpx client uses them against a radixlm server only.
@@ -66,11 +66,7 @@ def _sampling(params: Any) -> dict[str, Any]:
             opts[SAMPLING_NAMES[key]] = value
     if opts.get("top_k") == -1:  # SGLang's "no top-k"
         opts["top_k"] = 0
-    if isinstance(opts.get("stop"), str):
-        opts["stop"] = [opts["stop"]]
-    if opts.get("stop") is not None:
-        opts["stop"] = list(opts["stop"])
-    if not opts.get("stop"):
+    if not opts.get("stop"):  # "" and [] mean no stop
         opts.pop("stop", None)
     if opts.get("max_new_tokens", 128) == 0:
         opts["prefix_only"] = True
@@ -174,12 +170,7 @@ async def generate(front: Front, request: Request):
         items = front.client.aio.stream(prompt, include_result=True, **opts)
         first, rest = await first_then_rest(items)
         return StreamingResponse(_events(rid, first, rest, opts, with_text, started), media_type="text/event-stream")
-
-    async def run_all() -> list[list[Result]]:
-        outs = await asyncio.gather(*(front.client.aio.generate(p, **o) for p, o in reqs))
-        return [o if isinstance(o, list) else [o] for o in outs]
-
-    outs = await until_disconnect(request, run_all())
+    outs = await until_disconnect(request, generate_all(front, reqs))
     answers = [{"text": r.text, "output_ids": r.output_ids, "meta_info": meta_info(rid, r, opts, with_text, started)}
                for (_, opts), results in zip(reqs, outs) for r in results]
     return JSONResponse(answers if batch or len(answers) > 1 else answers[0])

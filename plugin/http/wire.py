@@ -29,13 +29,11 @@ def error_from_body(status: int, body: Any) -> EngineError:
 
 @dataclass
 class Call:
-    """One HTTP request for one Generate: where it goes, its JSON body and headers, and how many results
-    it answers with (n)."""
+    """One HTTP request for one Generate: where it goes, its JSON body and headers."""
 
     path: str
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
-    n: int = 1
     output_logprobs: bool = False  # the caller asked for output logprobs (else drop what came anyway)
 
 
