@@ -44,7 +44,7 @@ from dspy.lm15 import (
 )
 from dspy.lm15 import TimeoutError as LM15TimeoutError
 
-from radixlm.client import Result, StreamChunk
+from radixlm.client import CONSTRAINT_FIELDS, Result, StreamChunk
 from radixlm.connection import EngineDiedError, EngineError
 
 from .dspy_grammar import chat_grammar, json_reply_schema, lark_json
@@ -102,7 +102,7 @@ def request_messages(request: Request) -> list[dict[str, str]]:
     out = []
     system = request.system if isinstance(request.system, str) or request.system is None \
         else _text_of(request.system, "system")
-    if request.tools and tool_mode(request) != "none":
+    if tool_mode(request) != "none":
         system = tools_prompt(request.tools) if system is None else f"{system}\n\n{tools_prompt(request.tools)}"
     if system is not None:
         out.append({"role": "system", "content": system})
@@ -154,7 +154,7 @@ def reply_constraint(request: Request, max_tokens: int | None) -> dict[str, Any]
     """The engine constraint (one of json_schema / lark) for the reply to `request`: the adapter's
     reply grammar, or, when the request offers tools, a tool call under the tools' parameter
     schemas (tool_choice "required") or either of the two ("auto")."""
-    mode = tool_mode(request) if request.tools else "none"
+    mode = tool_mode(request)
     reply = _reply_grammar(request, max_tokens, "start" if mode == "none" else "reply")
     if mode == "none":
         return {} if reply is None else {reply[0]: reply[1]}
@@ -166,7 +166,7 @@ def reply_constraint(request: Request, max_tokens: int | None) -> dict[str, Any]
 
 def check_streamable(request: Request) -> None:
     """Streams carry text only: a request that may answer with a tool call is refused."""
-    if request.tools and tool_mode(request) != "none":
+    if tool_mode(request) != "none":
         raise _unsupported("tools", "streaming a reply that may be a tool call is not supported; call "
                            "complete() (DSPy does when the program is not streamed)")
 
@@ -204,7 +204,7 @@ def request_options(request: Request, default_trace: str | None) -> dict[str, An
             raise InvalidRequestError(f"radixlm: unknown generation option {key!r} (known: "
                                       f"{', '.join(sorted(EXTENSION_OPTIONS))})", provider=PROVIDER)
         opts[key] = value
-    constraints = [k for k in ("json_schema", "regex", "choices", "lark") if opts.get(k) is not None]
+    constraints = sorted(k for k in CONSTRAINT_FIELDS if opts.get(k) is not None)
     if len(constraints) > 1:
         raise InvalidRequestError(f"radixlm: one constraint per request, got {constraints}", provider=PROVIDER)
     if not constraints:  # a constraint passed explicitly wins over the derived one

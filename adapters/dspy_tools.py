@@ -55,7 +55,10 @@ def tool_calls_schema(request: Request, max_tokens: int | None) -> dict[str, Any
 
 
 def tool_mode(request: Request) -> str:
-    """"none" (answer in text), "required" (call a tool) or "auto" (either)."""
+    """"none" (answer in text: also when the request offers no tools), "required" (call a tool) or
+    "auto" (either)."""
+    if not request.tools:
+        return "none"
     choice = request.config.tool_choice
     return "auto" if choice is None else choice.mode
 

@@ -25,9 +25,9 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict
 
-from radixlm.client import Client, Result, StreamChunk
+from radixlm.client import CONSTRAINT_FIELDS, Client, Result, StreamChunk
 
-from .langchain_common import engine_info, trace_id_for
+from .langchain_common import engine_info
 from .langchain_llm import RadixLLM
 from .langchain_params import RadixLMParams, logprobs_metadata, usage_metadata
 from .langchain_stream import ReplyReader
@@ -92,11 +92,6 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
     def _llm_type(self) -> str:
         return "radixlm-chat"
 
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "endpoint": self.endpoint, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed}
-
     # -- profile ---------------------------------------------------------------------------------
 
     def _resolve_model_profile(self) -> ModelProfile:
@@ -123,10 +118,7 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
         tools = kwargs.pop("tools", None)
         choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
-        opts = self._options(stop, kwargs)
-        trace = trace_id_for(run_manager)
-        if trace is not None:
-            opts["trace_id"] = trace
+        opts = self._options(stop, kwargs, run_manager)
         answer = response_format_schema(response_format, self.max_string_length) if response_format else None
         if tools:
             choice = choice or "auto"
@@ -144,7 +136,7 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
             opts["json_schema"] = answer
         elif isinstance(opts.get("json_schema"), dict):
             opts["json_schema"] = tighten(opts["json_schema"], self.max_string_length)
-        if any(k in opts for k in ("json_schema", "regex", "choices", "lark")):
+        if CONSTRAINT_FIELDS & opts.keys():
             opts["max_new_tokens"] = max(opts["max_new_tokens"], self.tool_max_tokens)
         return to_engine_messages(messages), opts, None
 

@@ -13,7 +13,6 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 from radixlm.client import Result, StreamChunk
 
-from .langchain_common import trace_id_for
 from .langchain_params import RadixLMParams, logprobs_metadata
 
 
@@ -27,18 +26,6 @@ class RadixLLM(RadixLMParams, BaseLLM):
     @property
     def _llm_type(self) -> str:
         return "radixlm"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "endpoint": self.endpoint, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
-
-    def _call_options(self, stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        opts = self._options(stop, kwargs)
-        trace = trace_id_for(run_manager)
-        if trace is not None:
-            opts["trace_id"] = trace
-        return opts
 
     def _generation(self, r: Result) -> list[Generation]:
         info: dict[str, Any] = {"finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
@@ -55,7 +42,7 @@ class RadixLLM(RadixLMParams, BaseLLM):
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        opts = self._call_options(stop, run_manager, kwargs)
+        opts = self._options(stop, kwargs, run_manager)
         client = self._client()
         if len(prompts) == 1:
             results = [client.generate(prompts[0], **opts)]
@@ -66,7 +53,7 @@ class RadixLLM(RadixLMParams, BaseLLM):
 
     async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        opts = self._call_options(stop, run_manager, kwargs)
+        opts = self._options(stop, kwargs, run_manager)
         client = self._client()
         limit = asyncio.Semaphore(self.max_concurrency)
 
@@ -85,7 +72,7 @@ class RadixLLM(RadixLMParams, BaseLLM):
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        opts = self._call_options(stop, run_manager, kwargs)
+        opts = self._options(stop, kwargs, run_manager)
         for item in self._client().stream(prompt, include_result=True, **opts):
             chunk = self._chunk(item)
             if chunk is None:
@@ -97,7 +84,7 @@ class RadixLLM(RadixLMParams, BaseLLM):
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        opts = self._call_options(stop, run_manager, kwargs)
+        opts = self._options(stop, kwargs, run_manager)
         async for item in self._client().aio.stream(prompt, include_result=True, **opts):
             chunk = self._chunk(item)
             if chunk is None:

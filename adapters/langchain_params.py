@@ -8,12 +8,11 @@ from typing import Any
 from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, Field
 
-from radixlm.client import Client
+from radixlm.client import CONSTRAINT_FIELDS, Client
 
-from .langchain_common import get_client
+from .langchain_common import get_client, trace_id_for
 
 DEFAULT_MAX_TOKENS = 256
-CONSTRAINT_OPTIONS = ("json_schema", "regex", "choices", "lark")
 PASSTHROUGH_OPTIONS = ("min_new_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "min_p", "n",
                        "ignore_eos")
 
@@ -45,8 +44,14 @@ class RadixLMParams(BaseModel):
     def _client(self) -> Client:
         return get_client(self.endpoint, self.model, self.timeout, self.engine_options)
 
-    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Engine generation options from the fields, overridden by per-call kwargs."""
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "endpoint": self.endpoint, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed}
+
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any], run_manager: Any = None) -> dict[str, Any]:
+        """Engine generation options from the fields, overridden by per-call kwargs; the trace id is
+        the root run of `run_manager`'s run tree."""
         kwargs = dict(kwargs)
         kwargs.pop("model", None)
         temperature = kwargs.pop("temperature", self.temperature)
@@ -72,12 +77,15 @@ class RadixLMParams(BaseModel):
             opts["logprobs"] = True
             if top_logprobs:
                 opts["top_logprobs"] = int(top_logprobs)
-        for key in CONSTRAINT_OPTIONS:
+        for key in CONSTRAINT_FIELDS:
             if kwargs.get(key) is not None:
                 opts[key] = kwargs.pop(key)
         for key in PASSTHROUGH_OPTIONS:
             if key in kwargs:
                 opts[key] = kwargs.pop(key)
+        trace = trace_id_for(run_manager)
+        if trace is not None:
+            opts["trace_id"] = trace
         return opts
 
 

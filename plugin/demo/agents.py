@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .progress import Board
-from .solved import SOLVED, react_demos
+from .solved import SOLVED, TOOLS, react_demos
 from .tools import calculator, search
 
 INSTRUCTIONS = ("Answer the question. Look facts up with `search`, do arithmetic with `calculator`, and "
@@ -105,13 +105,12 @@ def _solved_examples() -> list:
     """The solved questions (solved.py) as chat turns: question, tool call, tool result, answer."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-    tools = {"search": search, "calculator": calculator}
     turns: list = []
     for i, (question, calls, answer) in enumerate(SOLVED):
         turns.append(HumanMessage(question))
         for j, (_, tool, args) in enumerate(calls):
             turns += [AIMessage("", tool_calls=[{"name": tool, "args": args, "id": f"solved{i}_{j}"}]),
-                      ToolMessage(tools[tool](**args), tool_call_id=f"solved{i}_{j}")]
+                      ToolMessage(TOOLS[tool](**args), tool_call_id=f"solved{i}_{j}")]
         turns.append(AIMessage(answer))
     return turns
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
-def _mean(xs: Sequence[float]) -> float:
+def mean_logprob(xs: Sequence[float]) -> float:
+    """The token-length-normalized logprob of a choice (-inf for none)."""
     return sum(xs) / len(xs) if xs else float("-inf")
 
 
@@ -48,13 +49,13 @@ def decide(method: ChoicesMethod, cond: list[list[float]], uncond: list[list[flo
     """(index of the chosen choice, one score per choice)."""
     if not cond:
         raise ValueError("no choices to decide between")
-    means = [_mean(c) for c in cond]
+    means = [mean_logprob(c) for c in cond]
     if method.name == "token_length_normalized":
         return means.index(max(means)), means
     if method.name == "unconditional_likelihood_normalized":
         if uncond is None or len(uncond) != len(cond):
             raise ValueError("unconditional_likelihood_normalized needs unconditional logprobs for every choice")
-        scores = [m - _mean(u) for m, u in zip(means, uncond)]
+        scores = [m - mean_logprob(u) for m, u in zip(means, uncond)]
         return scores.index(max(scores)), scores
     if method.name == "greedy_token_selection":
         width = max(len(c) for c in cond)

@@ -12,8 +12,8 @@ from typing import Any, Callable
 from ..connection import EngineDiedError
 from .backend import Backend, Usage, get_default_backend
 from .global_config import global_config
-from .ir import Call, ExprList, RoleBegin, RoleEnd
-from .options import RUN_DEFAULTS, run_defaults
+from .ir import Call, ExprList, RoleBegin, RoleEnd, role_block
+from .options import run_defaults
 
 ARG_MARK = "\x00radixlm-arg\x00"
 _inside_program: ContextVar[bool] = ContextVar("radixlm_inside_program", default=False)
@@ -61,7 +61,7 @@ class _Tracer:
     def _role(self, role: str, expr: Any) -> None:
         if expr is None:  # `with s.user(): ...` scopes are not followed
             raise _StopTrace
-        self._add(ExprList([RoleBegin(role), expr, RoleEnd(role)]))
+        self._add(role_block(role, expr))
 
     def system(self, expr: Any = None) -> None:
         self._role("system", expr)
@@ -175,10 +175,10 @@ class SglFunction:
             num_threads = 64
         num_threads = max(1, min(int(num_threads), len(batch_kwargs)))
 
-        defaults = run_defaults(dict(run_options))
-        unknown = set(run_options) - set(RUN_DEFAULTS) - {"n", "stop_regex"}
-        if unknown:
-            raise TypeError(f"run_batch got unknown keyword(s): {', '.join(sorted(unknown))}")
+        rest = dict(run_options)
+        defaults = run_defaults(rest)  # takes the sampling keywords out of `rest`
+        if rest:
+            raise TypeError(f"run_batch got unknown keyword(s): {', '.join(sorted(rest))}")
 
         def one(kwargs: dict):
             return self._run((), kwargs, defaults, False, backend).sync()

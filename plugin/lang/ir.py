@@ -166,20 +166,21 @@ def select(name: str | None = None, choices: list[str] | None = None, temperatur
     return Select(name, [str(c) for c in choices], choices_method)
 
 
-def _role(role: str, expr: Any = None) -> ExprList:
+def role_block(role: str, expr: Any = None) -> ExprList:
+    """`expr` between the role's begin and end markers."""
     return ExprList([RoleBegin(role)] + ([] if expr is None else [expr]) + [RoleEnd(role)])
 
 
 def system(expr: Any = None) -> ExprList:
-    return _role("system", expr)
+    return role_block("system", expr)
 
 
 def user(expr: Any = None) -> ExprList:
-    return _role("user", expr)
+    return role_block("user", expr)
 
 
 def assistant(expr: Any = None) -> ExprList:
-    return _role("assistant", expr)
+    return role_block("assistant", expr)
 
 
 def system_begin() -> RoleBegin:

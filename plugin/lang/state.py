@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from .backend import Backend, ChoiceScore, GenOutput, StreamPiece, Usage
-from .choices import decide, resolve as resolve_method
-from .ir import Call, ExprList, Gen, RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd
+from .choices import decide, mean_logprob, resolve as resolve_method
+from .ir import Call, ExprList, Gen, RoleBegin, RoleEnd, Select, VarScopeBegin, VarScopeEnd, role_block
 from .meta import chunk_meta, gen_meta
 from .options import resolve as resolve_options
 from .serial import Serial
@@ -158,7 +158,7 @@ class ProgramState(TextStream):
         self._add_text(choice, sel.name)
         self._set_var(sel.name, choice, {
             "scores": scores, "method": method.name, "choices": list(sel.choices),
-            "normalized_prompt_logprobs": [sum(c.token_logprobs) / max(len(c.token_logprobs), 1) for c in cond],
+            "normalized_prompt_logprobs": [mean_logprob(c.token_logprobs) for c in cond],
             "input_token_logprobs": [[(lp, t, None) for lp, t in zip(c.token_logprobs, c.token_ids)] for c in cond],
             "token_logprobs": [c.token_logprobs for c in cond], "token_ids": [c.token_ids for c in cond],
             "healed": [c.healed for c in cond],
@@ -186,7 +186,7 @@ class ProgramState(TextStream):
     # -- scopes ---------------------------------------------------------------------------------
     def _role_scope(self, role: str, expr: Any) -> Any:
         if expr is not None:
-            self._append(ExprList([RoleBegin(role), expr, RoleEnd(role)]))
+            self._append(role_block(role, expr))
             return None
         return self._scope(RoleBegin(role), RoleEnd(role))
 
