@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -28,18 +28,22 @@ class HttpEngine:
     url: str  # HTTP front
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600.0, path: str = "/health",
+                 ready: Callable[[httpx.Response], bool] | None = None) -> None:
+    """Poll GET url+path until it answers 200 (and `ready(response)` holds, when given); fail if `proc`
+    exits or `timeout` s pass first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"radixlm serve exited with code {proc.returncode} while starting")
+            raise RuntimeError(f"{proc.args[:3]} exited with code {proc.returncode} while starting")
         try:
-            if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+            r = httpx.get(url + path, timeout=2.0)
+            if r.status_code == 200 and (ready is None or ready(r)):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become healthy within {timeout} s")
+    raise TimeoutError(f"{url}{path} did not become ready within {timeout} s")
 
 
 def start(folder: Path, *extra: str) -> HttpEngine:

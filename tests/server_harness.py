@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
@@ -31,14 +32,24 @@ def serve_in_thread(server: EngineServer) -> Iterator[EngineServer]:
 def fake_server(tmp_path: Path, model: FakeModel | None = None, **cfg) -> Iterator[EngineServer]:
     engine = Engine(model or FakeModel(), EngineConfig(**cfg), eos_token_ids=[0])
     endpoint = f"ipc://{tmp_path / ('e-' + uuid.uuid4().hex[:8] + '.sock')}"
-    server = EngineServer(engine, endpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_in_thread(EngineServer(engine, endpoint)) as server:
         yield server
+
+
+def wait_for_engine(endpoint: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Ping the engine process at `endpoint` until it answers; fail if it exits or `timeout` s pass first."""
+    probe = Client(Connection(endpoint), timeout=0.5)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                probe.ping()
+                return
+            except TimeoutError:
+                assert proc.poll() is None, f"the engine process exited with code {proc.returncode} while starting"
+                assert time.monotonic() < deadline, f"the engine at {endpoint} did not answer within {timeout} s"
     finally:
-        server.stop()
-        thread.join(timeout=5)
+        probe.close()
 
 
 def client_for(server: EngineServer, timeout: float = 10.0) -> Client:

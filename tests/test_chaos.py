@@ -17,6 +17,7 @@ import chaos_worker
 from fake_model import FakeModel
 from radixlm.client import Client
 from radixlm.connection import Connection
+from server_harness import settled_stats, wait_for_engine
 
 HERE = Path(__file__).parent
 WORKERS, ROUNDS = 4, 60
@@ -27,15 +28,8 @@ def test_chaos_rounds_against_one_live_engine(tmp_path):
     config = {"kv_cache_tokens": 3000, "max_context": chaos_worker.CONTEXT, "max_running_requests": 16, "chunk_size": 64}
     engine = subprocess.Popen([sys.executable, str(HERE / "fake_engine_process.py"), endpoint, json.dumps(config)])
     try:
-        client = Client(Connection(endpoint), timeout=0.5)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.ping()
-                break
-            except TimeoutError:
-                assert time.monotonic() < deadline and engine.poll() is None
-        client.timeout = 60
+        wait_for_engine(endpoint, engine, timeout=60)
+        client = Client(Connection(endpoint), timeout=60)
         start = time.monotonic()
         with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
             reports = pool.starmap(chaos_worker.run, [(endpoint, seed, ROUNDS) for seed in range(WORKERS)])
@@ -43,10 +37,8 @@ def test_chaos_rounds_against_one_live_engine(tmp_path):
         counts = sum((Counter(r["counts"]) for r in reports), Counter())
         model = FakeModel()
         wrong = [o for r in reports for (p, n, o) in [tuple(x) for x in r["outputs"]] if o != model.reference(p, n)]
-        deadline = time.monotonic() + 10  # aborted and disconnected requests drain
-        while (stats := client.stats(check_integrity=True))["running"] or stats["waiting"]:
-            assert time.monotonic() < deadline, stats
-            time.sleep(0.1)
+        stats = settled_stats(client, timeout=10)  # aborted and disconnected requests drain
+        assert not stats["running"] and not stats["waiting"], stats
         leaked = stats["pool_capacity"] - stats["pool_free"] - stats["cache_evictable"]
         summary = {**dict(sorted(counts.items())), "lost": counts["lost"], "leaked_slots": leaked, "engine_restarts": int(engine.poll() is not None),
                    "seconds": round(seconds, 1)}

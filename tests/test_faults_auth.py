@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -17,13 +16,8 @@ from radixlm.client import Client
 from radixlm.connection import Connection
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.server import EngineServer
+from http_harness import free_port
 from server_harness import serve_in_thread
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_engine() -> Engine:

@@ -180,7 +180,10 @@ def served_url(engine_client):
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
+        assert thread.is_alive(), "the uvicorn server thread died before it started serving"
+        assert time.monotonic() < deadline, f"the uvicorn server on port {port} did not start within 30 s"
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

@@ -7,33 +7,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fake_model import FakeModel
-from http_harness import free_port
+from http_harness import free_port, wait_healthy
 
 import radixlm
 
 SMG = Path(sys.executable).parent / "smg"
 WORKER = Path(__file__).resolve().parent / "fake_http_worker.py"
-
-
-def _wait(url: str, path: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with code {proc.returncode}")
-        try:
-            r = httpx.get(url + path, timeout=2.0)
-            if r.status_code == 200 and (path != "/v1/models" or r.json()["data"]):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}{path} did not answer within {timeout} s")
 
 
 @pytest.fixture
@@ -46,7 +30,7 @@ def cluster():
     router = None
     try:
         for url, proc in zip(urls, workers):
-            _wait(url, "/health", proc)
+            wait_healthy(url, proc, timeout=300.0)
         port = free_port()
         router = subprocess.Popen(
             [str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls,
@@ -54,7 +38,7 @@ def cluster():
              "--health-failure-threshold", "1", "--prometheus-host", "127.0.0.1",
              "--prometheus-port", str(free_port()), "--log-level", "error"], stdout=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
-        _wait(url, "/v1/models", router)
+        wait_healthy(url, router, timeout=300.0, path="/v1/models", ready=lambda r: bool(r.json()["data"]))
         yield url, urls, workers
     finally:
         for proc in ([router] if router else []) + workers:

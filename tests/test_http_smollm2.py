@@ -4,9 +4,7 @@ adapters and programs through connect("http://...") against the same engine thro
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import sys
 import time
 import types
@@ -173,16 +171,17 @@ def test_adapters_and_programs_give_the_same_greedy_outputs_over_http_and_zeromq
 
 
 def _sglang_frontend():
-    """SGLang's pure-Python frontend from the sglang 0.5.23 wheel in ~/.cache/radixlm/wheels (fetch it with
-    `pip download --no-deps sglang==0.5.23 -d ~/.cache/radixlm/wheels`), imported without its package
-    __init__ (which loads the GPU runtime's patches)."""
-    wheels = sorted(glob.glob(os.path.expanduser("~/.cache/radixlm/wheels/sglang-0.5.23-*.whl")))
-    if not wheels:
-        pytest.skip("no sglang 0.5.23 wheel in ~/.cache/radixlm/wheels (pip download --no-deps sglang==0.5.23 "
-                    "-d ~/.cache/radixlm/wheels)")
+    """SGLang's pure-Python frontend from the cached sglang wheel (tests/sglang_wheel.py says which version,
+    where, and how to fetch it), imported without its package __init__ (which loads the GPU runtime's
+    patches)."""
+    from sglang_wheel import FETCH_COMMAND, SGLANG_VERSION, WHEEL_DIR, sglang_wheel
+
+    wheel = sglang_wheel()
+    if wheel is None:
+        pytest.skip(f"no sglang {SGLANG_VERSION} wheel in {WHEEL_DIR} ({FETCH_COMMAND})")
     if "sglang" not in sys.modules:
         package = types.ModuleType("sglang")
-        package.__path__ = [wheels[-1] + "/sglang"]
+        package.__path__ = [str(wheel) + "/sglang"]
         sys.modules["sglang"] = package
     try:
         from sglang.lang import api

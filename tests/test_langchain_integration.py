@@ -168,9 +168,10 @@ def test_llm_generation_info_has_logprobs(endpoint):
         assert len(g.generation_info["logprobs"]["content"]) == g.generation_info["completion_tokens"] > 0
 
 
-def _example_module():
-    path = Path(__file__).resolve().parents[1] / "examples" / "langchain_react.py"
-    spec = importlib.util.spec_from_file_location("langchain_react_example", path)
+def _load_example(filename: str):
+    """Import examples/<filename> as a module (the examples folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / filename
+    spec = importlib.util.spec_from_file_location(Path(filename).stem + "_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -183,7 +184,7 @@ def test_example_agents_call_tools_answer_and_reuse_the_cache(endpoint, client, 
     step, every later step finds >= 80% of its prompt cached, and all calls of a run share one trace."""
     if agent == "react_agent":
         pytest.importorskip("langchain.agents")
-    example = _example_module()
+    example = _load_example("langchain_react.py")
     traces_before = set(client.stats()["traces"])
     messages = getattr(example, agent)(ChatRadixLM(endpoint=endpoint, max_tokens=64), question, max_steps=3)
     steps = [m for m in messages if isinstance(m, AIMessage)]
@@ -210,21 +211,13 @@ def test_streaming_under_a_grammar_yields_as_it_decodes(endpoint):
     assert sum(bool(t) for t in texts) > 1, texts
 
 
-def _agent_example():
-    path = Path(__file__).resolve().parents[1] / "examples" / "langchain_agent.py"
-    spec = importlib.util.spec_from_file_location("langchain_agent_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_create_agent_uses_several_tools_over_several_steps(endpoint, client):
     """examples/langchain_agent.py: `create_agent` with three tools (search, unit_factor, calculator)
     and a middleware that makes the 4th model call answer: the agent calls at least two different
     tools over at least two steps, each with valid arguments, then answers; all its calls are one
     engine trace whose later steps find >= 80% of their prompt cached."""
     pytest.importorskip("langchain.agents")
-    example = _agent_example()
+    example = _load_example("langchain_agent.py")
     traces_before = set(client.stats()["traces"])
     messages = example.run(ChatRadixLM(endpoint=endpoint, max_tokens=48), "How tall is the Eiffel Tower in feet?",
                            max_steps=4)

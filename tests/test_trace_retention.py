@@ -104,9 +104,11 @@ def test_next_call_releases_the_previous_pin_and_pins_its_own_path():
 
 def test_ttl_releases_the_pin():
     engine = make_engine(kv_cache_tokens=500, trace_ttl_s=0.05)
+    now = [0.0]
+    engine.traces.clock = engine.kv.retention.clock = lambda: now[0]
     call(engine, tokens(30, 5), "agent")
     assert engine.stats_dict()["pins"] == 1
-    time.sleep(0.1)
+    now[0] += 0.1
     stats = engine.stats_dict()
     assert stats["pins"] == 0 and stats["pins_released_ttl"] == 1
     assert engine.kv.cache.protected_size == 0
