@@ -31,8 +31,9 @@ from .langchain_common import engine_info
 from .langchain_llm import RadixLLM
 from .langchain_params import RadixLMParams, logprobs_metadata, usage_metadata
 from .langchain_stream import ReplyReader
-from .langchain_tools import (MAX_STRING, parse_reply, response_format_schema, text_answer_schema, tighten,
-                              to_engine_messages, tool_call_grammar, tools_prompt)
+from .langchain_tools import (MAX_STRING, TOOL_MAX_TOKENS, normalize_tool_choice, parse_reply,
+                              response_format_schema, tighten, to_engine_messages, tool_reply_options,
+                              tools_prompt)
 
 __all__ = ["ChatRadixLM", "RadixLLM"]
 
@@ -82,7 +83,7 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
 
     streaming: bool = False
     """Stream by default in `invoke` (used by callbacks that want tokens)."""
-    tool_max_tokens: int = 512
+    tool_max_tokens: int = TOOL_MAX_TOKENS
     """Token budget of a tool call or structured reply (at least max_tokens), so JSON is not cut off."""
     max_string_length: int | None = MAX_STRING
     """In tool arguments and structured replies, strings whose schema sets no maxLength are capped at
@@ -121,15 +122,8 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
         opts = self._options(stop, kwargs, run_manager)
         answer = response_format_schema(response_format, self.max_string_length) if response_format else None
         if tools:
-            choice = choice or "auto"
-            budget = opts["max_new_tokens"]
-            # A text answer is capped at ~4 characters per token of max_tokens: a small model that
-            # loops inside it stops near the budget the caller asked for.
-            opts["json_schema"] = tool_call_grammar(tools, choice, self.max_string_length,
-                                                    answer or text_answer_schema(4 * budget))
-            if choice != "none":
-                opts["max_new_tokens"] = max(budget, self.tool_max_tokens)
-            opts.pop("stop", None)  # a stop string inside the JSON would cut the reply short
+            opts = tool_reply_options(opts, tools, choice or "auto", answer, self.max_string_length,
+                                      self.tool_max_tokens)
             prompt = to_engine_messages(messages, tools_prompt(tools, json_answer=answer is not None))
             return prompt, opts, ToolReply(tuple(t["function"]["name"] for t in tools), answer is not None)
         if answer is not None:
@@ -227,15 +221,7 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
         keeps its cached prefix. A `response_format` bound as well (OpenAI style, as `langchain.agents`
         binds it) is the schema of the answer, returned as JSON text in the content."""
         formatted = [convert_to_openai_tool(t) for t in tools]
-        names = [t["function"]["name"] for t in formatted]
-        if isinstance(tool_choice, dict):
-            tool_choice = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-        if tool_choice is True or tool_choice == "required":
-            tool_choice = "any"
-        if tool_choice is False:
-            tool_choice = "none"
-        if tool_choice not in (None, "auto", "any", "none") and tool_choice not in names:
-            raise ValueError(f"tool_choice {tool_choice!r} is not one of the bound tools {names}")
+        tool_choice = normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(self, schema: dict | type, *,

@@ -19,6 +19,8 @@ from langchain_core.messages import (AIMessage, BaseMessage, ChatMessage, Functi
 SEPARATORS = (", ", ": ")
 # Longest string value a constrained reply may hold unless its schema says otherwise.
 MAX_STRING = 100
+# A reply under the tool grammar (a call, or a structured answer) gets at least this many tokens.
+TOOL_MAX_TOKENS = 512
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
@@ -74,11 +76,42 @@ def to_engine_messages(messages: Sequence[BaseMessage], tools_prompt: str | None
             out.append({"role": m.role, "content": _text_of(m.content)})
         else:
             raise ValueError(f"unsupported message type {type(m).__name__}")
-    if tools_prompt:
-        if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + tools_prompt}
-        else:
-            out.insert(0, {"role": "system", "content": tools_prompt})
+    return with_system_text(out, tools_prompt) if tools_prompt else out
+
+
+def with_system_text(messages: list[dict[str, str]], text: str) -> list[dict[str, str]]:
+    """`messages` with `text` appended to the leading system message, or as a new one before them."""
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def normalize_tool_choice(choice: str | dict | bool | None, names: Sequence[str]) -> str | None:
+    """None (the caller's default), "auto", "any" (True, "any", "required"), "none" (False), or one of
+    `names` (a bare name, {"type": "function", "function": {"name": ...}} or {"name": ...});
+    ValueError for a name that is not among the tools."""
+    if isinstance(choice, dict):
+        choice = (choice.get("function") or {}).get("name") or choice.get("name")
+    if choice is True or choice == "required":
+        return "any"
+    if choice is False:
+        return "none"
+    if choice not in (None, "auto", "any", "none") and choice not in names:
+        raise ValueError(f"tool_choice {choice!r} is not one of the tools {list(names)}")
+    return choice
+
+
+def tool_reply_options(options: dict[str, Any], tools: Sequence[dict], choice: str, answer: dict | None,
+                       max_string: int | None = MAX_STRING, tool_max_tokens: int = TOOL_MAX_TOKENS) -> dict[str, Any]:
+    """`options` for a reply under the tool grammar: a call of one of `tools` (as `choice` allows) or an
+    answer (`answer`'s schema, else text capped at ~4 characters per token of max_new_tokens, so a small
+    model that loops inside it stops near the budget asked for); at least `tool_max_tokens` tokens when a
+    call may come; no stop strings (one inside the JSON would cut the reply short)."""
+    budget = options["max_new_tokens"]
+    out = {k: v for k, v in options.items() if k != "stop"}
+    out["json_schema"] = tool_call_grammar(tools, choice, max_string, answer or text_answer_schema(4 * budget))
+    if choice != "none":
+        out["max_new_tokens"] = max(budget, tool_max_tokens)
     return out
 
 

@@ -12,8 +12,6 @@ from typing import Any
 
 from .errors import HTTPError
 
-# Like the LangChain adapter: a tool call gets at least this many tokens, whatever max_tokens says.
-TOOL_MAX_TOKENS = 512
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
          "function": "tool"}
 
@@ -85,19 +83,16 @@ def engine_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def _tool_choice(choice: Any, tools: list[dict]) -> str:
-    if choice is None:
-        return "auto"
-    if choice in ("auto", "none"):
-        return choice
-    if choice == "required":
-        return "any"
-    if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
-        name = choice["function"]["name"]
-        if name not in {t["function"]["name"] for t in tools}:
-            raise HTTPError(400, f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
-        return name
-    raise HTTPError(400, "tool_choice must be 'auto', 'none', 'required' or {\"type\": \"function\", "
-                    "\"function\": {\"name\": ...}}", param="tool_choice")
+    """OpenAI's tool_choice forms only (None, "auto", "none", "required", {"function": {"name"}}), named
+    in the adapter's vocabulary."""
+    named = isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name")
+    if not (choice in (None, "auto", "none", "required") or named):
+        raise HTTPError(400, "tool_choice must be 'auto', 'none', 'required' or {\"type\": \"function\", "
+                        "\"function\": {\"name\": ...}}", param="tool_choice")
+    try:
+        return _grammar().normalize_tool_choice(choice, [t["function"]["name"] for t in tools]) or "auto"
+    except ValueError as exc:
+        raise HTTPError(400, str(exc), param="tool_choice") from None
 
 
 def _check_tools(tools: list[dict]) -> None:
@@ -127,16 +122,8 @@ def chat_request(messages: list[dict[str, Any]], tools: list[dict] | None, tool_
     if tools:
         _check_tools(tools)
         choice = _tool_choice(tool_choice, tools)
-        budget = options["max_new_tokens"]
-        options["json_schema"] = g.tool_call_grammar(tools, choice, g.MAX_STRING, answer or g.text_answer_schema(4 * budget))
-        if choice != "none":
-            options["max_new_tokens"] = max(budget, TOOL_MAX_TOKENS)
-        options.pop("stop", None)  # a stop string inside the JSON would cut the reply short
-        system = g.tools_prompt(tools, json_answer=answer is not None)
-        if prompt[0]["role"] == "system":
-            prompt[0] = {"role": "system", "content": prompt[0]["content"] + "\n\n" + system}
-        else:
-            prompt.insert(0, {"role": "system", "content": system})
+        options = g.tool_reply_options(options, tools, choice, answer)
+        prompt = g.with_system_text(prompt, g.tools_prompt(tools, json_answer=answer is not None))
         return ChatRequest(prompt, options, "tools+json" if answer is not None else "tools")
     if tool_choice not in (None, "none", "auto"):
         raise HTTPError(400, "tool_choice needs tools", param="tool_choice")
