@@ -14,7 +14,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Sequence, Union
+from typing import Any, AsyncIterator, Iterator, Protocol, Sequence, Union
 
 import msgspec
 
@@ -127,7 +127,7 @@ class Client:
         self.conn, self.timeout = connection, timeout
         self.aio = AsyncClient(self)
         self.open_traces: set[str] = set()  # trace ids this client sent calls for and did not end
-        _live_clients.add(self)
+        hold_traces(self)
 
     @property
     def endpoint(self) -> str:
@@ -201,6 +201,14 @@ class Client:
         self.open_traces.discard(trace_id)
         return self._one(P.EndTrace(rid=self.conn.new_rid(), trace_id=trace_id)).data
 
+    def end_trace_nowait(self, trace_id: str) -> None:
+        """`end_trace` without waiting for the reply: the message queues behind the trace's last call."""
+        self.open_traces.discard(trace_id)
+        try:
+            self.conn.send(P.EndTrace(rid=self.conn.new_rid(), trace_id=trace_id), None)
+        except EngineDiedError:
+            pass  # its engine is gone, and the trace's KV with it
+
     def info(self) -> dict:
         return self._one(P.Info(rid=self.conn.new_rid())).data
 
@@ -222,24 +230,33 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        _live_clients.discard(self)
+        _trace_holders.discard(self)
         self.conn.close()
 
 
-_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+class TraceHolder(Protocol):
+    """A client of an engine that keeps KV per agent trace (radixlm over ZeroMQ or HTTP)."""
+
+    open_traces: set[str]  # trace ids it sent calls for and did not end
+
+    def end_trace_nowait(self, trace_id: str) -> None:
+        """Tell its engine that `trace_id` is over, not waiting for the reply."""
+
+
+_trace_holders: weakref.WeakSet[TraceHolder] = weakref.WeakSet()
+
+
+def hold_traces(client: TraceHolder) -> None:
+    """Let `end_trace_everywhere` reach `client` (until its `close`)."""
+    _trace_holders.add(client)
 
 
 def end_trace_everywhere(trace_id: str) -> None:
-    """End `trace_id` on every engine this process sent calls of that trace to, without waiting for the
-    replies (the adapters call this when an agent's root run returns; the message queues behind the
-    trace's last call on each connection)."""
-    for client in list(_live_clients):
+    """End `trace_id` on every engine this process sent calls of that trace to (the adapters call this
+    when an agent's root run returns)."""
+    for client in list(_trace_holders):
         if trace_id in client.open_traces:
-            client.open_traces.discard(trace_id)
-            try:
-                client.conn.send(P.EndTrace(rid=client.conn.new_rid(), trace_id=trace_id), None)
-            except EngineDiedError:
-                pass  # its engine is gone, and the trace's KV with it
+            client.end_trace_nowait(trace_id)
 
 
 class AsyncClient:

@@ -211,3 +211,29 @@ def test_httpx_client_in_both_dialects_against_the_front(served_url):
         native.generate(prompt, temperature=-1)
     native.close()
     openai.close()
+
+
+def test_end_trace_over_http_sync_async_and_everywhere(served_url):
+    import asyncio
+
+    import radixlm
+    from radixlm.client import end_trace_everywhere
+
+    native = radixlm.connect(served_url)
+    for trace in ("sync-agent", "async-agent", "root-run"):
+        native.generate([4, 5, 6], max_new_tokens=2, trace_id=trace)
+    assert native.open_traces == {"sync-agent", "async-agent", "root-run"}
+    assert native.end_trace("sync-agent") == {"trace_id": "sync-agent", "ended": True, "released_pin": True}
+    assert asyncio.run(native.aio.end_trace("async-agent"))["ended"] is True
+    end_trace_everywhere("root-run")
+    assert not native.open_traces
+    assert native.end_trace("root-run")["ended"] is False  # already ended by end_trace_everywhere
+    with pytest.raises(radixlm.EngineError, match="HTTP 400.*trace_id"):
+        native.end_trace("")
+    openai = radixlm.connect(served_url, model="fake", api="openai")
+    openai.generate([4, 5, 6], max_new_tokens=2, trace_id="routed")
+    assert not openai.open_traces
+    with pytest.raises(ValueError, match="only a radixlm server keeps KV per agent trace"):
+        openai.end_trace("routed")
+    native.close()
+    openai.close()

@@ -58,6 +58,7 @@ def build_app(front: Front) -> Starlette:
         Route("/get_server_info", bind(sglang_api.server_info), methods=["GET"]),
         Route("/server_info", bind(sglang_api.server_info), methods=["GET"]),
         Route("/flush_cache", bind(sglang_api.flush_cache), methods=get_post),
+        Route("/end_trace", bind(sglang_api.end_trace), methods=["POST"]),
         Route("/health", bind(sglang_api.health), methods=["GET"]),
         Route("/health_generate", bind(sglang_api.health_generate), methods=["GET"]),
     ]

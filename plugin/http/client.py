@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-from ..client import Prompt, Result, StreamChunk, _generate_message
+from ..client import Prompt, Result, StreamChunk, _generate_message, hold_traces
 from ..connection import EngineDiedError
 from .native_wire import NativeDialect
 from .openai_wire import OpenAIDialect
@@ -62,6 +62,10 @@ class HttpClient:
         self.http_timeout = httpx.Timeout(timeout, connect=10.0)
         self.http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.http_timeout)
         self.aio = AsyncHttpClient(self)
+        # Only a radixlm server keeps KV per trace; the trace ids other servers see are routing keys.
+        self.open_traces: set[str] = set()
+        if dialect.name == "radixlm":
+            hold_traces(self)
 
     @property
     def endpoint(self) -> str:
@@ -70,6 +74,8 @@ class HttpClient:
 
     def _call(self, prompt: Prompt, stream: bool, options: dict[str, Any]) -> tuple[int, Call]:
         msg = _generate_message("http", prompt, stream, options)
+        if msg.trace_id is not None and self.dialect.name == "radixlm":
+            self.open_traces.add(msg.trace_id)
         return msg.sampling.n, self.dialect.call(msg)
 
     def generate(self, prompt: Prompt, **options: Any) -> Result | list[Result]:
@@ -103,6 +109,31 @@ class HttpClient:
             raise _error(resp)
         return resp
 
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        with _transport_errors(self.base_url):
+            resp = self.http.post(path, json=body)
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp
+
+    def _end_trace_call(self, trace_id: str) -> tuple[str, dict[str, str]]:
+        if self.dialect.name != "radixlm":
+            raise ValueError(f"only a radixlm server keeps KV per agent trace; this {self.dialect.name} "
+                             "server has no trace to end")
+        self.open_traces.discard(trace_id)
+        return "/end_trace", {"trace_id": trace_id}
+
+    def end_trace(self, trace_id: str) -> dict:
+        """As `radixlm.Client.end_trace`: the radixlm server releases the KV it kept for `trace_id`."""
+        return self._post(*self._end_trace_call(trace_id)).json()
+
+    def end_trace_nowait(self, trace_id: str) -> None:
+        """`end_trace` for `end_trace_everywhere` (over HTTP it waits: the reply is one short POST)."""
+        try:
+            self.end_trace(trace_id)
+        except EngineDiedError:
+            pass  # the server is gone, and the trace's KV with it
+
     def info(self) -> dict:
         """The server's description: radixlm's and SGLang's /get_server_info, or an OpenAI server's models."""
         if self.dialect.name == "openai":
@@ -123,10 +154,7 @@ class HttpClient:
     def flush_cache(self) -> None:
         if self.dialect.name == "openai":
             raise ValueError("OpenAI-compatible servers have no cache flush endpoint")
-        with _transport_errors(self.base_url):
-            resp = self.http.post("/flush_cache")
-        if resp.status_code >= 400:
-            raise _error(resp)
+        self._post("/flush_cache")
 
     def close(self) -> None:
         self.http.close()
@@ -151,6 +179,16 @@ class AsyncHttpClient:
         if resp.status_code >= 400:
             raise _error(resp)
         return _collect(n, self.client.dialect.results(call, resp.json()))
+
+    async def end_trace(self, trace_id: str) -> dict:
+        """See `HttpClient.end_trace`."""
+        path, body = self.client._end_trace_call(trace_id)
+        async with self._http() as http:
+            with _transport_errors(self.client.base_url):
+                resp = await http.post(path, json=body)
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.json()
 
     async def stream(self, prompt: Prompt, include_result: bool = False,
                      **options: Any) -> AsyncIterator[StreamChunk | Result]:

@@ -1,7 +1,7 @@
 """SGLang-native endpoints: `/generate` (text or input_ids, one or a batch, `sampling_params`,
 `return_logprob` / `logprob_start_len` / `top_logprobs_num`, `stream`; `max_new_tokens: 0` computes and
 caches the prompt only, SGLang's prefix hint), `/get_model_info`, `/get_server_info`, `/flush_cache`,
-`/health` and `/health_generate`: what SGLang's frontend (`RuntimeEndpoint`) and SGLang's model gateway
+`/health` and `/health_generate` (and radixlm's `/end_trace`): what SGLang's frontend (`RuntimeEndpoint`) and SGLang's model gateway
 (`smg`) need of a worker."""
 
 from __future__ import annotations
@@ -214,6 +214,16 @@ async def server_info(front: Front, request: Request):
 async def flush_cache(front: Front, request: Request):
     await _engine(front.client.flush_cache)
     return PlainTextResponse("Cache flushed.\n")
+
+
+async def end_trace(front: Front, request: Request):
+    """radixlm's extension beside SGLang's routes: `{"trace_id": ...}` ends that agent trace, so the engine
+    releases the KV it kept for it (what `radixlm.Client.end_trace` does over ZeroMQ)."""
+    body = await read_json(request)
+    tid = body.get("trace_id") if isinstance(body, dict) else None
+    if not isinstance(tid, str) or not tid:
+        raise HTTPError(400, 'end_trace needs {"trace_id": "<non-empty string>"}', param="trace_id")
+    return JSONResponse(await _engine(lambda: front.client.end_trace(tid)))
 
 
 async def health(front: Front, request: Request):
