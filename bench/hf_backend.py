@@ -27,15 +27,24 @@ class _Grammar(LogitsProcessor):
     def __init__(self, state: Any, prompt_len: int) -> None:
         self.state, self.prompt_len = state, prompt_len
         self.forced: list[int] = []
+        self.consumed = 0  # output tokens the grammar state has seen
+
+    def _consume(self, token: int) -> None:
+        self.state.consume(token)
+        self.consumed += 1
+        if self.forced:
+            self.forced.pop(0)
+        elif not self.state.is_finished:
+            self.forced = self.state.forced_tokens()
+
+    def catch_up(self, out_ids: list[int]) -> None:
+        """Consume the last generated token, which no further step showed the processor."""
+        if len(out_ids) > self.consumed and not self.state.is_finished:
+            self._consume(out_ids[-1])
 
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] > self.prompt_len:
-            token = int(input_ids[0, -1])
-            self.state.consume(token)
-            if self.forced:
-                self.forced.pop(0)
-            elif not self.state.is_finished:
-                self.forced = self.state.forced_tokens()
+            self._consume(int(input_ids[0, -1]))
         if self.forced and not self.state.is_finished:
             mask = torch.zeros(scores.shape[1], dtype=torch.bool)
             mask[self.forced[0]] = True
@@ -65,6 +74,8 @@ class HFBackend(PeerBackend):
                                       do_sample=False, pad_token_id=self.eos,
                                       logits_processor=LogitsProcessorList(processors), **extra)
         out_ids = out[0, len(ids):].tolist()
+        if constraint is not None:
+            constraint.catch_up(out_ids)
         finished = constraint is not None and constraint.state.is_finished
         if finished and out_ids and out_ids[-1] == self.eos:
             out_ids.pop()  # radixlm ends a finished grammar without an EOS token

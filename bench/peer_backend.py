@@ -49,11 +49,13 @@ class PeerBackend(ABC):
 
     # -- Backend interface ----------------------------------------------------------------------
     def grammar(self, options: dict[str, Any]) -> GrammarSpec | None:
-        """The constraint of a gen call (json_schema or regex), or None."""
+        """The constraint of a gen call (json_schema, regex, or lark: DSPy's ChatAdapter grammar), or None."""
         if options.get("json_schema") is not None:
             return GrammarSpec.json_schema(options["json_schema"])
         if options.get("regex") is not None:
             return GrammarSpec.regex(options["regex"])
+        if options.get("lark") is not None:
+            return GrammarSpec.lark(options["lark"])
         return None
 
     def grammar_backend(self) -> GrammarBackend:
@@ -62,7 +64,7 @@ class PeerBackend(ABC):
         return self._grammars
 
     def generate(self, prompt: str, **options: Any) -> GenOutput:
-        unknown = set(options) - {"max_new_tokens", "stop", "temperature", "json_schema", "regex", "trace_id"}
+        unknown = set(options) - {"max_new_tokens", "stop", "temperature", "json_schema", "regex", "lark", "trace_id"}
         if unknown or options.get("temperature", 0.0) not in (0.0, None):
             raise ValueError(f"{type(self).__name__} runs greedy gen calls only; got options {sorted(options)}")
         stop = options.get("stop") or []

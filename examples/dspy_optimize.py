@@ -4,7 +4,11 @@ after on held-out reviews. An optimizer makes many calls that share one signatur
 demos are chosen, the same demos: the radix cache serves that shared prefix. Prints, per phase, the
 LM calls, the share of prompt tokens served from the cache, the wall time and the score.
 
+`--system hf` (or `llama-cpp`) runs the same compile on a bench peer instead (HF transformers, one call
+at a time with no KV kept between calls, decoding under the same grammar), for the comparison.
+
     python examples/dspy_optimize.py [--train 16] [--dev 16] [--endpoint ipc://...] [--save program.json]
+    python examples/dspy_optimize.py --system hf [--threads 2]
 """
 
 from __future__ import annotations
@@ -51,12 +55,27 @@ def _phase(name: str, lm: dspy.LM, start_calls: int, seconds: float, extra: str 
     calls = lm.history[start_calls:]
     prompt = sum(c["usage"]["prompt_tokens"] for c in calls)
     cached = sum((c["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0) for c in calls)
-    print(f"{name:<10} {len(calls):>4} LM calls, {cached}/{prompt} prompt tokens from the radix cache "
+    print(f"{name:<10} {len(calls):>4} LM calls, {cached}/{prompt} prompt tokens from the cache "
           f"({cached / max(prompt, 1):.0%}), {seconds:6.1f} s{extra}")
 
 
-def main(train: int, dev: int, endpoint: str | None, save: str | None) -> None:
-    lm = LM("smollm2", endpoint, cache=False, max_tokens=16, num_retries=0)
+PEERS = {"hf": "HF transformers", "llama-cpp": "llama-cpp-python"}
+MAX_TOKENS = 16  # a label and ChatAdapter's markup fit; every system gets the same budget
+
+
+def make_lm(system: str, endpoint: str | None, threads: int) -> dspy.LM:
+    """radixlm's LM, or a bench peer's (radixlm.bench.systems) on the same model."""
+    if system == "radixlm":
+        return LM("smollm2", endpoint, cache=False, max_tokens=MAX_TOKENS, num_retries=0)
+    from radixlm.bench.systems import open_system
+
+    return open_system(PEERS[system], "smollm2", threads).dspy_lm(MAX_TOKENS)
+
+
+def main(train: int, dev: int, endpoint: str | None, save: str | None, system: str = "radixlm",
+         threads: int = 2) -> None:
+    lm = make_lm(system, endpoint, threads)
+    print(f"system: {system}")
     dspy.configure(lm=lm)
     trainset, devset = reviews(train, seed=0), reviews(dev, seed=1)
     evaluate = dspy.Evaluate(devset=devset, metric=exact, num_threads=8, display_progress=False)
@@ -87,5 +106,8 @@ if __name__ == "__main__":
     parser.add_argument("--dev", type=int, default=16)
     parser.add_argument("--endpoint", default=None, help="engine address (default: attach or spawn)")
     parser.add_argument("--save", default=None, help="save the compiled program (JSON) here")
+    parser.add_argument("--system", default="radixlm", choices=["radixlm", *PEERS],
+                        help="the LM: radixlm's engine, or a bench peer on the same model")
+    parser.add_argument("--threads", type=int, default=2, help="a peer's thread count")
     args = parser.parse_args()
-    main(args.train, args.dev, args.endpoint, args.save)
+    main(args.train, args.dev, args.endpoint, args.save, args.system, args.threads)
