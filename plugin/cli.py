@@ -4,8 +4,16 @@ job on the embedded model."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# OpenMP threads that busy-wait at every barrier collapse when another process takes a core: on the 2-core
+# AMD EPYC at load ~9, SmolLM2 decode ran 0.8 tok/s with libgomp's default and 7.0 with PASSIVE waits
+# (8.0 on one thread). radixlm's processes (and the bench's peers, which inherit it) sleep at barriers unless
+# the user chose a wait policy.
+ENGINE_OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
 
 def _info(args: argparse.Namespace) -> int:
     from radixlm.engine.loader import load_model
@@ -61,7 +69,6 @@ def _start_http_front(args: argparse.Namespace, endpoint: str):  # -> subprocess
     the engine, so the engine's loop never parses HTTP. It exits when this process does."""
     if args.http_port is None:
         return None
-    import os
     import subprocess
 
     cmd = [sys.executable, "-m", "radixlm.http.server", "--engine", endpoint, "--host", args.http_host,
@@ -115,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `radixlm` console command."""
+    for name, value in ENGINE_OMP_ENV.items():  # before build_parser imports torch, which loads OpenMP
+        os.environ.setdefault(name, value)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
