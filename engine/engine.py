@@ -22,6 +22,7 @@ from .model.decode_step import QUANTIZATIONS
 from .model.llama import LlamaModel
 from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
+from .prefix_cache import PrefixCache
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
 from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams, describe
@@ -127,7 +128,7 @@ class Engine:
         """(Re)build what owns the KV slots over `pool`: an empty cache of the configured kind, the KV
         manager with its trace pins (when `trace_retention` is on and the cache is real), and the
         scheduler. `recover` calls it again after a step that no request can be blamed for."""
-        cache = RadixCache(pool.allocator) if self.config.radix_cache else NoRadixCache(pool.allocator)
+        cache: PrefixCache = RadixCache(pool.allocator) if self.config.radix_cache else NoRadixCache(pool.allocator)
         self.kv = KVManager(pool, rows, cache)
         if self.config.trace_retention and self.config.radix_cache:
             self.kv.retention = TraceRetention(cache, self.traces, pool.allocator.capacity,
