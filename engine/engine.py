@@ -11,21 +11,22 @@ from typing import Iterable, Sequence
 import torch
 
 from .attention.select import BACKENDS, make_attention
+from .batch_input import BatchInput, prepare_batch
 from .containment import forward_isolating, recover, sample_isolating
 from .decoding import Decoding, blocked_tokens_mask
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel, load_model
-from .model.context import ForwardContext, ForwardMode, use_context
+from .model.context import ForwardMode, use_context
 from .model.decode_step import QUANTIZATIONS
 from .model.llama import LlamaModel
 from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
 from .prefix_cache import PrefixCache
-from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
+from .prompt_logprobs import record_prompt_logprobs
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
-from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams, describe
+from .request import FinishReason, GenerationResult, Request, SamplingParams, describe
 from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler
 from .stats import EngineStats
@@ -251,10 +252,10 @@ class Engine:
         ran = forward_isolating(self, batch, failed)
         if ran is None:
             return [self._result(r) for r in failed]
-        batch, (logits, sample_rows, prompt_plan) = ran
-        for req, first_row, first_pos, count in prompt_plan:
-            record_prompt_logprobs(req, logits[first_row : first_row + count], first_pos)
-        batch, out = sample_isolating(self, batch, logits[sample_rows], failed)
+        batch, (logits, inp) = ran
+        for rows in inp.prompt_rows:
+            record_prompt_logprobs(rows.req, logits[rows.first_row : rows.first_row + rows.count], rows.first_pos)
+        batch, out = sample_isolating(self, batch, logits[inp.sample_rows], failed)
         now = time.perf_counter()
         for req in batch.sampling:
             if req.first_token_time is None:
@@ -279,44 +280,11 @@ class Engine:
             top_logprobs=[r.params.top_logprobs for r in reqs],
         )
 
-    def _forward(self, batch: Batch) -> tuple[torch.Tensor, list[int], list[tuple[Request, int, int, int]]]:
-        """Run the batch. Returns logits, which of their rows sample the `batch.sampling` requests,
-        and the prompt-logprob rows as (request, first logits row, first position, count)."""
-        table, pool = self.kv.table, self.kv.pool
-        sample_rows: list[int] = []
-        prompt_plan: list[tuple[Request, int, int, int]] = []
-        if batch.mode is ForwardMode.EXTEND:
-            reqs = batch.reqs + batch.ghosts
-            lens = batch.extend_lens + [1] * len(batch.ghosts)
-            ids, positions, seq_slots, logit_rows = [], [], [], []
-            offset = 0
-            for req, n in zip(reqs, lens):
-                ids.extend(req.fill_ids[req.kv_len : req.kv_len + n])
-                positions.append(torch.arange(req.kv_len, req.kv_len + n))
-                seq_slots.append(table[req.row, : req.kv_len + n])
-                first, count = prompt_logprob_positions(req, n)
-                if count:
-                    prompt_plan.append((req, len(logit_rows), first, count))
-                    logit_rows.extend(range(offset + first - req.kv_len, offset + first - req.kv_len + count))
-                offset += n
-                if req.kv_len + n == req.fill_len and req.status is not ReqStatus.FINISHED:
-                    sample_rows.append(len(logit_rows))
-                    logit_rows.append(offset - 1)
-            ctx = ForwardContext.for_extend(pool, seq_slots, [r.kv_len for r in reqs],
-                                           torch.tensor(logit_rows, dtype=torch.long))
-            ids_t, pos_t = torch.tensor(ids), torch.cat(positions)
-        else:
-            reqs = batch.reqs + batch.ghosts
-            kv_lens = torch.tensor([r.kv_len + 1 for r in reqs])
-            rows = torch.tensor([r.row for r in reqs])
-            kv_index = table[rows, : int(kv_lens.max())]
-            ctx = ForwardContext.for_decode(pool, kv_index, kv_lens)
-            ctx.logit_rows = ctx.logit_rows[: len(batch.reqs)]
-            ids_t = torch.tensor([r.token_at(r.kv_len) for r in reqs])
-            pos_t = kv_lens - 1
-            sample_rows = list(range(len(batch.reqs)))
-        with use_context(ctx):
-            return self.model(ids_t, pos_t), sample_rows, prompt_plan
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, BatchInput]:
+        """Run the batch's forward pass: its logits, and the input that says whose each row is."""
+        inp = prepare_batch(batch, self.kv.table, self.kv.pool)
+        with use_context(inp.ctx):
+            return self.model(inp.ids, inp.positions), inp
 
     def _count(self, batch: Batch, sampled: int, seconds: float) -> None:
         s = self.stats
