@@ -14,6 +14,7 @@ from .attention.select import BACKENDS, make_attention
 from .batch_input import BatchInput, prepare_batch
 from .containment import forward_isolating, recover, sample_isolating
 from .decoding import Decoding, blocked_tokens_mask
+from .detokenizer import Detokenizer
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
 from .kv_pool import KVPool, ReqToTokenPool
@@ -115,9 +116,9 @@ class Engine:
         pool = KVPool(config.kv_cache_tokens + 1, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim,
                       dtype=model.dtype, device=model.device)
         rows = ReqToTokenPool(config.max_running_requests + 2, max_context + 1, device=model.device)
-        detok = tokenizer.decode if tokenizer else None
+        self.detokenizer = Detokenizer(tokenizer)
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
-                                 config.jump_forward, detok)
+                                 config.jump_forward, self.detokenizer)
         self.stats = EngineStats()
         self.traces = TraceTable(lambda: self.stats.traces)
         self.build_bookkeeping(pool, rows)
@@ -161,9 +162,6 @@ class Engine:
             except Exception as exc:  # the template's own errors (missing keys, wrong types) are bad input
                 raise ValueError(f"the chat messages cannot be rendered with the model's template: {describe(exc)}") from exc
         return self.tokenizer.encode(text)
-
-    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens) if self.tokenizer else ""
 
     def info(self) -> dict:
         """What a client may want to know about the model and the engine's configuration."""
@@ -261,7 +259,8 @@ class Engine:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
-        self._count(batch, len(out.tokens), now - start)
+        self.stats.record_pass(batch.mode is ForwardMode.EXTEND, batch.computed_tokens, len(out.tokens), now - start)
+        self.stats.evicted_tokens, self.stats.retractions = self.kv.evicted_tokens, self.scheduler.retractions
         return [self._result(r) for r in failed + finished]
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
@@ -286,31 +285,14 @@ class Engine:
         with use_context(inp.ctx):
             return self.model(inp.ids, inp.positions), inp
 
-    def _count(self, batch: Batch, sampled: int, seconds: float) -> None:
-        s = self.stats
-        s.busy_seconds += seconds
-        s.generated_tokens += sampled
-        if batch.mode is ForwardMode.EXTEND:
-            s.extend_passes += 1
-            s.extend_seconds += seconds
-            s.computed_tokens += sum(batch.extend_lens) + len(batch.ghosts)
-        else:
-            s.decode_passes += 1
-            s.decode_seconds += seconds
-            s.computed_tokens += len(batch.reqs) + len(batch.ghosts)
-        s.evicted_tokens = self.kv.evicted_tokens
-        s.retractions = self.scheduler.retractions
-
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
         self.traces.on_finish(req)
         try:
-            text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+            text = self.detokenizer.final_text(req)
         except Exception as exc:  # noqa: BLE001 - this request's output cannot be reported; the others can
             req.finish_reason, req.error = FinishReason.ERROR, f"detokenizing the output failed: {describe(exc)}"
             return req.result(None)
-        if text is not None and req.stop_text_end is not None:
-            text = text[: req.stop_text_end]
         return req.result(text)
 
     def run(self) -> list[GenerationResult]:
