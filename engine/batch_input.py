@@ -15,7 +15,7 @@ import torch
 
 from .kv_pool import KVPool
 from .model.context import ForwardContext, ForwardMode
-from .prompt_logprobs import prompt_logprob_positions
+from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .request import Request, ReqStatus
 from .scheduler import Batch
 
@@ -41,6 +41,11 @@ class BatchInput:
     ctx: ForwardContext  # KV slots to write and to attend over, and the logits rows to compute
     sample_rows: list[int]
     prompt_rows: list[PromptLogprobRows]
+
+    def record_prompt_logprobs(self, logits: torch.Tensor) -> None:
+        """Append the prompt logprobs this pass computed (`logits`: its output) to their requests."""
+        for rows in self.prompt_rows:
+            record_prompt_logprobs(rows.req, logits[rows.first_row : rows.first_row + rows.count], rows.first_pos)
 
 
 def prepare_batch(batch: Batch, table: torch.Tensor, pool: KVPool) -> BatchInput:

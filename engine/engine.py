@@ -25,7 +25,6 @@ from .model.llama import LlamaModel
 from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
 from .prefix_cache import PrefixCache
-from .prompt_logprobs import record_prompt_logprobs
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
 from .request import FinishReason, GenerationResult, Request, SamplingParams, describe
 from .sampler import SampleOutput, sample
@@ -98,7 +97,11 @@ class EngineConfig:
 
 
 class Engine:
-    """Continuous-batching engine over one model, one KV pool and one radix cache."""
+    """Continuous-batching engine over one model, one KV pool and one prefix cache. A step is a short
+    loop over named parts: the scheduler picks a batch, `batch_input` prepares the pass, the model
+    (through its attention backend) computes logits, the sampler picks tokens, `Decoding` appends
+    them and decides who stops, and the detokenizer gives the finished requests' text; containment
+    pins a failure on the requests it belongs to."""
 
     def __init__(
         self,
@@ -251,8 +254,7 @@ class Engine:
         if ran is None:
             return [self._result(r) for r in failed]
         batch, (logits, inp) = ran
-        for rows in inp.prompt_rows:
-            record_prompt_logprobs(rows.req, logits[rows.first_row : rows.first_row + rows.count], rows.first_pos)
+        inp.record_prompt_logprobs(logits)
         batch, out = sample_isolating(self, batch, logits[inp.sample_rows], failed)
         now = time.perf_counter()
         for req in batch.sampling:
@@ -262,6 +264,12 @@ class Engine:
         self.stats.record_pass(batch.mode is ForwardMode.EXTEND, batch.computed_tokens, len(out.tokens), now - start)
         self.stats.evicted_tokens, self.stats.retractions = self.kv.evicted_tokens, self.scheduler.retractions
         return [self._result(r) for r in failed + finished]
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, BatchInput]:
+        """Run the batch's forward pass: its logits, and the input that says whose each row is."""
+        inp = prepare_batch(batch, self.kv.table, self.kv.pool)
+        with use_context(inp.ctx):
+            return self.model(inp.ids, inp.positions), inp
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
         states = [r.grammar for r in reqs]
@@ -278,12 +286,6 @@ class Engine:
             allowed=allowed,
             top_logprobs=[r.params.top_logprobs for r in reqs],
         )
-
-    def _forward(self, batch: Batch) -> tuple[torch.Tensor, BatchInput]:
-        """Run the batch's forward pass: its logits, and the input that says whose each row is."""
-        inp = prepare_batch(batch, self.kv.table, self.kv.pool)
-        with use_context(inp.ctx):
-            return self.model(inp.ids, inp.positions), inp
 
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
