@@ -4,23 +4,24 @@ advances (with jump-forward over the tokens it forces), and stop conditions are 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
+from .detokenizer import Detokenizer
 from .request import FinishReason, Request, TokenLogprob
 
 
 class Decoding:
     """Appends sampled tokens and decides when a request stops."""
 
-    def __init__(self, eos_token_ids: frozenset[int], max_len: int, jump_forward: bool,
-                 detokenize: Callable[[Sequence[int]], str] | None) -> None:
-        self.eos, self.max_len, self.jump_forward, self.detokenize = eos_token_ids, max_len, jump_forward, detokenize
+    def __init__(self, eos_token_ids: frozenset[int], max_len: int, jump_forward: bool, detokenizer: Detokenizer) -> None:
+        self.eos, self.max_len, self.jump_forward, self.detokenizer = eos_token_ids, max_len, jump_forward, detokenizer
 
     def append(self, req: Request, token: int, logprob: float, top: list[TokenLogprob]) -> FinishReason | None:
         """Append `token` (and any grammar-forced tokens after it); return why the request ends, if it does."""
         p = req.params
+        before = len(req.output_ids)
         req.output_ids.append(token)
         if p.wants_logprobs:
             req.output_logprobs.append((logprob, token))
@@ -39,8 +40,11 @@ class Decoding:
             self._jump_forward(req)
             if req.grammar.is_finished:
                 return FinishReason.STOP
-        if may_stop and p.stop and self._find_stop_string(req):
-            return FinishReason.STOP
+        if may_stop and p.stop:
+            hit = self.detokenizer.find_stop(req.output_ids, p.stop, len(req.output_ids) - before)
+            if hit is not None:
+                req.stop_text_end, req.matched_stop = hit
+                return FinishReason.STOP
         if req.remaining_output <= 0 or req.fill_len >= self.max_len:
             return FinishReason.LENGTH
         return None
@@ -55,25 +59,6 @@ class Decoding:
         if forced:
             req.grammar.consume_many(forced)
             req.output_ids.extend(forced)
-
-    def _find_stop_string(self, req: Request) -> bool:
-        """Look for a stop string in the output text (across token boundaries); remember where it starts.
-
-        A new match must end in the newest tokens, so each step decodes only a tail window of them;
-        the whole output is decoded once, when the tail shows a match, to place the trim exactly."""
-        if self.detokenize is None:
-            raise ValueError("stop strings need a tokenizer")
-        window = 2 * max(len(s) for s in req.params.stop) + 4
-        tail = self.detokenize(req.output_ids[-window:])
-        if not any(s in tail for s in req.params.stop):
-            return False
-        text = self.detokenize(req.output_ids)
-        hits = [(text.find(s), s) for s in req.params.stop]
-        hits = [(i, s) for i, s in hits if i >= 0]
-        if not hits:
-            return False
-        req.stop_text_end, req.matched_stop = min(hits)
-        return True
 
 
 def blocked_tokens_mask(reqs: Sequence[Request], eos_token_ids: frozenset[int], vocab_size: int,

@@ -11,20 +11,22 @@ from typing import Iterable, Sequence
 import torch
 
 from .attention.select import BACKENDS, make_attention
+from .batch_input import BatchInput, prepare_batch
 from .containment import forward_isolating, recover, sample_isolating
 from .decoding import Decoding, blocked_tokens_mask
+from .detokenizer import Detokenizer
 from .grammar import GrammarBackend, fill_allowed
 from .kv_manager import KVManager
 from .kv_pool import KVPool, ReqToTokenPool
 from .loader import LoadedModel, load_model
-from .model.context import ForwardContext, ForwardMode, use_context
+from .model.context import ForwardMode, use_context
 from .model.decode_step import QUANTIZATIONS
 from .model.llama import LlamaModel
 from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
-from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
+from .prefix_cache import PrefixCache
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
-from .request import FinishReason, GenerationResult, Request, ReqStatus, SamplingParams, describe
+from .request import FinishReason, GenerationResult, Request, SamplingParams, describe
 from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler
 from .stats import EngineStats
@@ -95,7 +97,11 @@ class EngineConfig:
 
 
 class Engine:
-    """Continuous-batching engine over one model, one KV pool and one radix cache."""
+    """Continuous-batching engine over one model, one KV pool and one prefix cache. A step is a short
+    loop over named parts: the scheduler picks a batch, `batch_input` prepares the pass, the model
+    (through its attention backend) computes logits, the sampler picks tokens, `Decoding` appends
+    them and decides who stops, and the detokenizer gives the finished requests' text; containment
+    pins a failure on the requests it belongs to."""
 
     def __init__(
         self,
@@ -113,9 +119,9 @@ class Engine:
         pool = KVPool(config.kv_cache_tokens + 1, mcfg.num_layers, mcfg.num_kv_heads, mcfg.head_dim,
                       dtype=model.dtype, device=model.device)
         rows = ReqToTokenPool(config.max_running_requests + 2, max_context + 1, device=model.device)
-        detok = tokenizer.decode if tokenizer else None
+        self.detokenizer = Detokenizer(tokenizer)
         self.decoding = Decoding(frozenset(eos_token_ids), min(max_context, pool.allocator.capacity),
-                                 config.jump_forward, detok)
+                                 config.jump_forward, self.detokenizer)
         self.stats = EngineStats()
         self.traces = TraceTable(lambda: self.stats.traces)
         self.build_bookkeeping(pool, rows)
@@ -127,7 +133,7 @@ class Engine:
         """(Re)build what owns the KV slots over `pool`: an empty cache of the configured kind, the KV
         manager with its trace pins (when `trace_retention` is on and the cache is real), and the
         scheduler. `recover` calls it again after a step that no request can be blamed for."""
-        cache = RadixCache(pool.allocator) if self.config.radix_cache else NoRadixCache(pool.allocator)
+        cache: PrefixCache = RadixCache(pool.allocator) if self.config.radix_cache else NoRadixCache(pool.allocator)
         self.kv = KVManager(pool, rows, cache)
         if self.config.trace_retention and self.config.radix_cache:
             self.kv.retention = TraceRetention(cache, self.traces, pool.allocator.capacity,
@@ -159,9 +165,6 @@ class Engine:
             except Exception as exc:  # the template's own errors (missing keys, wrong types) are bad input
                 raise ValueError(f"the chat messages cannot be rendered with the model's template: {describe(exc)}") from exc
         return self.tokenizer.encode(text)
-
-    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens) if self.tokenizer else ""
 
     def info(self) -> dict:
         """What a client may want to know about the model and the engine's configuration."""
@@ -250,17 +253,23 @@ class Engine:
         ran = forward_isolating(self, batch, failed)
         if ran is None:
             return [self._result(r) for r in failed]
-        batch, (logits, sample_rows, prompt_plan) = ran
-        for req, first_row, first_pos, count in prompt_plan:
-            record_prompt_logprobs(req, logits[first_row : first_row + count], first_pos)
-        batch, out = sample_isolating(self, batch, logits[sample_rows], failed)
+        batch, (logits, inp) = ran
+        inp.record_prompt_logprobs(logits)
+        batch, out = sample_isolating(self, batch, logits[inp.sample_rows], failed)
         now = time.perf_counter()
         for req in batch.sampling:
             if req.first_token_time is None:
                 req.first_token_time = now
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
-        self._count(batch, len(out.tokens), now - start)
+        self.stats.record_pass(batch.mode is ForwardMode.EXTEND, batch.computed_tokens, len(out.tokens), now - start)
+        self.stats.evicted_tokens, self.stats.retractions = self.kv.evicted_tokens, self.scheduler.retractions
         return [self._result(r) for r in failed + finished]
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, BatchInput]:
+        """Run the batch's forward pass: its logits, and the input that says whose each row is."""
+        inp = prepare_batch(batch, self.kv.table, self.kv.pool)
+        with use_context(inp.ctx):
+            return self.model(inp.ids, inp.positions), inp
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> SampleOutput:
         states = [r.grammar for r in reqs]
@@ -278,70 +287,14 @@ class Engine:
             top_logprobs=[r.params.top_logprobs for r in reqs],
         )
 
-    def _forward(self, batch: Batch) -> tuple[torch.Tensor, list[int], list[tuple[Request, int, int, int]]]:
-        """Run the batch. Returns logits, which of their rows sample the `batch.sampling` requests,
-        and the prompt-logprob rows as (request, first logits row, first position, count)."""
-        table, pool = self.kv.table, self.kv.pool
-        sample_rows: list[int] = []
-        prompt_plan: list[tuple[Request, int, int, int]] = []
-        if batch.mode is ForwardMode.EXTEND:
-            reqs = batch.reqs + batch.ghosts
-            lens = batch.extend_lens + [1] * len(batch.ghosts)
-            ids, positions, seq_slots, logit_rows = [], [], [], []
-            offset = 0
-            for req, n in zip(reqs, lens):
-                ids.extend(req.fill_ids[req.kv_len : req.kv_len + n])
-                positions.append(torch.arange(req.kv_len, req.kv_len + n))
-                seq_slots.append(table[req.row, : req.kv_len + n])
-                first, count = prompt_logprob_positions(req, n)
-                if count:
-                    prompt_plan.append((req, len(logit_rows), first, count))
-                    logit_rows.extend(range(offset + first - req.kv_len, offset + first - req.kv_len + count))
-                offset += n
-                if req.kv_len + n == req.fill_len and req.status is not ReqStatus.FINISHED:
-                    sample_rows.append(len(logit_rows))
-                    logit_rows.append(offset - 1)
-            ctx = ForwardContext.for_extend(pool, seq_slots, [r.kv_len for r in reqs],
-                                           torch.tensor(logit_rows, dtype=torch.long))
-            ids_t, pos_t = torch.tensor(ids), torch.cat(positions)
-        else:
-            reqs = batch.reqs + batch.ghosts
-            kv_lens = torch.tensor([r.kv_len + 1 for r in reqs])
-            rows = torch.tensor([r.row for r in reqs])
-            kv_index = table[rows, : int(kv_lens.max())]
-            ctx = ForwardContext.for_decode(pool, kv_index, kv_lens)
-            ctx.logit_rows = ctx.logit_rows[: len(batch.reqs)]
-            ids_t = torch.tensor([r.token_at(r.kv_len) for r in reqs])
-            pos_t = kv_lens - 1
-            sample_rows = list(range(len(batch.reqs)))
-        with use_context(ctx):
-            return self.model(ids_t, pos_t), sample_rows, prompt_plan
-
-    def _count(self, batch: Batch, sampled: int, seconds: float) -> None:
-        s = self.stats
-        s.busy_seconds += seconds
-        s.generated_tokens += sampled
-        if batch.mode is ForwardMode.EXTEND:
-            s.extend_passes += 1
-            s.extend_seconds += seconds
-            s.computed_tokens += sum(batch.extend_lens) + len(batch.ghosts)
-        else:
-            s.decode_passes += 1
-            s.decode_seconds += seconds
-            s.computed_tokens += len(batch.reqs) + len(batch.ghosts)
-        s.evicted_tokens = self.kv.evicted_tokens
-        s.retractions = self.scheduler.retractions
-
     def _result(self, req: Request) -> GenerationResult:
         self.stats.record_finished(req.trace_id, len(req.prompt_ids), req.cached_tokens or 0, len(req.output_ids))
         self.traces.on_finish(req)
         try:
-            text = self.tokenizer.decode(req.output_ids) if self.tokenizer else None
+            text = self.detokenizer.final_text(req)
         except Exception as exc:  # noqa: BLE001 - this request's output cannot be reported; the others can
             req.finish_reason, req.error = FinishReason.ERROR, f"detokenizing the output failed: {describe(exc)}"
             return req.result(None)
-        if text is not None and req.stop_text_end is not None:
-            text = text[: req.stop_text_end]
         return req.result(text)
 
     def run(self) -> list[GenerationResult]:

@@ -7,18 +7,17 @@ tree, or one live request's private range `req_to_token[row, prefix_len:kv_len]`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Union
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
-from .radix_cache import IntegrityError, NoRadixCache, RadixCache, TreeNode
+from .prefix_cache import PrefixCache
+from .radix_cache import IntegrityError, TreeNode
 from .request import Request
 
 if TYPE_CHECKING:
     from .trace_retention import TraceRetention
-
-PrefixCache = Union[RadixCache, NoRadixCache]
 
 
 class KVManager:
@@ -83,7 +82,7 @@ class KVManager:
     @property
     def shares_prefixes(self) -> bool:
         """False for the no-op cache: nothing computed is ever reused."""
-        return not isinstance(self.cache, NoRadixCache)
+        return self.cache.shares_prefixes
 
     def checkpoint(self, req: Request) -> None:
         """Share a request's computed prefix through the tree while it keeps running; the no-op cache
@@ -161,4 +160,4 @@ class KVManager:
             raise IntegrityError("scratch slot 0 is owned by someone")
 
 
-__all__ = ["KVManager", "OutOfSlotsError", "PrefixCache"]
+__all__ = ["KVManager", "OutOfSlotsError"]

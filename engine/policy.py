@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from .kv_manager import PrefixCache
+from .prefix_cache import PrefixCache
 from .radix_cache import TreeNode
 from .request import Request
 

@@ -78,7 +78,10 @@ def common_prefix_len(key: list[int], ids: list[int], start: int) -> int:
 
 
 class RadixCache:
-    """Prefix cache over a SlotAllocator: match, insert, lock, and LRU-evict token prefixes."""
+    """Prefix cache over a SlotAllocator: match, insert, lock, and LRU-evict token prefixes
+    (a `PrefixCache`)."""
+
+    shares_prefixes = True
 
     def __init__(self, allocator: SlotAllocator) -> None:
         self.allocator = allocator
@@ -311,11 +314,14 @@ class RadixCache:
 
 
 class NoRadixCache:
-    """The cache-off ablation: RadixCache's interface, but it stores nothing and never matches."""
+    """The cache-off ablation: a `PrefixCache` that stores nothing and never matches."""
+
+    shares_prefixes = False
 
     def __init__(self, allocator: SlotAllocator) -> None:
         self.allocator = allocator
         self.root = TreeNode([], _empty_slots(), None)
+        self.lock_epoch = 0  # locks change nothing here
 
     @property
     def evictable_size(self) -> int:
@@ -360,7 +366,15 @@ class NoRadixCache:
             raise IntegrityError("NoRadixCache: a request holds a node other than the root")
 
     def path_of(self, node: TreeNode) -> tuple[list[int], torch.Tensor]:
+        """The empty path: the root is the only node."""
+        self.path_nodes(node)
         return [], _empty_slots()
+
+    def path_nodes(self, node: TreeNode) -> list[TreeNode]:
+        """No nodes below the root; raises IntegrityError for any node but the root."""
+        if node is not self.root:
+            raise IntegrityError(f"node {node.id} is not in this cache (NoRadixCache holds only its root)")
+        return []
 
     def check_integrity(self) -> None:
         """Checks that nothing was stored."""

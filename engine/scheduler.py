@@ -41,6 +41,12 @@ class Batch:
         else:
             self.sampling = [r for r, n in zip(self.reqs, self.extend_lens) if r.kv_len + n == r.fill_len]
 
+    @property
+    def computed_tokens(self) -> int:
+        """Tokens whose KV this pass computes."""
+        own = sum(self.extend_lens) if self.mode is ForwardMode.EXTEND else len(self.reqs)
+        return own + len(self.ghosts)
+
     def pending(self, req: Request) -> int:
         """Slots allocated for `req` in this pass (past its kv_len)."""
         if req in self.ghosts or self.mode is ForwardMode.DECODE:

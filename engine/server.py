@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +22,7 @@ import zmq
 from radixlm import protocol as P
 from radixlm.auth import needs_curve, owner_token_path, serve_with_curve, write_owner_token
 
+from .detokenizer import TextStream
 from .engine import Engine, EngineConfig
 from .grammar import GrammarSpec
 from .request import GenerationResult, Request, SamplingParams, describe
@@ -43,13 +44,7 @@ class _Live:
     req: Request
     stream: bool
     index: int = 0
-    sent_tokens: int = 0
-    sent_text: str = ""
-    # Incremental detokenization: `text` is the output decoded up to `read_offset` tokens; each step
-    # decodes only ids[prefix_offset:], the tokens since the previous step plus the ones before them.
-    text: str = ""
-    prefix_offset: int = 0
-    read_offset: int = 0
+    text: TextStream = field(default_factory=TextStream)
 
 
 def check_bind_allowed(endpoint: str, curve_keys: Path | None) -> None:
@@ -265,63 +260,28 @@ class EngineServer:
                                               message=f"building the reply failed: {describe(exc)}"))
             return False
 
-    def _with_text(self, pairs: list | None) -> list | None:
-        if pairs is None:
-            return None
-        return [None if p is None else (p[0], p[1], self.engine.detokenize([p[1]], skip_special_tokens=False)) for p in pairs]
-
     def _done(self, live: _Live, r: GenerationResult) -> P.Done:
         usage = P.Usage(prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens)
-        tops = lambda lists: None if lists is None else [self._with_text(t) for t in lists]  # noqa: E731
+        texts = self.engine.detokenizer
         return P.Done(
             rid=live.rid, text=r.text or "", output_ids=r.output_ids, finish_reason=r.finish_reason.value,
             usage=usage, index=live.index, matched_stop=r.matched_stop,
-            output_logprobs=self._with_text(r.output_logprobs), output_top_logprobs=tops(r.output_top_logprobs),
-            prompt_logprobs=self._with_text(r.prompt_logprobs), prompt_top_logprobs=tops(r.prompt_top_logprobs),
+            output_logprobs=texts.logprob_texts(r.output_logprobs),
+            output_top_logprobs=texts.top_logprob_texts(r.output_top_logprobs),
+            prompt_logprobs=texts.logprob_texts(r.prompt_logprobs),
+            prompt_top_logprobs=texts.top_logprob_texts(r.prompt_top_logprobs),
         )
 
     def _stream(self, live: _Live) -> None:
-        ids = live.req.output_ids
-        if len(ids) <= live.sent_tokens:
+        req, texts = live.req, self.engine.detokenizer
+        delta = texts.next_delta(live.text, req)
+        if delta is None:
             return
-        req = live.req
-        if req.finish_reason is None:
-            if not self._decode_new(live, ids):
-                return  # an incomplete UTF-8 sequence: wait for the next token
-            text = live.text[: len(live.text) - _stop_prefix_len(live.text, req.params.stop)]
-        else:
-            text = self.engine.detokenize(ids)  # once per request, at its end
-            if req.stop_text_end is not None:
-                text = text[: req.stop_text_end]
-        delta = text[len(live.sent_text) :] if text.startswith(live.sent_text) else text
-        new = slice(live.sent_tokens, len(ids))
-        live.sent_tokens, live.sent_text = len(ids), text
-        p = req.params
-        logprobs = self._with_text(req.output_logprobs[new]) if p.wants_logprobs else None
-        tops = [self._with_text(t) for t in req.output_top_logprobs[new]] if p.top_logprobs else None
-        self._send(live.identity, P.Chunk(rid=live.rid, text=delta, token_ids=list(ids[new]), logprobs=logprobs,
-                                          top_logprobs=tops))
-
-    def _decode_new(self, live: _Live, ids: list[int]) -> bool:
-        """Extend `live.text` with the new tokens' text; False while it ends inside a UTF-8 sequence."""
-        before = self.engine.detokenize(ids[live.prefix_offset : live.read_offset])
-        after = self.engine.detokenize(ids[live.prefix_offset :])
-        if after.endswith("\ufffd"):
-            return False
-        live.text += after[len(before) :]
-        live.prefix_offset, live.read_offset = live.read_offset, len(ids)
-        return True
-
-
-def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string (held back)."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best
+        p, new = req.params, delta.tokens
+        logprobs = texts.logprob_texts(req.output_logprobs[new]) if p.wants_logprobs else None
+        tops = texts.top_logprob_texts(req.output_top_logprobs[new]) if p.top_logprobs else None
+        self._send(live.identity, P.Chunk(rid=live.rid, text=delta.text, token_ids=req.output_ids[new],
+                                          logprobs=logprobs, top_logprobs=tops))
 
 
 def sampling_params(msg: P.Generate) -> SamplingParams:

@@ -53,6 +53,18 @@ class EngineStats:
             t.cached_tokens += cached
             t.output_tokens += output
 
+    def record_pass(self, extend: bool, computed: int, sampled: int, seconds: float) -> None:
+        """Count one forward pass: `computed` tokens' KV, `sampled` new tokens, in `seconds`."""
+        self.busy_seconds += seconds
+        self.generated_tokens += sampled
+        self.computed_tokens += computed
+        if extend:
+            self.extend_passes += 1
+            self.extend_seconds += seconds
+        else:
+            self.decode_passes += 1
+            self.decode_seconds += seconds
+
     @property
     def hit_rate(self) -> float:
         """Fraction of finished requests' prompt tokens served from the radix cache."""

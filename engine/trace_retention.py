@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .radix_cache import RadixCache, TreeNode
+from .prefix_cache import PrefixCache
+from .radix_cache import TreeNode
 from .request import FinishReason, Request
 from .traces import TraceTable
 
@@ -46,9 +47,9 @@ class Pin:
 
 
 class TraceRetention:
-    """The pins of the open traces over one radix cache; see the module docstring."""
+    """The pins of the open traces over one prefix cache; see the module docstring."""
 
-    def __init__(self, cache: RadixCache, traces: TraceTable, capacity: int, ttl_s: float, max_share: float,
+    def __init__(self, cache: PrefixCache, traces: TraceTable, capacity: int, ttl_s: float, max_share: float,
                  mode: str = "benefit", clock: Callable[[], float] = time.perf_counter) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown retention mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -188,14 +188,14 @@ def test_a_reply_that_cannot_be_built_fails_only_its_request(tmp_path):
     """The server's own per-request work (incremental text of a stream) is contained too."""
     _, poison = culprit_for_prefill(FakeModel(), OTHERS, BUDGET)
     with fake_server(tmp_path) as server:
-        real = server.engine.detokenize
+        real = server.engine.detokenizer.decode
 
-        def detokenize(ids, skip_special_tokens=True):
+        def decode(ids, skip_special_tokens=True):
             if poison in ids:
                 raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected fault")
             return real(ids, skip_special_tokens)
 
-        server.engine.detokenize = detokenize
+        server.engine.detokenizer.decode = decode
         c = client_for(server)
         good = OTHERS[0]  # computes no poison token
         bad_prompt = next(p for p in ([a, b] for a in range(1, 64) for b in range(1, 64))

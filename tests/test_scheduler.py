@@ -190,8 +190,8 @@ def test_decode_batches_run_requests_together():
         batch = engine.scheduler.next_batch()
         if batch.mode is ForwardMode.DECODE:
             sizes.append(len(batch.reqs))
-        logits, rows, _ = engine._forward(batch)
-        engine.scheduler.finish_step(batch, logits[rows].argmax(-1).tolist())
+        logits, inp = engine._forward(batch)
+        engine.scheduler.finish_step(batch, logits[inp.sample_rows].argmax(-1).tolist())
     assert max(sizes) == 8
 
 

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
 import torch
 
+from .backend import AttentionBackend
 from .torch_backend import TorchAttention
-
-if TYPE_CHECKING:
-    from .triton_backend import TritonAttention
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -30,7 +26,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     return name
 
 
-def make_attention(name: str, device: torch.device | str) -> "TorchAttention | TritonAttention":
+def make_attention(name: str, device: torch.device | str) -> AttentionBackend:
     """A fresh backend object for `name` ("auto", "torch" or "triton") on `device`."""
     if resolve_backend(name, device) == "torch":
         return TorchAttention()

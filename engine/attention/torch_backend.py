@@ -13,7 +13,8 @@ CASCADE_MIN_SHARED = 32
 
 
 class TorchAttention:
-    """Writes new tokens' K/V into the pool, then attends over each sequence's slots."""
+    """An `AttentionBackend`: writes new tokens' K/V into the pool, then attends over each sequence's
+    slots with SDPA."""
 
     name = "torch"
 

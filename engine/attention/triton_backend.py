@@ -20,7 +20,7 @@ from .triton_extend import ExtendMeta, extend_attention
 
 
 class TritonAttention:
-    """Writes new tokens' K/V into the pool, then attends with the Triton kernels.
+    """An `AttentionBackend`: writes new tokens' K/V into the pool, then attends with the Triton kernels.
 
     `decode_splits` fixes the number of sequence splits of decode (tests, CUDA graphs); None chooses
     it per batch from the batch size, the longest row and the number of SMs."""

@@ -13,17 +13,16 @@ another dtype, eager or compiled); the KV pool is in the decode dtype.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
+from ..attention.backend import AttentionBackend
 from .config import ModelConfig
 from .context import ForwardMode, current_context
 from .decode_step import MAX_BATCH, DecodeStep, rotate
 from .precision import Precision
-
-AttentionBackend = Callable[..., torch.Tensor]
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:

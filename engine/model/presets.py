@@ -13,8 +13,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from ..attention.backend import AttentionBackend
 from .config import ModelConfig
-from .llama import AttentionBackend, LlamaModel
+from .llama import LlamaModel
 
 _LLAMA3: dict[str, Any] = dict(
     model_type="llama",
