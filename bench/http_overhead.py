@@ -5,56 +5,23 @@ between the ZeroMQ client, the httpx client (`radixlm.connect("http://...")`, SG
 and a bare OpenAI /v1/completions POST (one persistent httpx connection), so that load drifts hit all
 three alike. Prints the median latency of each and the HTTP overheads over ZeroMQ (target: < 2 ms).
 
-    python bench/http_overhead.py [--requests 40]
+    python -m radixlm.bench.http_overhead [--requests 40]
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpx
 
-from common import load_average, machine_info, print_table, save_results, warn_if_busy  # noqa: E402
-
-import httpx  # noqa: E402
-
-import radixlm  # noqa: E402
+import radixlm
+from radixlm.bench.common import load_average, print_table, save_results, warn_if_busy
+from radixlm.bench.http_servers import start_engine, stop
 
 PROMPT = "You are a terse assistant. " * 20 + "Reply with one word: ready?"
 TARGET_MS = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_engine() -> tuple[subprocess.Popen, str, str]:
-    endpoint = f"ipc://{tempfile.mkdtemp(prefix='radixlm-bench-')}/engine.sock"
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "radixlm.cli", "serve", "--model", "smollm2",
-                             "--endpoint", endpoint, "--http-port", str(port)])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"radixlm serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, endpoint, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the engine did not come up within 600 s")
 
 
 def measure(endpoint: str, url: str, n: int) -> dict[str, list[float]]:
@@ -90,12 +57,11 @@ def main() -> None:
     args = parser.parse_args()
     busy = warn_if_busy()
     load = load_average()
-    proc, endpoint, url = start_engine()
+    engine = start_engine()
     try:
-        times = measure(endpoint, url, args.requests)
+        times = measure(engine.endpoint, engine.url, args.requests)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(engine)
     med = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
     base = med["ZeroMQ client"]
     rows = [[name, ms, ms - base] for name, ms in med.items()]
@@ -103,7 +69,7 @@ def main() -> None:
     worst = max(ms - base for ms in med.values())
     print(f"load average at start: {load:.2f}; target HTTP overhead < {TARGET_MS} ms: "
           f"{'met' if worst < TARGET_MS else 'MISSED'}")
-    save_results("http_overhead", {"machine": machine_info(), "busy_cores_before": busy, "load_average": load,
+    save_results("http_overhead", {"busy_cores_before": busy, "load_average": load,
                                    "ms": {name: [t * 1000 for t in ts] for name, ts in times.items()},
                                    "median_ms": med})
 
