@@ -34,6 +34,7 @@ from radixlm.engine.model_source import resolve_model
 from radixlm.engine.tokenizer import Tokenizer
 
 CHUNK_SIZE = 2048  # one extend pass per ~1,050-token prompt, as radixlm.bench.shared_prefix runs it
+COUNTERS = ("requests_finished", "prompt_tokens", "cached_tokens", "busy_seconds")
 
 
 def workload(n: int) -> list[str]:
@@ -71,9 +72,8 @@ async def send_all(router: str, prompts: list[str]) -> tuple[float, list[tuple[f
     return wall, list(done)
 
 
-def run_setup(engines: int, threads: int, prompts: list[str]) -> dict:
-    """`engines` radixlm engines (threads // engines threads each) behind smg; the workload through it."""
-    per_engine = max(1, threads // engines)
+def run_setup(engines: int, per_engine: int, prompts: list[str]) -> dict:
+    """`engines` radixlm engines of `per_engine` threads each behind smg; the workload through it."""
     workers: list[Server] = []
     router = None
     try:
@@ -82,9 +82,11 @@ def run_setup(engines: int, threads: int, prompts: list[str]) -> dict:
         for w in workers:
             warm(w, prompts[0])
         router = start_smg([w.url for w in workers])
+        before = [engine_counters(w.url) for w in workers]  # the warm-up's counts, taken off below
         load = load_average()
         wall, done = asyncio.run(send_all(router.url, prompts))
-        counters = [engine_counters(w.url) for w in workers]
+        counters = [{k: c[k] - b[k] for k in COUNTERS} for c, b in zip((engine_counters(w.url) for w in workers),
+                                                                         before)]
     finally:
         stop(*([router] if router else []), *workers)
     latencies = sorted(t for t, _ in done)
@@ -111,7 +113,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 requests")
     ap.add_argument("--requests", type=int, default=None, help="number of requests (default 64, quick 16)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="CPU threads in all (one engine: all of them; two engines: half each; default: all cores)")
+                    help="CPU threads in all (one engine: all of them; two engines: half each, and one engine on half as the control; default: all cores)")
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 64)
     busy = warn_if_busy()
@@ -120,15 +122,18 @@ def main() -> None:
     print(f"workload: {n} requests = shared few-shot prefix (~1,000 tokens) + distinct question (~50 tokens) as "
           f"text, {OUTPUT_TOKENS} output tokens (greedy, ignore_eos), all at once through smg --policy cache_aware; "
           f"{args.threads} threads in all", flush=True)
+    half = max(1, args.threads // 2)
+    setups = {"smg + 1 engine": (1, args.threads), "smg + 2 engines": (2, half)}
+    if half != args.threads:  # the control: one engine on the threads each of the two has
+        setups[f"smg + 1 engine, {half} thread{'s' if half > 1 else ''}"] = (1, half)
     res = {}
-    for engines in (1, 2):
-        name = f"smg + {engines} engine{'s' if engines > 1 else ''}"
+    for name, (engines, per_engine) in setups.items():
         print(f"  running {name} ...", flush=True)
-        res[name] = run_setup(engines, args.threads, prompts)
+        res[name] = run_setup(engines, per_engine, prompts)
         print(f"    {res[name]['wall_s']:.1f} s, {res[name]['requests_per_s']:.2f} req/s", flush=True)
     load_after = load_average()
     one, two = res["smg + 1 engine"], res["smg + 2 engines"]
-    same = sum(a == b for a, b in zip(one["outputs"], two["outputs"]))
+    same = {name: sum(a == b for a, b in zip(one["outputs"], r["outputs"])) for name, r in res.items() if r is not one}
 
     headers = ["set-up", "threads/engine", "req/s", "output tok/s", "mean latency s", "p90 latency s",
                "hit rate", "per engine: requests, hit rate, busy s"]
@@ -138,8 +143,9 @@ def main() -> None:
                        for w in r["workers"])] for name, r in res.items()]
     print()
     print_table(headers, rows)
-    print(f"\n2 engines / 1 engine requests/s: {two['requests_per_s'] / one['requests_per_s']:.2f}x; greedy "
-          f"outputs identical in {same}/{n} requests; load average {load_before:.2f} before, {load_after:.2f} after")
+    print(f"\n2 engines / 1 engine requests/s: {two['requests_per_s'] / one['requests_per_s']:.2f}x; greedy outputs "
+          f"identical to smg + 1 engine's: {', '.join(f'{k} {v}/{n}' for k, v in same.items())}; load average "
+          f"{load_before:.2f} before, {load_after:.2f} after")
     for r in res.values():
         r.pop("outputs")
     save_results("smg_scaleout_quick" if args.quick else "smg_scaleout", {
@@ -147,7 +153,7 @@ def main() -> None:
                    "policy": "cache_aware (smg defaults)", "quick": args.quick},
         "busy_cores_before": busy, "load_average_before": load_before, "load_average_after": load_after,
         "setups": res, "two_over_one_requests_per_s": two["requests_per_s"] / one["requests_per_s"],
-        "outputs_identical": same,
+        "outputs_identical_to_one_engine": same,
     }, markdown_table(headers, rows))
 
 
