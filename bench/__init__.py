@@ -2,5 +2,5 @@
 
 `radixlm bench` runs the suite (suite.py): the SGLang paper's workloads (workloads/) on radixlm
 and its peers (systems.py), reported by report.py. The single-topic benches beside it
-(shared_prefix.py, model_speed.py, ...) are scripts: `python bench/<name>.py`.
+(shared_prefix.py, model_speed.py, ...) run as modules: `python -m radixlm.bench.<name>`.
 """

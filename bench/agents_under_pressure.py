@@ -19,8 +19,8 @@ model in simulated time: each forward pass advances a virtual clock by a cost mo
 2-core CPU (`SimulatedModel`), and tools advance it too, so the figures do not depend on the machine's
 load. It is a supplement to the real-model run, not a replacement.
 
-    python bench/agents_under_pressure.py --agents 32
-    python bench/agents_under_pressure.py --agents 32 --simulate
+    python -m radixlm.bench.agents_under_pressure --agents 32
+    python -m radixlm.bench.agents_under_pressure --agents 32 --simulate
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Small helpers shared by the benches: threads, timing, the HF baseline model, tables, results JSON,
 and the optimal prefix-cache hit rate of a workload.
 
-The single-topic benches are run as scripts (`python bench/<name>.py`); they put this folder on
-sys.path to import it. The suite (`radixlm bench`) imports it as `radixlm.bench.common`.
+The single-topic benches run as modules of the installed package (`python -m radixlm.bench.<name>`) and
+import it as `radixlm.bench.common`, as the suite (`radixlm bench`) does.
 """
 
 from __future__ import annotations
@@ -138,10 +138,7 @@ def machine_info() -> dict[str, Any]:
     """The machine section of a single bench's results (CPU model and flags, cores, versions, load)."""
     import torch
 
-    try:
-        from radixlm.bench.machine import machine
-    except ImportError:  # run as a script from a checkout without radixlm installed
-        from machine import machine
+    from radixlm.bench.machine import machine
 
     return {**machine(bandwidth=False), "torch_threads": torch.get_num_threads()}
 

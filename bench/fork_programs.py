@@ -3,23 +3,20 @@ judge (fork 6, then join), N programs each run as one `run_batch`, on three syst
 radixlm, radixlm with the fork hint (prefix-only request before the branches) off, and radixlm
 with the radix cache off. Target: radixlm >= 3x the cache-off programs/s.
 
-    python bench/fork_programs.py [--programs 20]
+    python -m radixlm.bench.fork_programs [--programs 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, print_table, save_results, warn_if_busy  # noqa: E402
+from radixlm.bench.common import machine_info, print_table, save_results, warn_if_busy
 
-import radixlm as sgl  # noqa: E402
-from radixlm.bench.workloads.tree_of_thought import EXAMPLES, TOPICS, tree_of_thought  # noqa: E402
+import radixlm as sgl
+from radixlm.bench.workloads.tree_of_thought import EXAMPLES, TOPICS, tree_of_thought
 
 
 @sgl.function

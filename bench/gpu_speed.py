@@ -16,9 +16,9 @@ What is timed (CUDA-synchronized wall time, median of `--repeats`):
     with logits_to_keep=1.
 Both models have random weights of the real shapes (radixlm.engine.model.presets): nothing is downloaded.
 
-Usage: python bench/gpu_speed.py [--models llama-3.2-1b,llama-3-8b] [--batches 1,16,64] [--context 512]
+Usage: python -m radixlm.bench.gpu_speed [--models llama-3.2-1b,llama-3-8b] [--batches 1,16,64] [--context 512]
            [--steps 64] [--prefill-tokens 2048] [--repeats 3] [--peak-gbps X] [--no-hf]
-       python bench/gpu_speed.py --cpu-smoke   (the same code on CPU with a 1-layer torch model: checks the
+       python -m radixlm.bench.gpu_speed --cpu-smoke   (the same code on CPU with a 1-layer torch model: checks the
                                                 plumbing, the figures mean nothing)
 """
 
@@ -112,11 +112,11 @@ class HF:
     """LlamaForCausalLM of the same config, random weights, bf16, sdpa attention."""
 
     def __init__(self, name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM, LlamaConfig
 
         config = LlamaConfig(**preset_dict(name, **args.overrides))
         with torch.device(device):
-            self.model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
+            self.model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
         self.vocab, self.device = config.vocab_size, device
 
     @torch.inference_mode()

@@ -2,59 +2,27 @@
 
 One `radixlm serve --http-port` engine; a cached text prompt; then 1-token requests alternating
 between the ZeroMQ client, the httpx client (`radixlm.connect("http://...")`, SGLang-native /generate)
-and a bare OpenAI /v1/completions POST (one persistent httpx connection), so that load drifts hit all
-three alike. Prints the median latency of each and the HTTP overheads over ZeroMQ (target: < 2 ms).
+and a bare OpenAI /v1/completions POST (one persistent httpx connection), in an order that rotates each
+round, so that load drifts hit all three alike. Prints the median latency of each and the HTTP overheads
+over ZeroMQ, the median of the per-round differences (target: < 2 ms).
 
-    python bench/http_overhead.py [--requests 40]
+    python -m radixlm.bench.http_overhead [--requests 40] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpx
 
-from common import load_average, machine_info, print_table, save_results, warn_if_busy  # noqa: E402
-
-import httpx  # noqa: E402
-
-import radixlm  # noqa: E402
+import radixlm
+from radixlm.bench.common import load_average, print_table, save_results, warn_if_busy
+from radixlm.bench.http_servers import start_engine, stop
 
 PROMPT = "You are a terse assistant. " * 20 + "Reply with one word: ready?"
 TARGET_MS = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_engine() -> tuple[subprocess.Popen, str, str]:
-    endpoint = f"ipc://{tempfile.mkdtemp(prefix='radixlm-bench-')}/engine.sock"
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "radixlm.cli", "serve", "--model", "smollm2",
-                             "--endpoint", endpoint, "--http-port", str(port)])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"radixlm serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, endpoint, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the engine did not come up within 600 s")
 
 
 def measure(endpoint: str, url: str, n: int) -> dict[str, list[float]]:
@@ -73,10 +41,11 @@ def measure(endpoint: str, url: str, n: int) -> dict[str, list[float]]:
     for call in paths.values():  # warm: the prompt is cached, connections are open
         call()
     times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(n):
-        for name, call in paths.items():
+    order = list(paths)
+    for i in range(n):  # the order rotates each round, so no path always follows the same one
+        for name in order[i % len(order):] + order[:i % len(order)]:
             t = time.perf_counter()
-            call()
+            paths[name]()
             times[name].append(time.perf_counter() - t)
     zmq.close()
     over_http.close()
@@ -87,26 +56,32 @@ def measure(endpoint: str, url: str, n: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the engine's torch threads (OMP_NUM_THREADS; default: torch's, all cores)")
     args = parser.parse_args()
     busy = warn_if_busy()
     load = load_average()
-    proc, endpoint, url = start_engine()
+    engine = start_engine(threads=args.threads)
     try:
-        times = measure(endpoint, url, args.requests)
+        times = measure(engine.endpoint, engine.url, args.requests)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(engine)
+    load_after = load_average()
     med = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
-    base = med["ZeroMQ client"]
-    rows = [[name, ms, ms - base] for name, ms in med.items()]
-    print_table(["1-token request on a cached prompt", "median ms", "over ZeroMQ ms"], rows)
-    worst = max(ms - base for ms in med.values())
-    print(f"load average at start: {load:.2f}; target HTTP overhead < {TARGET_MS} ms: "
+    zmq = times["ZeroMQ client"]
+    # Each round sends the three requests back to back: the median of the per-round differences is the
+    # overhead, with less of the load's drift in it than a difference of medians.
+    added = {name: statistics.median(t - z for t, z in zip(ts, zmq)) * 1000 for name, ts in times.items()}
+    rows = [[name, med[name], added[name]] for name in times]
+    print_table(["1-token request on a cached prompt", "median ms", "over ZeroMQ ms (median of paired differences)"],
+                rows)
+    worst = max(added.values())
+    print(f"load average {load:.2f} at start, {load_after:.2f} at the end; target HTTP overhead < {TARGET_MS} ms: "
           f"{'met' if worst < TARGET_MS else 'MISSED'}")
-    save_results("http_overhead", {"machine": machine_info(), "busy_cores_before": busy, "load_average": load,
+    save_results("http_overhead", {"busy_cores_before": busy, "load_average": load, "load_average_after": load_after,
+                                   "engine_threads": args.threads,
                                    "ms": {name: [t * 1000 for t in ts] for name, ts in times.items()},
-                                   "median_ms": med})
-
+                                   "median_ms": med, "added_ms": added})
 
 if __name__ == "__main__":
     main()

@@ -5,29 +5,26 @@ Prints programs/s for both (target: on >= 1.5x off), forward passes, validity of
 the grammar's per-token overhead (mask fill + token consume) as a share of engine step time
 (target < 5%).
 
-    python bench/json_extraction.py [--paragraphs 50] [--dtype float32|bfloat16]
+    python -m radixlm.bench.json_extraction [--paragraphs 50] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jsonschema  # noqa: E402
-import torch  # noqa: E402
-from common import machine_info, print_table, save_results, setup_torch, warn_if_busy  # noqa: E402
+import jsonschema
+import torch
+from radixlm.bench.common import machine_info, print_table, save_results, setup_torch, warn_if_busy
 
-import radixlm.engine.engine as engine_module  # noqa: E402
-from radixlm.bench.workloads.json_extraction import INSTRUCTION, SCHEMA, paragraphs  # noqa: E402
-from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
-from radixlm.engine.grammar import GrammarSpec, GrammarState  # noqa: E402
-from radixlm.engine.loader import load_model  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
+import radixlm.engine.engine as engine_module
+from radixlm.bench.workloads.json_extraction import INSTRUCTION, SCHEMA, paragraphs
+from radixlm.engine.engine import Engine, EngineConfig
+from radixlm.engine.grammar import GrammarSpec, GrammarState
+from radixlm.engine.loader import load_model
+from radixlm.engine.request import SamplingParams
 
 
 class GrammarTimer:
@@ -35,20 +32,20 @@ class GrammarTimer:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._fill, self._consume = engine_module.fill_allowed, GrammarState.consume
+        self.fill, self.consume = engine_module.fill_allowed, GrammarState.consume
         timer = self
 
         def fill(*args, **kwargs):
             t = time.perf_counter()
             try:
-                return timer._fill(*args, **kwargs)
+                return timer.fill(*args, **kwargs)
             finally:
                 timer.seconds += time.perf_counter() - t
 
         def consume(state, token):
             t = time.perf_counter()
             try:
-                return timer._consume(state, token)
+                return timer.consume(state, token)
             finally:
                 timer.seconds += time.perf_counter() - t
 

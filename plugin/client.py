@@ -350,8 +350,8 @@ def connect(endpoint: str | None = None, model: str = "smollm2", *, spawn: bool 
     directory (radixlm.auth) for an engine served beyond loopback.
 
     An `http://` or `https://` endpoint gives an `radixlm.http.client.HttpClient` with the same API, of a
-    radixlm HTTP front, an SGLang server or an OpenAI-compatible server (`api`: "radixlm", "sglang" or
-    "openai"; detected when not given); `model` is the name sent to OpenAI endpoints, `api_key` the bearer
+    radixlm HTTP front, an SGLang server or an OpenAI-compatible server (`api`: "radixlm", "sglang",
+    "openai" or "llama-cpp-python"; detected when not given); `model` is the name sent to OpenAI endpoints, `api_key` the bearer
     token."""
     if endpoint is not None and endpoint.startswith(("http://", "https://")):
         if engine_options:

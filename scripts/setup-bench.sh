@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the benchmark suite's peers into .venv (the `bench` extra: llama-cpp-python, matplotlib).
+# Install the benchmark suite's peers into .venv (the `bench` extra: llama-cpp-python with its OpenAI-compatible
+# server, matplotlib, smg).
 # llama-cpp-python is compiled from source (10-20 minutes on 2 cores); on an x86-64 CPU with AVX2 for an
 # explicit instruction set (AVX2, no AVX-512 / AMX: a native build crashed on an AVX-512 + AMX Intel Xeon),
 # elsewhere with llama.cpp's defaults. Set CMAKE_ARGS to override, or

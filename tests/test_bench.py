@@ -186,3 +186,22 @@ def test_cli_passes_bench_options_to_the_suite(monkeypatch):
     parsed = suite.build_parser().parse_args(seen[0].bench_args)
     assert parsed.quick and parsed.systems == ["lpm", "hf"] and parsed.workloads == list(suite.registry())
     assert parsed.threads == 3 and suite.build_parser().parse_args([]).threads == os.cpu_count()
+
+
+def test_single_benches_are_modules_of_the_installed_package():
+    """Every single bench runs as `python -m radixlm.bench.<name>`: no bench module edits sys.path or imports
+    script-relative (`from common import`), and each with a main() imports as a module of the package."""
+    import importlib
+    import pkgutil
+
+    import radixlm.bench
+
+    folder = Path(radixlm.bench.__path__[0])
+    sources = {m.name: (folder / f"{m.name}.py").read_text()
+               for m in pkgutil.iter_modules(radixlm.bench.__path__) if not m.ispkg}
+    benches = [name for name, source in sources.items() if "\ndef main(" in source]
+    assert {"shared_prefix", "http_overhead", "smg_scaleout", "zmq_latency", "fork_programs"} <= set(benches)
+    for name, source in sources.items():
+        assert "sys.path" not in source and "from common import" not in source, name
+    for name in benches:
+        assert callable(importlib.import_module(f"radixlm.bench.{name}").main), name

@@ -12,11 +12,12 @@ import httpx
 
 from ..client import Prompt, Result, StreamChunk, _generate_message, hold_traces
 from ..connection import EngineDiedError
+from .llamacpp_wire import OPENAPI_TITLE, LlamaCppPythonDialect
 from .native_wire import NativeDialect
 from .openai_wire import OpenAIDialect
 from .wire import Call, Dialect, StreamParser, error_from_body
 
-DIALECTS = ("radixlm", "sglang", "openai")
+DIALECTS = ("radixlm", "sglang", "openai", "llama-cpp-python")
 
 
 def _line_items(parser: StreamParser, line: str) -> list[StreamChunk | Result]:
@@ -207,25 +208,33 @@ class AsyncHttpClient:
 
 
 def detect_dialect(base_url: str, api_key: str | None, model: str) -> Dialect:
-    """radixlm when /get_server_info says so, SGLang when it answers otherwise, else OpenAI."""
+    """radixlm when /get_server_info says so, SGLang when it answers otherwise, llama-cpp-python's server when
+    its OpenAPI description has that server's title, else OpenAI."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    base = base_url.rstrip("/")
     with _transport_errors(base_url):
-        resp = httpx.get(base_url.rstrip("/") + "/get_server_info", headers=headers, timeout=10.0)
-    if resp.status_code == 200:
-        return NativeDialect(radixlm=resp.json().get("engine") == "radixlm", model=model)
-    if resp.status_code in (401, 403):
-        raise _error(resp)
+        resp = httpx.get(base + "/get_server_info", headers=headers, timeout=10.0)
+        if resp.status_code in (401, 403):
+            raise _error(resp)
+        if resp.status_code == 200:
+            return NativeDialect(radixlm=resp.json().get("engine") == "radixlm", model=model)
+        described = httpx.get(base + "/openapi.json", headers=headers, timeout=10.0)
+    if (described.status_code == 200 and described.headers.get("content-type", "").startswith("application/json")
+            and OPENAPI_TITLE in str(described.json().get("info", {}).get("title"))):
+        return LlamaCppPythonDialect(model)
     return OpenAIDialect(model)
 
 
 def connect_http(url: str, model: str, api: str | None = None, api_key: str | None = None,
                  timeout: float | None = None) -> HttpClient:
-    """An HttpClient of the server at `url`; `api` ("radixlm", "sglang" or "openai") skips detection.
+    """An HttpClient of the server at `url`; `api` (one of `DIALECTS`) skips detection.
     `model` is the model name sent to OpenAI-compatible endpoints."""
     if api is None:
         dialect = detect_dialect(url, api_key, model)
     elif api == "openai":
         dialect = OpenAIDialect(model)
+    elif api == "llama-cpp-python":
+        dialect = LlamaCppPythonDialect(model)
     elif api in ("radixlm", "sglang"):
         dialect = NativeDialect(radixlm=api == "radixlm", model=model)
     else:

@@ -101,17 +101,8 @@ class OpenAIDialect:
                     body["top_logprobs"] = lp.top_k
             else:
                 body["logprobs"] = lp.top_k
-        c = msg.constraint
-        if c is not None:
-            if c.json_schema is not None:
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "output", "schema": json.loads(c.json_schema), "strict": True}}
-            elif c.regex is not None:
-                body["structured_outputs"] = {"regex": c.regex}
-            elif c.choices is not None:
-                body["structured_outputs"] = {"choice": list(c.choices)}
-            elif c.lark is not None:
-                body["structured_outputs"] = {"grammar": c.lark}
+        if msg.constraint is not None:
+            body.update(self.constraint_fields(msg.constraint, chat))
         headers = {}
         if msg.trace_id:
             body["user"] = msg.trace_id
@@ -121,6 +112,18 @@ class OpenAIDialect:
             body["stream_options"] = {"include_usage": True}
         path = "/v1/chat/completions" if chat else "/v1/completions"
         return Call(path, body, headers, output_logprobs=bool(lp.output))
+
+    def constraint_fields(self, c: P.Constraint, chat: bool) -> dict[str, Any]:
+        """The body fields that ask for constraint `c`: a JSON schema as OpenAI's `response_format`, the
+        others as vLLM's `structured_outputs`."""
+        if c.json_schema is not None:
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": "output", "schema": json.loads(c.json_schema), "strict": True}}}
+        if c.regex is not None:
+            return {"structured_outputs": {"regex": c.regex}}
+        if c.choices is not None:
+            return {"structured_outputs": {"choice": list(c.choices)}}
+        return {"structured_outputs": {"grammar": c.lark}}
 
     def results(self, call: Call, data: Any) -> list[Result]:
         chat = call.path.endswith("/chat/completions")
