@@ -25,9 +25,9 @@ from common import machine_info, print_table, save_results, setup_torch, warn_if
 import radixlm.engine.engine as engine_module  # noqa: E402
 from radixlm.bench.workloads.json_extraction import INSTRUCTION, SCHEMA, paragraphs  # noqa: E402
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
-from radixlm.engine.grammar import GrammarSpec, GrammarState  # noqa: E402
+from radixlm.engine.grammar import GrammarState  # noqa: E402
 from radixlm.engine.loader import load_model  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
+from radixlm.protocol import Constraint, SamplingParams  # noqa: E402
 
 
 class GrammarTimer:
@@ -58,7 +58,7 @@ class GrammarTimer:
 def run(loaded, jump_forward: bool, prompts: list[list[int]], dtype: str, sequential: bool = False) -> dict:
     """All prompts at once (or one after another), fresh cache; programs/s, passes, validity."""
     engine = Engine(loaded.model, EngineConfig(jump_forward=jump_forward, dtype=dtype), loaded.eos_token_ids, loaded.tokenizer)
-    params = SamplingParams(max_new_tokens=128, grammar=GrammarSpec.json_schema(SCHEMA))
+    params = SamplingParams(max_new_tokens=128, constraint=Constraint(json_schema=SCHEMA))
     engine.generate(prompts[:2], params)  # warm-up: grammar compile, kernels
     engine.flush_cache()
     engine.stats = type(engine.stats)()

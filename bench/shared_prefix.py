@@ -42,7 +42,7 @@ from common import (  # noqa: E402
 from radixlm.bench.isolation import Failure, run_isolated  # noqa: E402
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
 from radixlm.engine.loader import load_model  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
+from radixlm.protocol import SamplingParams  # noqa: E402
 
 SEED = 1234
 PREFIX_TOKENS = 1000

@@ -25,7 +25,7 @@ from common import print_table, save_results, setup_torch, warn_if_busy  # noqa:
 
 import radixlm  # noqa: E402
 from radixlm.engine.engine import Engine, EngineConfig  # noqa: E402
-from radixlm.engine.request import SamplingParams  # noqa: E402
+from radixlm.protocol import SamplingParams  # noqa: E402
 from radixlm.engine.server import EngineServer  # noqa: E402
 
 MESSAGES = [{"role": "system", "content": "You are a terse assistant. " * 20},
