@@ -36,8 +36,14 @@ __all__ = ["LM", "JSONAdapter", "ChatAdapter", "RadixEngine", "AsyncRadixEngine"
            "chat_grammar", "json_reply_schema"]
 
 
+# DSPy's adapters ask for several output fields per reply (JSON, or [[ ## field ## ]] sections), and DSPy's
+# own LM gave 1000 tokens by default (2.x); DSPy users expect a structured reply to fit without asking for
+# a budget, so this LM keeps a larger default than the engine's DEFAULT_MAX_NEW_TOKENS.
+DSPY_MAX_TOKENS = 512
+
+
 def LM(model: str = "smollm2", endpoint: str | None = None, *, client: Client | None = None,
-       temperature: float | None = 0.0, max_tokens: int | None = 512, cache: bool = True,
+       temperature: float | None = 0.0, max_tokens: int | None = DSPY_MAX_TOKENS, cache: bool = True,
        num_retries: int = 3, timeout: float | None = None, trace: bool = True,
        engine_options: dict[str, Any] | None = None, **kwargs: Any) -> dspy.LM:
     """A `dspy.LM` served by the radixlm engine.

@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import pydantic
 
+from radixlm.protocol import max_new_tokens_of
+
 # Values an open dict[str, Any] field may hold: scalars only, so a small model cannot recurse into
 # nested objects until max_tokens.
 FLAT_VALUE = {"type": ["string", "number", "boolean", "null"]}
@@ -135,7 +137,7 @@ def text_slots(schema: Any, defs: dict[str, Any] | None = None) -> int:
 def string_budget(max_tokens: int | None, slots: int) -> int:
     """Characters each free string of a reply may take: the token budget (about 2 characters a
     token in the worst case) shared by the reply's `slots` free strings and a share for the markup."""
-    return max(16, 2 * (max_tokens or 512) // (slots + 1))
+    return max(16, 2 * max_new_tokens_of(max_tokens) // (slots + 1))
 
 
 def json_reply_schema(signature: Any, tools: dict[str, Any] | None, max_tokens: int | None) -> dict[str, Any]:

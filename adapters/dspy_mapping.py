@@ -45,6 +45,7 @@ from dspy.lm15 import (
 from dspy.lm15 import TimeoutError as LM15TimeoutError
 
 from radixlm.client import CONSTRAINT_FIELDS, Result, StreamChunk
+from radixlm.protocol import max_new_tokens_of
 from radixlm.connection import EngineDiedError, EngineError
 
 from .dspy_grammar import chat_grammar, json_reply_schema, lark_json
@@ -186,9 +187,7 @@ def request_options(request: Request, default_trace: str | None) -> dict[str, An
             raise _unsupported(name, f"{name} has no meaning for a local engine")
     if c.probabilities == "required":
         raise _unsupported("probabilities", "probabilities are not supported")
-    opts: dict[str, Any] = {}
-    if c.max_tokens is not None:
-        opts["max_new_tokens"] = c.max_tokens
+    opts: dict[str, Any] = {"max_new_tokens": max_new_tokens_of(c.max_tokens)}
     for name in ("temperature", "top_p", "top_k", "seed", "frequency_penalty", "presence_penalty"):
         value = getattr(c, name)
         if value is not None:
@@ -208,7 +207,7 @@ def request_options(request: Request, default_trace: str | None) -> dict[str, An
     if len(constraints) > 1:
         raise InvalidRequestError(f"radixlm: one constraint per request, got {constraints}", provider=PROVIDER)
     if not constraints:  # a constraint passed explicitly wins over the derived one
-        opts.update(reply_constraint(request, c.max_tokens))
+        opts.update(reply_constraint(request, opts["max_new_tokens"]))
     trace_id = opts.get("trace_id") or current_trace_id() or default_trace
     if trace_id is not None:
         opts["trace_id"] = trace_id

@@ -9,10 +9,10 @@ from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, Field
 
 from radixlm.client import CONSTRAINT_FIELDS, Client
+from radixlm.protocol import max_new_tokens_of
 
 from .langchain_common import get_client, trace_id_for
 
-DEFAULT_MAX_TOKENS = 256
 PASSTHROUGH_OPTIONS = ("min_new_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "min_p", "n",
                        "ignore_eos")
 
@@ -62,7 +62,7 @@ class RadixLMParams(BaseModel):
         logprobs = kwargs.pop("logprobs", self.logprobs)
         top_logprobs = kwargs.pop("top_logprobs", self.top_logprobs)
         stop = stop if stop is not None else self.stop
-        opts: dict[str, Any] = {"max_new_tokens": max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS}
+        opts: dict[str, Any] = {"max_new_tokens": max_new_tokens_of(max_tokens)}
         if temperature is not None:
             opts["temperature"] = float(temperature)
         if top_p is not None:

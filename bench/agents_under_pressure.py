@@ -40,7 +40,7 @@ import torch
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.loader import load_model
 from radixlm.engine.model.context import ForwardMode, current_context
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 SYSTEMS = {
     "retention+program": dict(trace_retention=True, policy="program"),

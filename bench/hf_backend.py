@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from radixlm.engine.grammar import GrammarSpec
+from radixlm.protocol import Constraint
 from radixlm.engine.tokenizer import Tokenizer
 
 from .common import FirstTokenTimer, load_hf_model
@@ -61,7 +61,7 @@ class HFBackend(PeerBackend):
         super().__init__(Tokenizer(folder), self.model.config.vocab_size)
         self.eos = self.tok.hf.eos_token_id
 
-    def _generate(self, ids, max_new_tokens, stop, grammar: GrammarSpec | None, t0):
+    def _generate(self, ids, max_new_tokens, stop, grammar: Constraint | None, t0):
         first = FirstTokenTimer()
         processors = [first]
         constraint = _Grammar(self.grammar_backend().new_state(grammar), len(ids)) if grammar is not None else None

@@ -22,9 +22,9 @@ from radixlm.bench.common import machine_info, print_table, save_results, setup_
 import radixlm.engine.engine as engine_module
 from radixlm.bench.workloads.json_extraction import INSTRUCTION, SCHEMA, paragraphs
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.grammar import GrammarSpec, GrammarState
+from radixlm.engine.grammar import GrammarState
 from radixlm.engine.loader import load_model
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import Constraint, SamplingParams
 
 
 class GrammarTimer:
@@ -55,7 +55,7 @@ class GrammarTimer:
 def run(loaded, jump_forward: bool, prompts: list[list[int]], dtype: str, sequential: bool = False) -> dict:
     """All prompts at once (or one after another), fresh cache; programs/s, passes, validity."""
     engine = Engine(loaded.model, EngineConfig(jump_forward=jump_forward, dtype=dtype), loaded.eos_token_ids, loaded.tokenizer)
-    params = SamplingParams(max_new_tokens=128, grammar=GrammarSpec.json_schema(SCHEMA))
+    params = SamplingParams(max_new_tokens=128, constraint=Constraint(json_schema=SCHEMA))
     engine.generate(prompts[:2], params)  # warm-up: grammar compile, kernels
     engine.flush_cache()
     engine.stats = type(engine.stats)()

@@ -36,7 +36,7 @@ from radixlm.engine.kv_pool import KVPool
 from radixlm.engine.model.context import ForwardContext, use_context
 from radixlm.bench.llamacpp_backend import gguf_path
 from radixlm.bench.machine import copy_bandwidth_gb_s
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 PREFILL_TOKENS = 1024
 FORMATS: dict[str, dict[str, Any]] = {

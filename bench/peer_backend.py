@@ -13,7 +13,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
-from radixlm.engine.grammar import GrammarBackend, GrammarSpec
+from radixlm.engine.grammar import GrammarBackend
+from radixlm.protocol import DEFAULT_MAX_NEW_TOKENS, Constraint, json_schema_of
 from radixlm.engine.tokenizer import Tokenizer
 from radixlm.lang.backend import ChoiceScore, GenOutput, Usage
 from radixlm.lang.chat import CANDIDATES, PROBE, render
@@ -33,7 +34,7 @@ class PeerBackend(ABC):
 
     # -- what subclasses implement --------------------------------------------------------------
     @abstractmethod
-    def _generate(self, ids: list[int], max_new_tokens: int, stop: list[str], grammar: GrammarSpec | None,
+    def _generate(self, ids: list[int], max_new_tokens: int, stop: list[str], grammar: Constraint | None,
                   t0: float) -> tuple[list[int], str, str, int, float]:
         """Greedy generation after `ids`: (output ids, text with the stop string trimmed, finish reason,
         prompt tokens served from the peer's own cache, perf_counter time of the first token)."""
@@ -48,14 +49,14 @@ class PeerBackend(ABC):
         """Forget any cached state (start a workload cold); peers without a cache have none."""
 
     # -- Backend interface ----------------------------------------------------------------------
-    def grammar(self, options: dict[str, Any]) -> GrammarSpec | None:
+    def grammar(self, options: dict[str, Any]) -> Constraint | None:
         """The constraint of a gen call (json_schema, regex, or lark: DSPy's ChatAdapter grammar), or None."""
         if options.get("json_schema") is not None:
-            return GrammarSpec.json_schema(options["json_schema"])
+            return Constraint(json_schema=json_schema_of(options["json_schema"]))
         if options.get("regex") is not None:
-            return GrammarSpec.regex(options["regex"])
+            return Constraint(regex=options["regex"])
         if options.get("lark") is not None:
-            return GrammarSpec.lark(options["lark"])
+            return Constraint(lark=options["lark"])
         return None
 
     def grammar_backend(self) -> GrammarBackend:
@@ -72,7 +73,7 @@ class PeerBackend(ABC):
         ids = self.tok.encode(prompt)
         t0 = time.perf_counter()
         with self.lock:
-            out, text, reason, cached, first = self._generate(ids, options.get("max_new_tokens", 128), stop,
+            out, text, reason, cached, first = self._generate(ids, options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), stop,
                                                               self.grammar(options), t0)
         self.log.add("gen", ids, out, cached, first - t0)
         matched = next((s for s in stop if reason == "stop" and s), None)

@@ -39,7 +39,7 @@ from radixlm.bench.common import (
 from radixlm.bench.isolation import Failure, run_isolated
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.loader import load_model
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 SEED = 1234
 PREFIX_TOKENS = 1000

@@ -23,7 +23,7 @@ from radixlm.bench.common import print_table, save_results, setup_torch, warn_if
 
 import radixlm
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 from radixlm.engine.server import EngineServer
 
 MESSAGES = [{"role": "system", "content": "You are a terse assistant. " * 20},

@@ -10,6 +10,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from radixlm.protocol import SamplingParams
+
 from .attention.select import BACKENDS, make_attention
 from .batch_input import BatchInput, prepare_batch
 from .containment import forward_isolating, recover, sample_isolating
@@ -26,7 +28,7 @@ from .model.precision import DTYPE_CHOICES
 from .policy import POLICIES
 from .prefix_cache import PrefixCache
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
-from .request import FinishReason, GenerationResult, Request, SamplingParams, describe
+from .request import FinishReason, GenerationResult, Request, describe
 from .sampler import SampleOutput, sample
 from .scheduler import Batch, Scheduler
 from .stats import EngineStats
@@ -192,8 +194,8 @@ class Engine:
         check_prompt(ids, self.limits)
         check_params(params, self.limits)
         req = Request(ids, params, prefix_only=prefix_only, trace_id=trace_id)
-        if params.grammar is not None:
-            req.grammar = self.grammars().new_state(params.grammar)
+        if params.constraint is not None:
+            req.grammar = self.grammars().new_state(params.constraint)
         if params.seed is not None:
             req.generator = torch.Generator(self.model.device).manual_seed(params.seed)
         if rid is not None:

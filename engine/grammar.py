@@ -1,4 +1,4 @@
-"""Constrained decoding with llguidance: grammar specs, per-model compilation and per-request token masks.
+"""Constrained decoding with llguidance: per-model compilation and per-request token masks.
 
 A `GrammarBackend` (one per model) wraps the llguidance tokenizer adapter and caches compiled grammars;
 `GrammarBackend.new_state` gives each request a `GrammarState`, whose matcher says which tokens may come
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ import llguidance
 import llguidance.hf
 import torch
 
-KINDS = ("regex", "json_schema", "choices", "lark")
+from radixlm.protocol import Constraint
+
 # Compact-but-readable JSON (as json.dumps writes it) with no free whitespace, so a small model cannot
 # wander off into endless newlines; a schema can override these through its "x-guidance" key.
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -30,71 +32,35 @@ class GrammarError(ValueError):
     """A grammar that cannot be compiled, or a token the grammar does not allow."""
 
 
-@dataclass(frozen=True)
-class GrammarSpec:
-    """What a request's output must match.
-
-    `value` is the regex text, the JSON schema as a JSON string, the choices as a JSON list of strings,
-    or the Lark grammar text, according to `kind`."""
-
-    kind: str
-    value: str
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise GrammarError(f"unknown grammar kind {self.kind!r}; expected one of {', '.join(KINDS)}")
-        if not isinstance(self.value, str):
-            raise GrammarError(f"grammar value must be a string, got {type(self.value).__name__}")
-
-    @classmethod
-    def regex(cls, pattern: str) -> GrammarSpec:
-        return cls("regex", pattern)
-
-    @classmethod
-    def json_schema(cls, schema: dict[str, Any] | str) -> GrammarSpec:
-        """From a schema object or its JSON text (key order is kept: it is the order of the output)."""
-        return cls("json_schema", schema if isinstance(schema, str) else json.dumps(schema))
-
-    @classmethod
-    def choices(cls, options: Sequence[str]) -> GrammarSpec:
-        return cls("choices", json.dumps(list(options), ensure_ascii=False))
-
-    @classmethod
-    def lark(cls, grammar: str) -> GrammarSpec:
-        return cls("lark", grammar)
-
-
 @dataclass(frozen=True, eq=False)
 class CompiledGrammar:
     """A validated grammar: a matcher in its start state, copied for each new request."""
 
-    spec: GrammarSpec
+    constraint: Constraint
     template: llguidance.LLMatcher
 
 
-def _llguidance_grammar(spec: GrammarSpec) -> tuple[str, str]:
-    """The llguidance grammar for `spec` and the prefix that error messages start with."""
-    if spec.kind == "regex":
-        return llguidance.LLMatcher.grammar_from_regex(spec.value), f"invalid regex {spec.value!r}"
-    if spec.kind == "lark":
-        return llguidance.LLMatcher.grammar_from_lark(spec.value), "invalid Lark grammar"
-    if spec.kind == "json_schema":
-        try:
-            schema = json.loads(spec.value)
-        except ValueError as e:
-            raise GrammarError(f"invalid JSON schema: not valid JSON: {e}") from None
-        if not isinstance(schema, dict):
-            raise GrammarError(f"invalid JSON schema: expected a JSON object, got {spec.value!r}")
-        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS), "invalid JSON schema"
-    try:
-        options = json.loads(spec.value)
-    except ValueError as e:
-        raise GrammarError(f"invalid choices: not a JSON list: {e}") from None
-    if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
-        raise GrammarError(f"invalid choices: expected a non-empty JSON list of strings, got {spec.value!r}")
-    # Lark string literals take JSON string escapes, so every choice matches literally.
-    lark = "start: " + " | ".join(json.dumps(o, ensure_ascii=False) for o in options)
-    return llguidance.LLMatcher.grammar_from_lark(lark), "invalid choices"
+def _check(kind: str, value: Any) -> None:
+    """Raise GrammarError unless `value` has the type its kind of constraint takes."""
+    if kind == "json_schema" and not isinstance(value, dict):
+        raise GrammarError(f"invalid JSON schema: expected a JSON object, got {value!r}")
+    if kind == "choices" and (not isinstance(value, list) or not value or not all(isinstance(o, str) for o in value)):
+        raise GrammarError(f"invalid choices: expected a non-empty list of strings, got {value!r}")
+    if kind in ("regex", "lark") and not isinstance(value, str):
+        raise GrammarError(f"{kind} must be a string, got {type(value).__name__}")
+
+
+def _llguidance_grammar(kind: str, value: Any) -> tuple[str, str]:
+    """The llguidance grammar for one (checked) constraint and the prefix that error messages start with."""
+    if kind == "json_schema":
+        return llguidance.LLMatcher.grammar_from_json_schema(value, defaults=JSON_OPTIONS), "invalid JSON schema"
+    if kind == "choices":
+        # Lark string literals take JSON string escapes, so every choice matches literally.
+        lark = "start: " + " | ".join(json.dumps(o, ensure_ascii=False) for o in value)
+        return llguidance.LLMatcher.grammar_from_lark(lark), "invalid choices"
+    if kind == "regex":
+        return llguidance.LLMatcher.grammar_from_regex(value), f"invalid regex {value!r}"
+    return llguidance.LLMatcher.grammar_from_lark(value), "invalid Lark grammar"
 
 
 class GrammarBackend:
@@ -104,22 +70,34 @@ class GrammarBackend:
         # The adapter takes the EOS id from the HF tokenizer; llguidance allows it whenever the grammar accepts.
         self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer)
         self.vocab_size = vocab_size
-        self._compile = functools.lru_cache(maxsize=cache_size)(self._compile_uncached)
+        self.cache_size = cache_size
+        self._compiled: OrderedDict[tuple[str, str], CompiledGrammar] = OrderedDict()
 
-    def compile(self, spec: GrammarSpec) -> CompiledGrammar:
-        """Validate and compile `spec` (cached); raise GrammarError naming the problem."""
-        return self._compile(spec)
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        """Validate and compile `constraint` (cached, the least recently used dropped first); raise
+        GrammarError naming the problem."""
+        try:
+            kind, value = constraint.selected()
+        except ValueError as e:
+            raise GrammarError(str(e)) from None
+        _check(kind, value)
+        # A schema's key order is part of its identity: it is the order of the output.
+        key = (kind, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            grammar, what = _llguidance_grammar(kind, value)
+            matcher = llguidance.LLMatcher(self.tokenizer, grammar)
+            if matcher.is_error():
+                raise GrammarError(f"{what}: {matcher.get_error().strip()}")
+            compiled = self._compiled[key] = CompiledGrammar(constraint, matcher)
+            if len(self._compiled) > self.cache_size:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(key)
+        return compiled
 
-    def _compile_uncached(self, spec: GrammarSpec) -> CompiledGrammar:
-        grammar, what = _llguidance_grammar(spec)
-        matcher = llguidance.LLMatcher(self.tokenizer, grammar)
-        if matcher.is_error():
-            raise GrammarError(f"{what}: {matcher.get_error().strip()}")
-        return CompiledGrammar(spec, matcher)
-
-    def new_state(self, spec: GrammarSpec) -> GrammarState:
+    def new_state(self, constraint: Constraint) -> GrammarState:
         """A fresh matcher for one request."""
-        return GrammarState(self.compile(spec).template.deep_copy(), self.tokenizer.vocab_size, self.vocab_size)
+        return GrammarState(self.compile(constraint).template.deep_copy(), self.tokenizer.vocab_size, self.vocab_size)
 
 
 class GrammarState:

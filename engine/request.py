@@ -1,4 +1,4 @@
-"""A generation request's state inside the engine, its sampling parameters and its result."""
+"""A generation request's state inside the engine and its result."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .grammar import GrammarSpec, GrammarState
-from .sampler import SamplingConfig
+from radixlm.protocol import SamplingParams
+
+from .grammar import GrammarState
 
 if TYPE_CHECKING:
     from .radix_cache import TreeNode
@@ -36,42 +37,6 @@ class FinishReason(str, Enum):
     LENGTH = "length"
     ABORT = "abort"
     ERROR = "error"  # the request failed alone; `error` says why
-
-
-@dataclass(frozen=True)
-class SamplingParams(SamplingConfig):
-    """How to decode one request: the sampler's knobs plus lengths, stops, logprobs and a grammar.
-
-    `logprob_start_len` >= 0 asks for prompt logprobs from that position on (-1: none); such a
-    request recomputes from there, since cached positions have no logits."""
-
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    stop_token_ids: tuple[int, ...] = ()
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    logprobs: bool = False
-    top_logprobs: int = 0
-    logprob_start_len: int = -1
-    grammar: GrammarSpec | None = None
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        super().validate()
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
-        if not 0 <= self.top_logprobs <= 20:
-            raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
-        if self.logprob_start_len < -1:
-            raise ValueError(f"logprob_start_len must be >= -1, got {self.logprob_start_len}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
-
-    @property
-    def wants_logprobs(self) -> bool:
-        return self.logprobs or self.top_logprobs > 0
 
 
 TokenLogprob = tuple[float, int]

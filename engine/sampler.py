@@ -1,7 +1,7 @@
 """Batched per-request sampling: penalties, allowed-token mask, temperature, top-k / top-p / min-p, logprobs.
 
 One `sample` call picks the next token of every row of a forward pass. Each row has its own
-`SamplingConfig` and optional `torch.Generator`; a seeded row draws only from its own generator, so
+`SamplingParams` and optional `torch.Generator`; a seeded row draws only from its own generator, so
 its tokens do not depend on which other rows share the batch.
 """
 
@@ -12,46 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """The sampling parameters of one request.
-
-    temperature 0 means greedy (argmax). top_k <= 0 disables top-k. repetition_penalty follows
-    HF/vLLM (tokens of prompt + output: positive logits divided, negative multiplied);
-    frequency_penalty and presence_penalty follow OpenAI (output tokens only).
-    """
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int):
-            raise ValueError(f"top_k must be an int, got {self.top_k!r}")
-        if not 0 <= self.min_p <= 1:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        for name in ("frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if not -2 <= value <= 2:
-                raise ValueError(f"{name} must be in [-2, 2], got {value}")
-
-    @property
-    def greedy(self) -> bool:
-        """Whether this request takes the argmax instead of sampling."""
-        return self.temperature == 0
+from radixlm.protocol import SamplingParams
 
 
 @dataclass
@@ -70,7 +31,7 @@ class SampleOutput:
 
 def sample(
     logits: torch.Tensor,
-    configs: Sequence[SamplingConfig],
+    configs: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
     prompt_ids: Sequence[Sequence[int]] | None = None,
     output_ids: Sequence[Sequence[int]] | None = None,
@@ -115,7 +76,7 @@ def sample(
 
 def _penalize(
     logits: torch.Tensor,
-    configs: Sequence[SamplingConfig],
+    configs: Sequence[SamplingParams],
     prompt_ids: Sequence[Sequence[int]] | None,
     output_ids: Sequence[Sequence[int]] | None,
 ) -> torch.Tensor:
@@ -154,7 +115,7 @@ def _indices(
     return row_ids.to(device), torch.cat(parts).to(device)
 
 
-def _filter(probs: torch.Tensor, configs: Sequence[SamplingConfig]) -> torch.Tensor:
+def _filter(probs: torch.Tensor, configs: Sequence[SamplingParams]) -> torch.Tensor:
     """Zero what top-k, then top-p, then min-p drop; each sees the renormalised result of the last.
 
     top-p keeps the smallest most-likely set whose probability reaches top_p (always the top token);

@@ -8,11 +8,10 @@ cannot even be routed, a log line); it never stops the loop or touches other cli
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +23,7 @@ from radixlm.auth import needs_curve, owner_token_path, serve_with_curve, write_
 
 from .detokenizer import TextStream
 from .engine import Engine, EngineConfig
-from .grammar import GrammarSpec
-from .request import GenerationResult, Request, SamplingParams, describe
+from .request import GenerationResult, Request, describe
 from .validation import check_n
 
 log = logging.getLogger("radixlm.server")
@@ -215,11 +213,11 @@ class EngineServer:
             self._send(identity, P.Error(rid=msg.rid, code="duplicate_request", message=f"request {msg.rid!r} is already running"))
             return
         ids = self.engine.prompt_ids(text=msg.text, input_ids=msg.input_ids, messages=msg.messages)
-        params = sampling_params(msg)
+        params = msg.sampling
         reqs: list[Request] = []
         try:
             for i, k in enumerate(keys):
-                sample_params = replace(params, seed=params.seed + i) if params.seed is not None and i else params
+                sample_params = msgspec.structs.replace(params, seed=params.seed + i) if params.seed is not None and i else params
                 reqs.append(self.engine.add_request(ids, sample_params, rid=k, prefix_only=msg.prefix_only,
                                                     trace_id=msg.trace_id))
         except Exception:
@@ -261,16 +259,16 @@ class EngineServer:
             return False
 
     def _done(self, live: _Live, r: GenerationResult) -> P.Done:
-        usage = P.Usage(prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens)
         texts = self.engine.detokenizer
-        return P.Done(
-            rid=live.rid, text=r.text or "", output_ids=r.output_ids, finish_reason=r.finish_reason.value,
-            usage=usage, index=live.index, matched_stop=r.matched_stop,
+        return P.Done(rid=live.rid, index=live.index, result=P.Result(
+            text=r.text or "", output_ids=r.output_ids, finish_reason=r.finish_reason.value,
+            prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens,
+            matched_stop=r.matched_stop,
             output_logprobs=texts.logprob_texts(r.output_logprobs),
             output_top_logprobs=texts.top_logprob_texts(r.output_top_logprobs),
             prompt_logprobs=texts.logprob_texts(r.prompt_logprobs),
             prompt_top_logprobs=texts.top_logprob_texts(r.prompt_top_logprobs),
-        )
+        ))
 
     def _stream(self, live: _Live) -> None:
         req, texts = live.req, self.engine.detokenizer
@@ -282,27 +280,6 @@ class EngineServer:
         tops = texts.top_logprob_texts(req.output_top_logprobs[new]) if p.top_logprobs else None
         self._send(live.identity, P.Chunk(rid=live.rid, text=delta.text, token_ids=req.output_ids[new],
                                           logprobs=logprobs, top_logprobs=tops))
-
-
-def sampling_params(msg: P.Generate) -> SamplingParams:
-    """The engine's SamplingParams for a Generate message (validated by the engine)."""
-    s, c, lp = msg.sampling, msg.constraint, msg.logprobs or P.LogprobOptions()
-    grammar = None
-    if c is not None:
-        given = [(k, v) for k, v in (("regex", c.regex), ("json_schema", c.json_schema), ("lark", c.lark)) if v is not None]
-        if c.choices is not None:
-            given.append(("choices", json.dumps(c.choices)))
-        if len(given) != 1:
-            raise ValueError("a constraint sets exactly one of regex, json_schema, choices, lark")
-        grammar = GrammarSpec(*given[0])
-    return SamplingParams(
-        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-        repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
-        presence_penalty=s.presence_penalty, seed=s.seed, max_new_tokens=s.max_new_tokens,
-        min_new_tokens=s.min_new_tokens, stop_token_ids=tuple(s.stop_token_ids), stop=tuple(s.stop),
-        ignore_eos=s.ignore_eos, logprobs=lp.output, top_logprobs=lp.top_k, logprob_start_len=lp.prompt_start,
-        grammar=grammar,
-    )
 
 
 def run_server(model: str, endpoint: str, config: EngineConfig, parent_pid: int | None = None,

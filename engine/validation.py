@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from .request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 MAX_N = 64  # samples of one Generate
 MAX_STOPS = 64  # stop strings, and separately stop token ids, of one request
@@ -46,9 +46,39 @@ def check_prompt(ids: Sequence[int], limits: Limits) -> None:
         raise ValueError(f"prompt is {len(ids)} tokens; the KV pool holds {limits.pool_capacity}")
 
 
+def check_sampling(p: SamplingParams) -> None:
+    """Ranges that hold on every engine; raise ValueError naming the first invalid field."""
+    if not p.temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {p.temperature}")
+    if not 0 < p.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
+    if not isinstance(p.top_k, int):
+        raise ValueError(f"top_k must be an int, got {p.top_k!r}")
+    if not 0 <= p.min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {p.min_p}")
+    if not p.repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {p.repetition_penalty}")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(p, name)
+        if not -2 <= value <= 2:
+            raise ValueError(f"{name} must be in [-2, 2], got {value}")
+    if p.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
+    if not 0 <= p.min_new_tokens <= p.max_new_tokens:
+        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {p.min_new_tokens}")
+    if not 0 <= p.top_logprobs <= 20:
+        raise ValueError(f"top_logprobs must be in [0, 20], got {p.top_logprobs}")
+    if p.logprob_start_len < -1:
+        raise ValueError(f"logprob_start_len must be >= -1, got {p.logprob_start_len}")
+    if any(not s for s in p.stop):
+        raise ValueError("stop strings must be non-empty")
+    if p.constraint is not None:
+        p.constraint.selected()
+
+
 def check_params(p: SamplingParams, limits: Limits) -> None:
-    """Ranges that depend on the engine, and finiteness, on top of `SamplingParams.validate`."""
-    p.validate()
+    """Ranges that depend on the engine, and finiteness, on top of `check_sampling`."""
+    check_sampling(p)
     for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
         if not math.isfinite(getattr(p, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(p, name)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import os
 import queue
 import subprocess
@@ -23,25 +22,9 @@ from .auth import read_owner_token
 from .config_flags import options_to_flags
 from .connection import Connection, EngineDiedError, EngineError
 from .endpoint import default_endpoint
+from .protocol import Result
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
-
-
-@dataclass
-class Result:
-    """A finished generation. Logprob entries are (logprob, token_id, token_text)."""
-
-    text: str
-    output_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    matched_stop: str | int | None = None
-    output_logprobs: list | None = None
-    output_top_logprobs: list | None = None
-    prompt_logprobs: list | None = None
-    prompt_top_logprobs: list | None = None
 
 
 @dataclass
@@ -54,15 +37,34 @@ class StreamChunk:
     top_logprobs: list | None = None
 
 
-SAMPLING_FIELDS = frozenset(P.SamplingOptions.__struct_fields__)
 CONSTRAINT_FIELDS = frozenset(P.Constraint.__struct_fields__)
-LOGPROB_FIELDS = {"logprobs": "output", "top_logprobs": "top_k", "logprob_start_len": "prompt_start"}
+SAMPLING_FIELDS = frozenset(P.SamplingParams.__struct_fields__) - {"constraint"}
+
+
+def sampling_params(options: dict[str, Any]) -> P.SamplingParams:
+    """The SamplingParams of keyword options: its fields under their own names (a single `stop` string
+    is a list of one) and one constraint (regex, json_schema as an object or its JSON text, choices,
+    lark) by name."""
+    unknown = set(options) - SAMPLING_FIELDS - CONSTRAINT_FIELDS
+    if unknown:
+        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    fields = {k: v for k, v in options.items() if k in SAMPLING_FIELDS}
+    for name in ("stop", "stop_token_ids"):
+        if name in fields:
+            value = fields[name]
+            fields[name] = [value] if isinstance(value, str) else list(value)
+    constraint = {k: v for k, v in options.items() if k in CONSTRAINT_FIELDS and v is not None}
+    if "json_schema" in constraint:
+        constraint["json_schema"] = P.json_schema_of(constraint["json_schema"])
+    if "choices" in constraint:
+        constraint["choices"] = list(constraint["choices"])
+    return P.SamplingParams(**fields, constraint=P.Constraint(**constraint) if constraint else None)
 
 
 def _generate_message(rid: str, prompt: Prompt, stream: bool, options: dict[str, Any]) -> P.Generate:
-    """Build a Generate message. `options`: SamplingOptions fields (temperature, top_p, max_new_tokens,
-    stop, seed, n, ...), one constraint (regex, json_schema as dict or str, choices, lark), logprobs /
-    top_logprobs / logprob_start_len, trace_id and prefix_only."""
+    """Build a Generate message. `options`: SamplingParams fields (temperature, top_p, max_new_tokens,
+    stop, seed, n, logprobs, top_logprobs, logprob_start_len, ...), one constraint (see
+    `sampling_params`), trace_id and prefix_only."""
     fields: dict[str, Any] = {}
     if isinstance(prompt, str):
         fields["text"] = prompt
@@ -70,29 +72,10 @@ def _generate_message(rid: str, prompt: Prompt, stream: bool, options: dict[str,
         fields["messages"] = list(prompt)
     else:
         fields["input_ids"] = [int(t) for t in prompt]
-    unknown = set(options) - SAMPLING_FIELDS - CONSTRAINT_FIELDS - set(LOGPROB_FIELDS) - {"trace_id", "prefix_only"}
-    if unknown:
-        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
-    if isinstance(options.get("stop"), str):
-        options = {**options, "stop": [options["stop"]]}
-    sampling = {k: list(v) if k in ("stop", "stop_token_ids") else v for k, v in options.items() if k in SAMPLING_FIELDS}
-    constraint = {k: v for k, v in options.items() if k in CONSTRAINT_FIELDS and v is not None}
-    if isinstance(constraint.get("json_schema"), dict):
-        constraint["json_schema"] = json.dumps(constraint["json_schema"])
-    logprobs = {LOGPROB_FIELDS[k]: v for k, v in options.items() if k in LOGPROB_FIELDS}
-    return P.Generate(
-        rid=rid, stream=stream, sampling=P.SamplingOptions(**sampling),
-        constraint=P.Constraint(**constraint) if constraint else None,
-        logprobs=P.LogprobOptions(**logprobs) if logprobs else None,
-        trace_id=options.get("trace_id"), prefix_only=options.get("prefix_only", False), **fields,
-    )
-
-
-def _result(msg: P.Done) -> Result:
-    u = msg.usage
-    return Result(msg.text, msg.output_ids, msg.finish_reason, u.prompt_tokens, u.cached_tokens, u.completion_tokens,
-                  msg.matched_stop, msg.output_logprobs, msg.output_top_logprobs, msg.prompt_logprobs,
-                  msg.prompt_top_logprobs)
+    options = dict(options)
+    trace_id, prefix_only = options.pop("trace_id", None), options.pop("prefix_only", False)
+    return P.Generate(rid=rid, stream=stream, sampling=sampling_params(options), trace_id=trace_id,
+                      prefix_only=prefix_only, **fields)
 
 
 def _expected_results(msg: msgspec.Struct) -> int:
@@ -100,7 +83,7 @@ def _expected_results(msg: msgspec.Struct) -> int:
 
 
 def _collect(msg: P.Generate, done: list[P.Done]) -> Result | list[Result]:
-    results = [_result(d) for d in sorted(done, key=lambda d: d.index)]
+    results = [d.result for d in sorted(done, key=lambda d: d.index)]
     return results if msg.sampling.n > 1 else results[0]
 
 
@@ -108,7 +91,7 @@ def _stream_item(reply: P.Response, include_result: bool) -> StreamChunk | Resul
     if isinstance(reply, P.Chunk):
         return StreamChunk(reply.text, reply.token_ids, reply.logprobs, reply.top_logprobs)
     if include_result and isinstance(reply, P.Done):
-        return _result(reply)
+        return reply.result
     return None
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import radixlm
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ from radixlm.adapters.dspy_grammar import (MAX_ITEMS, cap_strings, chat_grammar,
 from radixlm.adapters.dspy_mapping import reply_constraint, request_messages, request_options, to_response
 from radixlm.adapters.dspy_plan import PlanCallback
 from radixlm.client import Result
+from radixlm.protocol import DEFAULT_MAX_NEW_TOKENS
 
 
 class Place(pydantic.BaseModel):
@@ -92,7 +93,7 @@ def test_output_schema_closes_nested_models_and_caps_strings():
     assert props == {"a": {"type": "string", "maxLength": 5}, "b": {"type": "string", "enum": ["x"]},
                      "c": {"type": ["string", "null"], "maxLength": 50}}
     # the budget: 2 characters a token shared by the free strings and the markup; 512 tokens by default
-    assert string_budget(None, 1) == 512 and string_budget(96, 2) == 64 and string_budget(4, 1) == 16
+    assert string_budget(None, 1) == DEFAULT_MAX_NEW_TOKENS and string_budget(96, 2) == 64 and string_budget(4, 1) == 16
     assert text_slots(schema) == MAX_ITEMS + 2  # each keyword, city and country (numbers, bools, enums hold none)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import torch
 
 from model_harness import build
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 
 
 def hf_greedy(hf, prompt: list[int], n: int) -> list[int]:

@@ -12,7 +12,8 @@ from fault_injection import (BrokenGrammarBackend, PoisonedModel, culprit_for_de
                              culprit_for_prefill)
 from radixlm import EngineError
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.request import FinishReason, SamplingParams
+from radixlm.engine.request import FinishReason
+from radixlm.protocol import SamplingParams
 from server_harness import client_for, fake_server, settled_stats
 
 EOS = 0
@@ -47,11 +48,11 @@ def test_a_forward_fault_fails_only_its_request(where):
 def test_a_grammar_fault_fails_only_its_request():
     engine = Engine(FakeModel(), EngineConfig(kv_cache_tokens=2048), eos_token_ids=[EOS])
     engine.grammars = BrokenGrammarBackend  # every constrained request gets a mask that cannot be computed
-    from radixlm.engine.grammar import GrammarSpec
+    from radixlm.protocol import Constraint
 
     reqs = [engine.add_request(p, PARAMS) for p in OTHERS]
     engine.step()  # the others are decoding when the culprit arrives
-    bad = engine.add_request([40, 41, 42], SamplingParams(max_new_tokens=5, grammar=GrammarSpec.regex("a+")))
+    bad = engine.add_request([40, 41, 42], SamplingParams(max_new_tokens=5, constraint=Constraint(regex="a+")))
     results = run_checked(engine)
     assert [results[r.rid].output_ids for r in reqs] == [FakeModel().reference(p, BUDGET) for p in OTHERS]
     assert results[bad.rid].finish_reason is FinishReason.ERROR

@@ -77,7 +77,7 @@ def test_a_gone_client_has_its_non_streaming_requests_aborted(tmp_path):
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(server.endpoint)
-        gen = P.Generate(rid="x", input_ids=list(range(1, 40)), sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True))
+        gen = P.Generate(rid="x", input_ids=list(range(1, 40)), sampling=P.SamplingParams(max_new_tokens=4000, ignore_eos=True))
         sock.send_multipart([P.VERSION, P.encode(gen)])
         c = client_for(server)
         deadline = time.monotonic() + 5

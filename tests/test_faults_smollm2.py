@@ -15,7 +15,7 @@ from radixlm.client import Client
 from radixlm.connection import Connection
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.grammar import GrammarError, GrammarState
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 from radixlm.engine.server import EngineServer
 from server_harness import serve_in_thread, settled_stats
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.grammar import GrammarSpec
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import Constraint, SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +69,7 @@ def test_json_schemas_always_parse_and_validate(smollm2):
     engine = engine_on(smollm2)
     jobs = [(schema, chat(engine, f"{p} Reply with JSON.")) for schema in SCHEMAS for p in PROMPTS]
     results = engine.generate_each(
-        [(ids, SamplingParams(max_new_tokens=160, grammar=GrammarSpec.json_schema(schema))) for schema, ids in jobs])
+        [(ids, SamplingParams(max_new_tokens=160, constraint=Constraint(json_schema=schema))) for schema, ids in jobs])
     for (schema, _), r in zip(jobs, results):
         value = json.loads(r.text)
         jsonschema.validate(value, schema)
@@ -80,7 +79,7 @@ def test_json_schemas_always_parse_and_validate(smollm2):
 def test_regex_outputs_fullmatch(smollm2):
     engine = engine_on(smollm2)
     jobs = [(rx, chat(engine, "Give one example value.")) for rx in REGEXES]
-    results = engine.generate_each([(ids, SamplingParams(max_new_tokens=40, grammar=GrammarSpec.regex(rx))) for rx, ids in jobs])
+    results = engine.generate_each([(ids, SamplingParams(max_new_tokens=40, constraint=Constraint(regex=rx))) for rx, ids in jobs])
     for (rx, _), r in zip(jobs, results):
         assert re.fullmatch(rx, r.text), (rx, r.text)
 
@@ -91,7 +90,7 @@ def test_jump_forward_keeps_greedy_output_and_saves_passes(smollm2):
     for jump in (True, False):
         engine = engine_on(smollm2, jump_forward=jump)
         ids = chat(engine, "Summarise a book as JSON.")
-        r = engine.generate([ids], SamplingParams(max_new_tokens=120, grammar=GrammarSpec.json_schema(schema)))[0]
+        r = engine.generate([ids], SamplingParams(max_new_tokens=120, constraint=Constraint(json_schema=schema)))[0]
         outputs.append(r.output_ids)
         passes.append(engine.stats.forward_passes)
     assert outputs[0] == outputs[1]
@@ -101,9 +100,9 @@ def test_jump_forward_keeps_greedy_output_and_saves_passes(smollm2):
 def test_constrained_and_free_requests_in_one_batch_match_running_alone(smollm2):
     engine = engine_on(smollm2)
     jobs = [
-        (chat(engine, "Tell me about a place. Reply with JSON."), SamplingParams(max_new_tokens=60, grammar=GrammarSpec.json_schema(SCHEMAS[1]))),
+        (chat(engine, "Tell me about a place. Reply with JSON."), SamplingParams(max_new_tokens=60, constraint=Constraint(json_schema=SCHEMAS[1]))),
         (chat(engine, "What is the capital of France?"), SamplingParams(max_new_tokens=20)),
-        (chat(engine, "Give one example value."), SamplingParams(max_new_tokens=20, grammar=GrammarSpec.regex(REGEXES[4]))),
+        (chat(engine, "Give one example value."), SamplingParams(max_new_tokens=20, constraint=Constraint(regex=REGEXES[4]))),
         (chat(engine, "Name three colours."), SamplingParams(max_new_tokens=20)),
     ]
     together = engine.generate_each(jobs)

@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import torch
 
-from radixlm.engine.grammar import GrammarBackend, GrammarError, GrammarSpec, GrammarState, fill_allowed
+from radixlm.engine.grammar import GrammarBackend, GrammarError, GrammarState, fill_allowed
+from radixlm.protocol import Constraint, json_schema_of
 from radixlm.engine.model_source import resolve_model
 from radixlm.engine.tokenizer import Tokenizer
 
@@ -67,15 +68,17 @@ def generate(state: GrammarState, eos: int, seed: int, jump_forward: bool = Fals
 @pytest.mark.parametrize(
     "spec, message",
     [
-        (GrammarSpec.regex("("), r"(?s)invalid regex '\(': .*unclosed group"),
-        (GrammarSpec.regex("a{3,1}"), "invalid repetition count"),
-        (GrammarSpec.json_schema({"type": "foo"}), "invalid JSON schema: Invalid type: foo"),
-        (GrammarSpec.json_schema("{bad"), "invalid JSON schema: not valid JSON: Expecting property name"),
-        (GrammarSpec.json_schema("[1]"), "invalid JSON schema: expected a JSON object"),
-        (GrammarSpec.json_schema({"type": "string", "format": "weird"}), "invalid JSON schema: Unknown format: weird"),
-        (GrammarSpec.lark("start: foo"), 'invalid Lark grammar: .*unknown name: "foo"'),
-        (GrammarSpec.choices([]), "invalid choices"),
-        (GrammarSpec("choices", '["a", 1]'), "invalid choices"),
+        (Constraint(regex="("), r"(?s)invalid regex '\(': .*unclosed group"),
+        (Constraint(regex="a{3,1}"), "invalid repetition count"),
+        (Constraint(json_schema={"type": "foo"}), "invalid JSON schema: Invalid type: foo"),
+        (Constraint(json_schema=[1]), "invalid JSON schema: expected a JSON object"),
+        (Constraint(json_schema={"type": "string", "format": "weird"}), "invalid JSON schema: Unknown format: weird"),
+        (Constraint(lark="start: foo"), 'invalid Lark grammar: .*unknown name: "foo"'),
+        (Constraint(choices=[]), "invalid choices"),
+        (Constraint(choices=["a", 1]), "invalid choices"),
+        (Constraint(regex=7), "regex must be a string"),
+        (Constraint(regex="a", lark="start: /a/"), "exactly one of"),
+        (Constraint(), "exactly one of"),
     ],
 )
 def test_invalid_grammars_raise_naming_the_problem(backend, spec, message):
@@ -83,51 +86,56 @@ def test_invalid_grammars_raise_naming_the_problem(backend, spec, message):
         backend.compile(spec)
 
 
-def test_unknown_kind_is_rejected():
-    with pytest.raises(GrammarError, match="unknown grammar kind 'xml'"):
-        GrammarSpec("xml", "<a/>")
+def test_schema_text_is_read_as_an_object_naming_the_problem():
+    assert list(json_schema_of('{"b": 1, "a": 2}')) == ["b", "a"]  # key order is the output's
+    with pytest.raises(ValueError, match="invalid JSON schema: not valid JSON: Expecting property name"):
+        json_schema_of("{bad")
+    with pytest.raises(ValueError, match="invalid JSON schema: expected a JSON object"):
+        json_schema_of("[1]")
 
 
 def test_compile_is_cached(backend):
-    spec = GrammarSpec.json_schema({**PERSON, "title": "cache-test"})
+    spec = Constraint(json_schema={**PERSON, "title": "cache-test"})
     start = time.perf_counter()
     first = backend.compile(spec)
     cold = time.perf_counter() - start
     warm = float("inf")
     for _ in range(5):  # best of a few: robust to a busy machine
         start = time.perf_counter()
-        second = backend.compile(GrammarSpec.json_schema({**PERSON, "title": "cache-test"}))
+        second = backend.compile(Constraint(json_schema={**PERSON, "title": "cache-test"}))
         warm = min(warm, time.perf_counter() - start)
         assert second is first
     assert warm < cold / 5
+    reordered = dict(reversed(list({**PERSON, "title": "cache-test"}.items())))  # another output order
+    assert backend.compile(Constraint(json_schema=reordered)) is not first
 
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("jump_forward", [False, True])
 def test_regex_output_fullmatches(backend, tok, seed, jump_forward):
     pattern = r"[a-z]{2,5}-[0-9]{2}(\.[A-Z]{1,3})?"
-    ids = generate(backend.new_state(GrammarSpec.regex(pattern)), 2, seed, jump_forward)
+    ids = generate(backend.new_state(Constraint(regex=pattern)), 2, seed, jump_forward)
     assert re.fullmatch(pattern, tok.decode(ids))
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_choices_output_is_one_of_them(backend, tok, seed):
     options = ["red", "red wine", "green", 'say "hi"\\n', "ünï 😀", "a|b (c)"]
-    ids = generate(backend.new_state(GrammarSpec.choices(options)), 2, seed)
+    ids = generate(backend.new_state(Constraint(choices=options)), 2, seed)
     assert tok.decode(ids) in options
 
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("jump_forward", [False, True])
 def test_json_schema_output_parses_and_validates(backend, tok, seed, jump_forward):
-    ids = generate(backend.new_state(GrammarSpec.json_schema(PERSON)), 2, seed, jump_forward)
+    ids = generate(backend.new_state(Constraint(json_schema=PERSON)), 2, seed, jump_forward)
     value = json.loads(tok.decode(ids))
     jsonschema.validate(value, PERSON)
     assert list(value) == list(PERSON["properties"])  # properties come out in schema order
 
 
 def test_json_forced_prefix_and_rest(backend, tok):
-    state = backend.new_state(GrammarSpec.json_schema(NAME_ONLY))
+    state = backend.new_state(Constraint(json_schema=NAME_ONLY))
     forced = state.forced_tokens()
     assert forced == state.forced_tokens()  # computing them consumes nothing
     prefix = tok.decode(forced)
@@ -140,7 +148,7 @@ def test_json_forced_prefix_and_rest(backend, tok):
 
 
 def test_json_has_no_free_whitespace(backend, tok):
-    state = backend.new_state(GrammarSpec.json_schema(NAME_ONLY))
+    state = backend.new_state(Constraint(json_schema=NAME_ONLY))
     with pytest.raises(GrammarError):
         state.consume_many(tok.encode("{\n"))
     state.consume_many(tok.encode('{"name": "x"}'))
@@ -148,7 +156,7 @@ def test_json_has_no_free_whitespace(backend, tok):
 
 
 def test_regex_forced_tokens_then_digit_then_eos(backend, tok):
-    state = backend.new_state(GrammarSpec.regex(r"abc[0-9]"))
+    state = backend.new_state(Constraint(regex=r"abc[0-9]"))
     forced = state.forced_tokens()
     assert tok.decode(forced) == "abc"
     before = state.allowed_mask()
@@ -162,7 +170,7 @@ def test_regex_forced_tokens_then_digit_then_eos(backend, tok):
 
 
 def test_eos_allowed_only_when_accepting(backend, tok):
-    state = backend.new_state(GrammarSpec.regex("a+"))
+    state = backend.new_state(Constraint(regex="a+"))
     assert not state.allowed_mask()[2]
     state.consume(tok.encode("a")[0])
     mask = state.allowed_mask()
@@ -172,7 +180,7 @@ def test_eos_allowed_only_when_accepting(backend, tok):
 
 
 def test_disallowed_tokens_raise_and_leave_the_state_usable(backend, tok):
-    state = backend.new_state(GrammarSpec.regex("abc"))
+    state = backend.new_state(Constraint(regex="abc"))
     with pytest.raises(GrammarError, match="not allowed"):
         state.consume(tok.encode("x")[0])
     with pytest.raises(GrammarError, match="at position 1"):
@@ -186,8 +194,8 @@ def test_disallowed_tokens_raise_and_leave_the_state_usable(backend, tok):
 
 
 def test_fill_allowed_batches_rows(backend, tok):
-    a = backend.new_state(GrammarSpec.regex(r"[0-9]+"))
-    b = backend.new_state(GrammarSpec.json_schema(NAME_ONLY))
+    a = backend.new_state(Constraint(regex=r"[0-9]+"))
+    b = backend.new_state(Constraint(json_schema=NAME_ONLY))
     b.consume_many(tok.encode('{"name": "a'))
     states = [None, a, None, b]
     mask = fill_allowed(states, tok.vocab_size)

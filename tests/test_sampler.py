@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from radixlm.engine.sampler import SamplingConfig, sample
+from radixlm.engine.sampler import sample
+from radixlm.engine.validation import check_sampling
+from radixlm.protocol import SamplingParams
 
-GREEDY = SamplingConfig()
+GREEDY = SamplingParams()
 TOY = [0.5, 2.0, -1.0, 1.0, -3.0, 1.5, 0.0, -0.5]
 # chi-square quantiles at 1 - 1e-3 by degrees of freedom (scipy.stats.chi2.ppf(0.999, dof))
 CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458, 7: 24.322}
@@ -19,13 +21,13 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def draw(logits: torch.Tensor, configs: list[SamplingConfig], gens: list, n: int) -> list[list[int]]:
+def draw(logits: torch.Tensor, configs: list[SamplingParams], gens: list, n: int) -> list[list[int]]:
     """n successive sample() calls on the same batch; returns each row's tokens."""
     calls = [sample(logits, configs, gens).tokens for _ in range(n)]
     return [list(col) for col in zip(*calls)]
 
 
-def target(logits: list[float], c: SamplingConfig) -> list[float]:
+def target(logits: list[float], c: SamplingParams) -> list[float]:
     """Reference distribution in float64: temperature, top-k, top-p, min-p, each renormalised."""
     top = max(logits)
     weights = [math.exp((x - top) / c.temperature) for x in logits]
@@ -62,11 +64,11 @@ def test_mask_is_respected_greedy_and_sampled() -> None:
     allowed[:, 7] = True  # at least one allowed token per row
     configs = [
         GREEDY,
-        SamplingConfig(temperature=1.0),
-        SamplingConfig(temperature=2.0, top_k=3),
-        SamplingConfig(temperature=5.0, top_p=0.99),
-        SamplingConfig(temperature=1.0, min_p=0.01),
-        SamplingConfig(temperature=3.0, repetition_penalty=1.5, frequency_penalty=-2.0),
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=2.0, top_k=3),
+        SamplingParams(temperature=5.0, top_p=0.99),
+        SamplingParams(temperature=1.0, min_p=0.01),
+        SamplingParams(temperature=3.0, repetition_penalty=1.5, frequency_penalty=-2.0),
     ]
     gens = [None, gen(3), None, gen(4), gen(5), None]
     copies = 300  # every row repeated, so each sampled config draws many times in one call
@@ -85,19 +87,19 @@ def test_mask_is_respected_greedy_and_sampled() -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.8, top_k=4, top_p=0.9, min_p=0.05)],
+    [SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_k=4, top_p=0.9, min_p=0.05)],
     ids=["plain", "filtered"],
 )
-def test_seeded_row_reproducible_in_any_batch(config: SamplingConfig) -> None:
+def test_seeded_row_reproducible_in_any_batch(config: SamplingParams) -> None:
     vocab = 50
     logits = torch.randn(1, vocab, generator=gen(6))
     alone = draw(logits, [config], [gen(1234)], 30)[0]
 
     neighbours = [
         GREEDY,
-        SamplingConfig(temperature=1.3, top_k=5),
-        SamplingConfig(temperature=0.5, top_p=0.5, min_p=0.1),
-        SamplingConfig(temperature=1.0),
+        SamplingParams(temperature=1.3, top_k=5),
+        SamplingParams(temperature=0.5, top_p=0.5, min_p=0.1),
+        SamplingParams(temperature=1.0),
     ]
     batch = torch.cat([torch.randn(2, vocab, generator=gen(7)), logits, torch.randn(2, vocab, generator=gen(8))])
     configs = neighbours[:2] + [config] + neighbours[2:]
@@ -111,15 +113,15 @@ def test_seeded_row_reproducible_in_any_batch(config: SamplingConfig) -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        SamplingConfig(temperature=0.7),
-        SamplingConfig(temperature=1.0, top_k=3),
-        SamplingConfig(temperature=0.7, top_p=0.8),
-        SamplingConfig(temperature=1.0, min_p=0.2),
-        SamplingConfig(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1),
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.0, top_k=3),
+        SamplingParams(temperature=0.7, top_p=0.8),
+        SamplingParams(temperature=1.0, min_p=0.2),
+        SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1),
     ],
     ids=["temperature", "top_k", "top_p", "min_p", "combined"],
 )
-def test_distribution_matches_target(config: SamplingConfig) -> None:
+def test_distribution_matches_target(config: SamplingParams) -> None:
     draws = 20_000
     expected = [p * draws for p in target(TOY, config)]
     logits = torch.tensor([TOY]).expand(draws, -1)
@@ -134,54 +136,54 @@ def test_distribution_matches_target(config: SamplingConfig) -> None:
 def test_target_reference_supports() -> None:
     """The filters keep the token sets worked out by hand for TOY."""
 
-    def support(c: SamplingConfig) -> list[int]:
+    def support(c: SamplingParams) -> list[int]:
         return [i for i, p in enumerate(target(TOY, c)) if p > 0]
 
-    assert support(SamplingConfig(temperature=1.0, top_k=3)) == [1, 3, 5]
-    assert support(SamplingConfig(temperature=0.7, top_p=0.8)) == [1, 3, 5]
-    assert support(SamplingConfig(temperature=1.0, min_p=0.2)) == [0, 1, 3, 5]
-    assert support(SamplingConfig(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1)) == [1, 3, 5]
+    assert support(SamplingParams(temperature=1.0, top_k=3)) == [1, 3, 5]
+    assert support(SamplingParams(temperature=0.7, top_p=0.8)) == [1, 3, 5]
+    assert support(SamplingParams(temperature=1.0, min_p=0.2)) == [0, 1, 3, 5]
+    assert support(SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.1)) == [1, 3, 5]
 
 
 def test_ties_with_the_last_kept_token_are_kept() -> None:
     logits = torch.tensor([[1.0, 0.0, 1.0, -1.0, 1.0]]).expand(3000, -1)
-    tokens = sample(logits, [SamplingConfig(temperature=1.0, top_k=2)] * 3000, [gen(5)] * 3000).tokens
+    tokens = sample(logits, [SamplingParams(temperature=1.0, top_k=2)] * 3000, [gen(5)] * 3000).tokens
     assert set(tokens) == {0, 2, 4}
 
 
-def one(logits: list[float], config: SamplingConfig, prompt: list[int], output: list[int]) -> int:
+def one(logits: list[float], config: SamplingParams, prompt: list[int], output: list[int]) -> int:
     out = sample(torch.tensor([logits]), [config], [gen(0)], prompt_ids=[prompt], output_ids=[output])
     return out.tokens[0]
 
 
 def test_repetition_penalty() -> None:
-    rep = SamplingConfig(repetition_penalty=2.0)
+    rep = SamplingParams(repetition_penalty=2.0)
     assert one([3.0, 2.5, -1.0], GREEDY, [0], []) == 0
     assert one([3.0, 2.5, -1.0], rep, [0], []) == 1  # prompt token: 3 / 2 < 2.5
     assert one([3.0, 2.5, -1.0], rep, [], [0]) == 1  # output token too
     assert one([-1.0, -0.6, -3.0], rep, [2], [1]) == 0  # negative logit: -0.6 * 2 < -1
-    assert one([3.0, 2.5, -1.0], SamplingConfig(repetition_penalty=0.5), [1], []) == 1  # < 1 rewards
+    assert one([3.0, 2.5, -1.0], SamplingParams(repetition_penalty=0.5), [1], []) == 1  # < 1 rewards
 
 
 def test_frequency_and_presence_penalties() -> None:
     logits = [2.0, 1.5, 0.0]
-    freq = SamplingConfig(frequency_penalty=0.2)
+    freq = SamplingParams(frequency_penalty=0.2)
     assert one(logits, freq, [], [0]) == 0  # 2 - 0.2 > 1.5
     assert one(logits, freq, [], [0, 0, 0]) == 1  # 2 - 0.6 < 1.5
     assert one(logits, freq, [0, 0, 0, 0], []) == 0  # prompt tokens are not counted
-    pres = SamplingConfig(presence_penalty=0.6)
+    pres = SamplingParams(presence_penalty=0.6)
     assert one(logits, pres, [], [0]) == 1
-    assert one(logits, SamplingConfig(presence_penalty=0.4), [], [0, 0, 0]) == 0  # not scaled by count
-    assert one(logits, SamplingConfig(frequency_penalty=-1.0), [], [2, 2, 2]) == 2  # negative rewards
+    assert one(logits, SamplingParams(presence_penalty=0.4), [], [0, 0, 0]) == 0  # not scaled by count
+    assert one(logits, SamplingParams(frequency_penalty=-1.0), [], [2, 2, 2]) == 2  # negative rewards
     # penalties apply before sampling: top_k=1 samples the penalized argmax
-    assert one(logits, SamplingConfig(temperature=1.0, top_k=1, frequency_penalty=0.2), [], [0, 0, 0]) == 1
+    assert one(logits, SamplingParams(temperature=1.0, top_k=1, frequency_penalty=0.2), [], [0, 0, 0]) == 1
 
 
 def test_penalties_need_token_ids() -> None:
     with pytest.raises(ValueError, match="output_ids"):
-        sample(torch.zeros(1, 4), [SamplingConfig(presence_penalty=1.0)], [None])
+        sample(torch.zeros(1, 4), [SamplingParams(presence_penalty=1.0)], [None])
     with pytest.raises(ValueError, match="prompt_ids"):
-        sample(torch.zeros(1, 4), [SamplingConfig(repetition_penalty=1.2)], [None], output_ids=[[]])
+        sample(torch.zeros(1, 4), [SamplingParams(repetition_penalty=1.2)], [None], output_ids=[[]])
 
 
 def test_logprobs_are_raw_after_mask() -> None:
@@ -193,9 +195,9 @@ def test_logprobs_are_raw_after_mask() -> None:
     configs = [
         GREEDY,
         GREEDY,
-        SamplingConfig(temperature=0.3, top_k=2),
-        SamplingConfig(temperature=2.0, repetition_penalty=1.8, presence_penalty=1.0),
-        SamplingConfig(repetition_penalty=2.0),
+        SamplingParams(temperature=0.3, top_k=2),
+        SamplingParams(temperature=2.0, repetition_penalty=1.8, presence_penalty=1.0),
+        SamplingParams(repetition_penalty=2.0),
     ]
     ks = [0, 3, 1, 5, 20]
     out = sample(
@@ -223,7 +225,7 @@ def test_logprobs_are_raw_after_mask() -> None:
 
 def test_logprob_ignores_penalties_and_temperature() -> None:
     logits = torch.tensor([[3.0, 2.5, 0.0], [3.0, 2.5, 0.0]])
-    configs = [SamplingConfig(repetition_penalty=2.0), SamplingConfig(temperature=0.1, top_k=1)]
+    configs = [SamplingParams(repetition_penalty=2.0), SamplingParams(temperature=0.1, top_k=1)]
     out = sample(logits, configs, [None, None], prompt_ids=[[0], []], output_ids=[[], []])
     assert out.tokens == [1, 0]
     raw = torch.log_softmax(logits[0], -1)
@@ -246,7 +248,7 @@ def test_logprob_ignores_penalties_and_temperature() -> None:
     ],
 )
 def test_validate_names_field(field: str, value: float) -> None:
-    SamplingConfig().validate()
-    SamplingConfig(temperature=1.5, top_p=0.5, top_k=10, min_p=1.0, frequency_penalty=-2.0).validate()
+    check_sampling(SamplingParams())
+    check_sampling(SamplingParams(temperature=1.5, top_p=0.5, top_k=10, min_p=1.0, frequency_penalty=-2.0))
     with pytest.raises(ValueError, match=field):
-        SamplingConfig(**{field: value}).validate()
+        check_sampling(SamplingParams(**{field: value}))

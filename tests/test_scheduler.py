@@ -12,7 +12,8 @@ from fake_model import FakeModel, run_checked
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.model.context import ForwardMode
 from radixlm.engine.policy import order_waiting
-from radixlm.engine.request import FinishReason, SamplingParams
+from radixlm.engine.request import FinishReason
+from radixlm.protocol import SamplingParams
 
 EOS = 0
 

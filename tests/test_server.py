@@ -173,7 +173,7 @@ def test_a_client_that_disconnects_mid_stream_has_its_request_aborted(tmp_path):
     with fake_server(tmp_path) as server:
         sock = raw_socket(server)
         sock.send_multipart([P.VERSION, P.encode(P.Generate(rid="x", input_ids=list(range(1, 40)), stream=True,
-                                                             sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True)))])
+                                                             sampling=P.SamplingParams(max_new_tokens=4000, ignore_eos=True)))])
         assert isinstance(recv(sock), P.Chunk)
         sock.close(linger=0)
         c = client_for(server)
@@ -202,7 +202,7 @@ def test_an_oversized_message_is_refused_by_the_socket_before_any_decode(tmp_pat
 def test_duplicate_rid_is_rejected(tmp_path):
     with fake_server(tmp_path) as server:
         sock = raw_socket(server)
-        gen = P.Generate(rid="same", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True))
+        gen = P.Generate(rid="same", input_ids=PROMPT, sampling=P.SamplingParams(max_new_tokens=4000, ignore_eos=True))
         sock.send_multipart([P.VERSION, P.encode(gen)])
         sock.send_multipart([P.VERSION, P.encode(gen)])
         reply = recv(sock)
@@ -222,7 +222,7 @@ def test_runtime_dir_is_private_and_tcp_defaults_to_loopback():
 def test_flushing_while_busy_is_an_error_not_a_crash(tmp_path):
     with fake_server(tmp_path) as server:
         sock = raw_socket(server)
-        gen = P.Generate(rid="long", input_ids=PROMPT, sampling=P.SamplingOptions(max_new_tokens=4000, ignore_eos=True))
+        gen = P.Generate(rid="long", input_ids=PROMPT, sampling=P.SamplingParams(max_new_tokens=4000, ignore_eos=True))
         sock.send_multipart([P.VERSION, P.encode(gen)])
         sock.send_multipart([P.VERSION, P.encode(P.Flush(rid="f"))])
         reply = recv(sock)

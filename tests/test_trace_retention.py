@@ -15,7 +15,8 @@ from radixlm.connection import EngineError
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.policy import SERVICE_QUANTUM, order_waiting
 from radixlm.engine.radix_cache import IntegrityError
-from radixlm.engine.request import Request, ReqStatus, SamplingParams
+from radixlm.engine.request import Request, ReqStatus
+from radixlm.protocol import SamplingParams
 from radixlm.engine.stats import TraceStats
 from radixlm.engine.traces import TraceTable
 from server_harness import client_for, fake_server

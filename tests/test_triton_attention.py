@@ -191,7 +191,7 @@ def case_engine_generate(device: str) -> float:
     from model_harness import build
 
     from radixlm.engine.engine import Engine, EngineConfig
-    from radixlm.engine.request import SamplingParams
+    from radixlm.protocol import SamplingParams
 
     g = torch.Generator().manual_seed(13)
     trunk = torch.randint(0, 128, (24,), generator=g).tolist()

@@ -9,7 +9,7 @@ import pytest
 
 from fake_model import FakeModel
 from radixlm.engine.engine import Engine, EngineConfig
-from radixlm.engine.request import SamplingParams
+from radixlm.protocol import SamplingParams
 from radixlm.engine.validation import MAX_N, MAX_STOP_CHARS, MAX_STOPS, SEED_RANGE, check_n
 
 CONTEXT, POOL = 100, 80

@@ -5,7 +5,6 @@ API, except for constraints. That server takes a JSON schema as `response_format
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .. import protocol as P
@@ -35,7 +34,7 @@ class LlamaCppPythonDialect(OpenAIDialect):
         if c.choices is not None:
             return {"grammar": "root ::= " + " | ".join(gbnf_literal(choice) for choice in c.choices)}
         if c.json_schema is not None and chat:
-            return {"response_format": {"type": "json_object", "schema": json.loads(c.json_schema)}}
+            return {"response_format": {"type": "json_object", "schema": c.json_schema}}
         if c.json_schema is not None:
             raise ValueError("llama-cpp-python's server takes a JSON schema on chat messages only; send messages")
         kind = "a regex" if c.regex is not None else "a Lark grammar"

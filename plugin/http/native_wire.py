@@ -5,33 +5,38 @@ trace id as SGLang's model gateway routing key, so an agent's calls land on one 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import msgspec
 
 from .. import protocol as P
-from ..client import Result, StreamChunk
+from ..client import StreamChunk
+from ..protocol import Result
 from .openai_wire import OpenAIDialect
 from .wire import ROUTING_KEY_HEADER, Call, error_from_body
 
-_DEFAULTS = P.SamplingOptions()
+_DEFAULTS = P.SamplingParams()
+# Fields of SamplingParams that SGLang's request carries outside `sampling_params` (or, the constraint, spread in it).
+_OUTSIDE = {"logprobs", "top_logprobs", "logprob_start_len", "constraint"}
 
 
 def _sampling_params(msg: P.Generate, radixlm: bool) -> dict[str, Any]:
-    params = {k: v for k, v in msgspec.structs.asdict(msg.sampling).items() if v != getattr(_DEFAULTS, k)}
+    params = {k: v for k, v in msgspec.structs.asdict(msg.sampling).items()
+              if k not in _OUTSIDE and v != getattr(_DEFAULTS, k)}
     if "seed" in params and not radixlm:
         params["sampling_seed"] = params.pop("seed")
     if msg.prefix_only:
         params["max_new_tokens"] = 0
     else:
         params["max_new_tokens"] = msg.sampling.max_new_tokens
-    c = msg.constraint
+    c = msg.sampling.constraint
     if c is not None:
         if c.regex is not None:
             params["regex"] = c.regex
-        if c.json_schema is not None:
-            params["json_schema"] = c.json_schema
+        if c.json_schema is not None:  # SGLang takes the schema as JSON text
+            params["json_schema"] = json.dumps(c.json_schema, ensure_ascii=False)
         if c.choices is not None:
             if radixlm:
                 params["choices"] = list(c.choices)
@@ -122,17 +127,17 @@ class NativeDialect:
             body["input_ids"] = list(msg.input_ids)
         else:
             body["messages"] = msg.messages
-        lp = msg.logprobs
-        if lp is not None and (lp.output or lp.top_k or lp.prompt_start >= 0):
+        s = msg.sampling
+        if s.logprobs or s.top_logprobs or s.logprob_start_len >= 0:
             body["return_logprob"] = True
             body["return_text_in_logprobs"] = True
-            if lp.top_k:
-                body["top_logprobs_num"] = lp.top_k
-            if lp.prompt_start >= 0:
-                body["logprob_start_len"] = lp.prompt_start
+            if s.top_logprobs:
+                body["top_logprobs_num"] = s.top_logprobs
+            if s.logprob_start_len >= 0:
+                body["logprob_start_len"] = s.logprob_start_len
         if msg.stream:
             body["stream"] = True
-        return Call("/generate", body, headers, output_logprobs=bool(lp and lp.output))
+        return Call("/generate", body, headers, output_logprobs=s.logprobs)
 
     def results(self, call: Call, data: Any) -> list[Result]:
         if call.path != "/generate":

@@ -10,7 +10,8 @@ from typing import Any, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..client import Result, StreamChunk
+from ..client import StreamChunk
+from ..protocol import Result, max_new_tokens_of
 from .chat_tools import chat_request, reply_message
 from .errors import HTTPError
 from .front import SSE_DONE, Front, decode, first_then_rest, generate_all, sse, trace_id, until_disconnect
@@ -23,11 +24,17 @@ def _check_model(front: Front, model: str) -> None:
                         param="model", code="model_not_found")
 
 
+# OpenAI's legacy /v1/completions writes 16 tokens when max_tokens is not given (its users expect that);
+# a chat completion without max_tokens may fill the rest of the context.
+COMPLETIONS_MAX_TOKENS = 16
+
+
 def engine_options(front: Front, request: Request, body: ChatCompletionRequest | CompletionRequest,
-                   max_tokens: int | None, logprobs: bool, top_logprobs: int | None, top_param: str) -> dict[str, Any]:
+                   max_tokens: int | None, default_max_tokens: int, logprobs: bool, top_logprobs: int | None,
+                   top_param: str) -> dict[str, Any]:
     """Engine generation options of a request: the sampling fields OpenAI (and SGLang's / vLLM's
-    extensions) define, output logprobs (`top_logprobs`, the request field `top_param`, in [0, 20]) and
-    the trace id."""
+    extensions) define (`max_tokens`, `default_max_tokens` when None), output logprobs (`top_logprobs`,
+    the request field `top_param`, in [0, 20]) and the trace id."""
     if top_logprobs is not None and not 0 <= top_logprobs <= 20:
         raise HTTPError(400, f"{top_param} must be in [0, 20], got {top_logprobs}", param=top_param)
     if body.logit_bias:
@@ -39,7 +46,7 @@ def engine_options(front: Front, request: Request, body: ChatCompletionRequest |
     if body.stream and body.n > 1:
         raise HTTPError(400, "streaming supports n = 1 only", param="n")
     opts: dict[str, Any] = {
-        "max_new_tokens": max_tokens if max_tokens is not None else front.max_context,
+        "max_new_tokens": max_new_tokens_of(max_tokens, default_max_tokens),
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "n": body.n, "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty,
         "ignore_eos": body.ignore_eos,
@@ -103,8 +110,8 @@ def _include_usage(stream_options: dict | None) -> bool:
 async def chat_completions(front: Front, request: Request):
     body = await decode(request, ChatCompletionRequest)
     _check_model(front, body.model)
-    opts = engine_options(front, request, body, body.max_completion_tokens or body.max_tokens, body.logprobs,
-                          body.top_logprobs, "top_logprobs")
+    opts = engine_options(front, request, body, body.max_completion_tokens or body.max_tokens, front.max_context,
+                          body.logprobs, body.top_logprobs, "top_logprobs")
     chat = chat_request(body.messages, body.tools, body.tool_choice, body.response_format, opts)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": front.model}
@@ -174,7 +181,7 @@ async def completions(front: Front, request: Request):
     prompts = _prompts(body.prompt)
     if body.stream and len(prompts) > 1:
         raise HTTPError(400, "streaming supports one prompt per request", param="prompt")
-    opts = engine_options(front, request, body, body.max_tokens if body.max_tokens is not None else 16,
+    opts = engine_options(front, request, body, body.max_tokens, COMPLETIONS_MAX_TOKENS,
                           body.logprobs is not None, body.logprobs, "logprobs")
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "created": created, "model": front.model}

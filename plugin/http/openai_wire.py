@@ -6,17 +6,17 @@ and logprob entries (logprob, None, token text)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .. import protocol as P
-from ..client import Result, StreamChunk
+from ..client import StreamChunk
+from ..protocol import Result
 from .wire import ROUTING_KEY_HEADER, Call, error_from_body
 
 # Sampling options outside OpenAI's own API that vLLM and SGLang accept; sent only when not the default.
 EXTENSIONS = {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
               "min_new_tokens": "min_tokens", "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos"}
-_DEFAULTS = P.SamplingOptions()
+_DEFAULTS = P.SamplingParams()
 
 
 def _usage(data: dict[str, Any] | None) -> tuple[int, int, int]:
@@ -73,11 +73,10 @@ class OpenAIDialect:
         self.model = model
 
     def call(self, msg: P.Generate) -> Call:
-        lp = msg.logprobs or P.LogprobOptions()
-        if msg.prefix_only or lp.prompt_start >= 0:
+        s = msg.sampling
+        if msg.prefix_only or s.logprob_start_len >= 0:
             raise ValueError("prefix hints and prompt logprobs (the program language's fork and select) need "
                              "SGLang's native /generate: connect to a radixlm or SGLang server for them")
-        s = msg.sampling
         if s.n != 1:
             raise ValueError("n > 1 over the OpenAI API would report one usage for all samples; send n requests")
         chat = msg.messages is not None
@@ -94,15 +93,15 @@ class OpenAIDialect:
         for name, key in EXTENSIONS.items():
             if getattr(s, name) != getattr(_DEFAULTS, name):
                 body[key] = getattr(s, name)
-        if lp.output or lp.top_k:
+        if s.logprobs or s.top_logprobs:
             if chat:
                 body["logprobs"] = True
-                if lp.top_k:
-                    body["top_logprobs"] = lp.top_k
+                if s.top_logprobs:
+                    body["top_logprobs"] = s.top_logprobs
             else:
-                body["logprobs"] = lp.top_k
-        if msg.constraint is not None:
-            body.update(self.constraint_fields(msg.constraint, chat))
+                body["logprobs"] = s.top_logprobs
+        if s.constraint is not None:
+            body.update(self.constraint_fields(s.constraint, chat))
         headers = {}
         if msg.trace_id:
             body["user"] = msg.trace_id
@@ -111,14 +110,14 @@ class OpenAIDialect:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         path = "/v1/chat/completions" if chat else "/v1/completions"
-        return Call(path, body, headers, output_logprobs=bool(lp.output))
+        return Call(path, body, headers, output_logprobs=s.logprobs)
 
     def constraint_fields(self, c: P.Constraint, chat: bool) -> dict[str, Any]:
         """The body fields that ask for constraint `c`: a JSON schema as OpenAI's `response_format`, the
         others as vLLM's `structured_outputs`."""
         if c.json_schema is not None:
             return {"response_format": {"type": "json_schema", "json_schema": {
-                "name": "output", "schema": json.loads(c.json_schema), "strict": True}}}
+                "name": "output", "schema": c.json_schema, "strict": True}}}
         if c.regex is not None:
             return {"structured_outputs": {"regex": c.regex}}
         if c.choices is not None:

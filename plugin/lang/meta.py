@@ -14,9 +14,9 @@ from .backend import GenOutput, StreamPiece
 class LogprobAsk:
     """What one gen asked for: output logprobs, top-k alternatives, prompt logprobs from a position."""
 
-    output: bool = False
-    top_k: int = 0
-    prompt_start: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logprob_start_len: int | None = None
     with_text: bool = False
 
 
@@ -39,14 +39,14 @@ def gen_meta(out: GenOutput, ask: LogprobAsk, prompt: str) -> dict[str, Any]:
         "cached_tokens": out.usage.cached_tokens, "finish_reason": finish_reason(out),
         "usage": out.usage, "prompt": prompt,
     }
-    if ask.output:
+    if ask.logprobs:
         meta["output_token_logprobs"] = entries(out.output_logprobs, ask.with_text)
         meta["output_token_logprobs_length"] = len(meta["output_token_logprobs"])
-        if ask.top_k:
+        if ask.top_logprobs:
             meta["output_top_logprobs"] = [entries(t, ask.with_text) for t in out.output_top_logprobs or []]
-    if ask.prompt_start is not None and ask.prompt_start >= 0:
+    if ask.logprob_start_len is not None and ask.logprob_start_len >= 0:
         meta["input_token_logprobs"] = entries(out.prompt_logprobs, ask.with_text)
-        if ask.top_k:
+        if ask.top_logprobs:
             meta["input_top_logprobs"] = [entries(t, ask.with_text) for t in out.prompt_top_logprobs or []]
     return meta
 
@@ -54,10 +54,10 @@ def gen_meta(out: GenOutput, ask: LogprobAsk, prompt: str) -> dict[str, Any]:
 def chunk_meta(piece: StreamPiece, completion_tokens: int, logprobs_so_far: int, ask: LogprobAsk) -> dict[str, Any]:
     """The meta_info of one streamed chunk: counts so far, logprobs of this chunk's tokens only."""
     meta: dict[str, Any] = {"completion_tokens": completion_tokens}
-    if ask.output:
+    if ask.logprobs:
         meta["output_token_logprobs"] = entries(piece.logprobs, ask.with_text)
         meta["output_token_logprobs_length"] = logprobs_so_far
-        if ask.top_k:
+        if ask.top_logprobs:
             meta["output_top_logprobs"] = [entries(t, ask.with_text) for t in piece.top_logprobs or []]
     return meta
 

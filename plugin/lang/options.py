@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from ..protocol import max_new_tokens_of
 from .ir import DTYPE_REGEX, DTYPE_STOPS, Gen
 from .meta import LogprobAsk
 
@@ -16,9 +17,9 @@ RUN_DEFAULTS = {
     "seed": "seed", "return_logprob": "return_logprob", "logprob_start_len": "logprob_start_len",
     "top_logprobs_num": "top_logprobs_num", "return_text_in_logprobs": "return_text_in_logprobs",
 }
-# Gen field -> client option
+# Gen field -> client option (max_tokens: see resolve)
 _TO_ENGINE = {
-    "max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens", "stop": "stop", "stop_token_ids": "stop_token_ids",
+    "min_tokens": "min_new_tokens", "stop": "stop", "stop_token_ids": "stop_token_ids",
     "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty", "ignore_eos": "ignore_eos",
     "seed": "seed", "regex": "regex", "json_schema": "json_schema", "return_logprob": "logprobs",
@@ -43,6 +44,7 @@ def resolve(g: Gen, defaults: dict[str, Any]) -> tuple[dict[str, Any], LogprobAs
     """The client options of gen `g` (its own values over the run's defaults) and its logprob ask."""
     value = {name: getattr(g, name) if getattr(g, name) is not None else defaults.get(name) for name in _GEN_FIELDS}
     opts = {_TO_ENGINE[k]: v for k, v in value.items() if k in _TO_ENGINE and v is not None}
+    opts["max_new_tokens"] = max_new_tokens_of(value["max_tokens"])
     if value["top_k"] is not None and value["top_k"] < 0:
         opts["top_k"] = 0  # SGLang's -1: no top-k
     if g.dtype is not None:
@@ -54,7 +56,7 @@ def resolve(g: Gen, defaults: dict[str, Any]) -> tuple[dict[str, Any], LogprobAs
     start = value["logprob_start_len"]
     ask = LogprobAsk(bool(value["return_logprob"]), value["top_logprobs_num"] or 0,
                      start if value["return_logprob"] else None, bool(value["return_text_in_logprobs"]))
-    if not ask.output:
+    if not ask.logprobs:
         for key in ("logprobs", "top_logprobs", "logprob_start_len"):
             opts.pop(key, None)
     return opts, ask
