@@ -9,20 +9,30 @@ from typing import Any
 
 from .tools import calculator, search
 
-# (question, [(thought, tool, args)], answer): each solved with one tool call, then finish.
+# (question, [(thought, tool, args)], answer): each solved with one tool call, then finish. Each thought
+# names what the question asks before the tool that gets it, and the finish thought quotes the answer.
 SOLVED = [
     ("How long is the Great Wall of China in kilometres?",
-     [("I need to look up the Great Wall of China.", "search", {"query": "great wall"})],
+     [("The question asks for the length of the Great Wall of China, so I search for it.",
+       "search", {"query": "great wall"})],
      "21196"),
     ("What is 25 times 48?",
-     [("I need to calculate 25 * 48.", "calculator", {"expression": "25 * 48"})],
+     [("The question asks for 25 * 48, so I calculate it.", "calculator", {"expression": "25 * 48"})],
      "1200"),
     ("How far is the Moon from Earth in km?",
-     [("I need to look up the Moon.", "search", {"query": "moon"})],
+     [("The question asks for the distance to the Moon, so I search for it.", "search", {"query": "moon"})],
      "384400"),
+    ("How tall is the Statue of Liberty in metres?",
+     [("The question asks for the height of the Statue of Liberty, so I search for it.",
+       "search", {"query": "statue of liberty"})],
+     "93"),
 ]
 TOOLS = {"search": search, "calculator": calculator}
-FINISH_THOUGHT = "The observation contains the answer, so I finish."
+
+
+def finish_thought(answer: str) -> str:
+    """The thought of a solved question's last step: the observation holds the answer."""
+    return f"The observation says {answer}, so I finish."
 
 
 def _trajectory(trajectory: dict[str, Any]) -> str:
@@ -40,7 +50,7 @@ def react_demos() -> tuple[list, list]:
     steps, answers = [], []
     for question, calls, answer in SOLVED:
         trajectory: dict[str, Any] = {}
-        for i, (thought, tool, args) in enumerate([*calls, (FINISH_THOUGHT, "finish", {})]):
+        for i, (thought, tool, args) in enumerate([*calls, (finish_thought(answer), "finish", {})]):
             steps.append(dspy.Example(question=question, trajectory=_trajectory(trajectory),
                                       next_thought=thought, next_tool_name=tool, next_tool_args=args))
             trajectory.update({f"thought_{i}": thought, f"tool_name_{i}": tool, f"tool_args_{i}": args,

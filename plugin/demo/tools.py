@@ -14,6 +14,7 @@ KNOWLEDGE = {
     "light": "Light travels about 299792 km per second in a vacuum.",
     "great wall": "The Great Wall of China is about 21196 kilometres long.",
     "kilometre": "One kilometre is about 0.621 miles.",
+    "statue of liberty": "The Statue of Liberty in New York is 93 metres tall, pedestal included.",
 }
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -35,7 +36,8 @@ def _eval(node: ast.AST) -> float:
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as '330 * 3.281' and return the result."""
+    """Do arithmetic: evaluate an expression of numbers such as '12 * 34' or '(5 + 7) / 2' and return
+    the result. Only numbers and + - * / ** %, no words."""
     try:
         return f"{_eval(ast.parse(str(expression), mode='eval')):.10g}"
     except Exception as exc:  # the agent sees the error and can try again
@@ -43,7 +45,8 @@ def calculator(expression: str) -> str:
 
 
 def search(query: str) -> str:
-    """Look a topic up in the local knowledge base and return the matching facts."""
+    """Look up facts about a named thing or place (its height, length, distance, date) in the
+    knowledge base; the query is the thing's name, such as 'great wall'."""
     q = str(query).lower()
     hits = [fact for key, fact in KNOWLEDGE.items() if key in q or any(w in key for w in q.split() if len(w) > 3)]
     return " ".join(hits) if hits else "no result"
