@@ -9,23 +9,18 @@ from typing import Any
 
 from .tools import calculator, search
 
-# (question, [(thought, tool, args)], answer): each solved with one tool call, then finish. Each thought
-# names what the question asks before the tool that gets it, and the finish thought quotes the answer.
+# (question, [(thought, tool, args)], answer): each solved with one tool call, then finish, whose
+# thought quotes the answer (and starts unlike a first step's thought).
 SOLVED = [
     ("How long is the Great Wall of China in kilometres?",
-     [("The question asks for the length of the Great Wall of China, so I search for it.",
-       "search", {"query": "great wall"})],
+     [("I need to look up the Great Wall of China.", "search", {"query": "great wall"})],
      "21196"),
     ("What is 25 times 48?",
-     [("The question asks for 25 * 48, so I calculate it.", "calculator", {"expression": "25 * 48"})],
+     [("I need to calculate 25 * 48.", "calculator", {"expression": "25 * 48"})],
      "1200"),
     ("How far is the Moon from Earth in km?",
-     [("The question asks for the distance to the Moon, so I search for it.", "search", {"query": "moon"})],
+     [("I need to look up the Moon.", "search", {"query": "moon"})],
      "384400"),
-    ("How tall is the Statue of Liberty in metres?",
-     [("The question asks for the height of the Statue of Liberty, so I search for it.",
-       "search", {"query": "statue of liberty"})],
-     "93"),
 ]
 TOOLS = {"search": search, "calculator": calculator}
 

@@ -14,7 +14,6 @@ KNOWLEDGE = {
     "light": "Light travels about 299792 km per second in a vacuum.",
     "great wall": "The Great Wall of China is about 21196 kilometres long.",
     "kilometre": "One kilometre is about 0.621 miles.",
-    "statue of liberty": "The Statue of Liberty in New York is 93 metres tall, pedestal included.",
 }
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
