@@ -9,8 +9,7 @@ from typing import Any
 
 from .tools import calculator, search
 
-# (question, [(thought, tool, args)], answer): each solved with one tool call, then finish, whose
-# thought quotes the answer (and starts unlike a first step's thought).
+# (question, [(thought, tool, args)], answer): each solved with one tool call, then finish.
 SOLVED = [
     ("How long is the Great Wall of China in kilometres?",
      [("I need to look up the Great Wall of China.", "search", {"query": "great wall"})],
@@ -25,9 +24,7 @@ SOLVED = [
 TOOLS = {"search": search, "calculator": calculator}
 
 
-def finish_thought(answer: str) -> str:
-    """The thought of a solved question's last step: the observation holds the answer."""
-    return f"The observation says {answer}, so I finish."
+FINISH_THOUGHT = "The observation contains the answer, so I finish."
 
 
 def _trajectory(trajectory: dict[str, Any]) -> str:
@@ -45,7 +42,7 @@ def react_demos() -> tuple[list, list]:
     steps, answers = [], []
     for question, calls, answer in SOLVED:
         trajectory: dict[str, Any] = {}
-        for i, (thought, tool, args) in enumerate([*calls, (finish_thought(answer), "finish", {})]):
+        for i, (thought, tool, args) in enumerate([*calls, (FINISH_THOUGHT, "finish", {})]):
             steps.append(dspy.Example(question=question, trajectory=_trajectory(trajectory),
                                       next_thought=thought, next_tool_name=tool, next_tool_args=args))
             trajectory.update({f"thought_{i}": thought, f"tool_name_{i}": tool, f"tool_args_{i}": args,
