@@ -35,8 +35,7 @@ def _eval(node: ast.AST) -> float:
 
 
 def calculator(expression: str) -> str:
-    """Do arithmetic: evaluate an expression of numbers such as '12 * 34' or '(5 + 7) / 2' and return
-    the result. Only numbers and + - * / ** %, no words."""
+    """Evaluate an arithmetic expression such as '330 * 3.281' and return the result."""
     try:
         return f"{_eval(ast.parse(str(expression), mode='eval')):.10g}"
     except Exception as exc:  # the agent sees the error and can try again
@@ -44,8 +43,7 @@ def calculator(expression: str) -> str:
 
 
 def search(query: str) -> str:
-    """Look up facts about a named thing or place (its height, length, distance, date) in the
-    knowledge base; the query is the thing's name, such as 'great wall'."""
+    """Look a topic up in the local knowledge base and return the matching facts."""
     q = str(query).lower()
     hits = [fact for key, fact in KNOWLEDGE.items() if key in q or any(w in key for w in q.split() if len(w) > 3)]
     return " ".join(hits) if hits else "no result"
