@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from radixlm.demo.agents import INSTRUCTIONS
 from radixlm.demo.main import DSPY_QUESTIONS, LANGCHAIN_QUESTION, is_right
 from radixlm.demo.progress import Board
 from radixlm.demo.solved import SOLVED, react_demos
@@ -35,8 +36,11 @@ def test_search_finds_facts_by_topic_or_word():
 
 def test_every_question_needs_a_tool_and_the_demos_solve_other_questions():
     solved = {q for q, _, _ in SOLVED}
+    # the instructions and solved questions the model reads: the answer must come from a tool call
+    prompt_text = " ".join([INSTRUCTIONS, repr(SOLVED)])
     for question, expected in [*DSPY_QUESTIONS, LANGCHAIN_QUESTION]:
         assert question not in solved and expected not in question  # the answer is not in the question
+        assert expected not in prompt_text, expected
     assert is_right("It is 7,006,652.", "7006652") and not is_right("about 7 million", "7006652")
 
 
@@ -46,6 +50,7 @@ def test_react_demos_show_each_step_with_the_real_tool_results():
     first, finish = steps[0], steps[1]
     assert (first.next_tool_name, first.next_tool_args) == ("search", {"query": "great wall"})
     assert finish.next_tool_name == "finish" and "21196 kilometres" in finish.trajectory
+    assert finish.next_tool_args == {}
     assert "[[ ## observation_0 ## ]]" in answers[0].trajectory and answers[0].answer == "21196"
 
 

@@ -38,7 +38,7 @@ class AgentRun:
 
 def _recorded(fn: Callable[..., str], run: AgentRun, board: Board) -> Callable[..., str]:
     """`fn` that shows each call on the board and logs it as a step of `run`. A call repeated with
-    the same arguments is not run again: the agent gets the earlier result and is told to finish."""
+    the same arguments is not run again: the agent gets the earlier result (counted as repeated)."""
     seen: dict[str, str] = {}
 
     @functools.wraps(fn)
@@ -47,7 +47,7 @@ def _recorded(fn: Callable[..., str], run: AgentRun, board: Board) -> Callable[.
         board.update(run.name, f"{fn.__name__}({shown})")
         if shown in seen:
             run.repeated_calls += 1
-            out = f"{seen[shown]} (already looked up: answer now)"
+            out = seen[shown]
         else:
             out = seen[shown] = fn(*args, **kwargs)
         run.steps.append(f"{fn.__name__}({shown}) -> {out}")
@@ -126,7 +126,8 @@ def run_langchain_agent(endpoint: str, model: str, name: str, question: str, boa
     from radixlm.adapters.langchain import ChatRadixLM
 
     run = AgentRun(name, "LangChain", question)
-    tools = {t.name: t for t in (tool(_recorded(calculator, run, board)), tool(_recorded(search, run, board)))}
+    # the lookup first: the 135M model leans to the first tool its prompt lists
+    tools = {t.name: t for t in (tool(_recorded(search, run, board)), tool(_recorded(calculator, run, board)))}
     llm = ChatRadixLM(endpoint=endpoint, model=model, max_tokens=64, temperature=0.0)
     act = llm.bind_tools(list(tools.values()), tool_choice="auto")
     answer = llm.bind_tools(list(tools.values()), tool_choice="none")

@@ -22,6 +22,8 @@ SOLVED = [
      "384400"),
 ]
 TOOLS = {"search": search, "calculator": calculator}
+
+
 FINISH_THOUGHT = "The observation contains the answer, so I finish."
 
 
