@@ -20,6 +20,8 @@ import pydantic
 
 from radixlm.protocol import max_new_tokens_of
 
+from .schema_bounds import bound_schema
+
 # Values an open dict[str, Any] field may hold: scalars only, so a small model cannot recurse into
 # nested objects until max_tokens.
 FLAT_VALUE = {"type": ["string", "number", "boolean", "null"]}
@@ -100,18 +102,7 @@ def cap_strings(schema: Any, max_chars: int) -> Any:
     """`schema` with a maxLength of `max_chars` on every free string (no maxLength, enum, const,
     pattern or format of its own) and at most MAX_ITEMS items in an array without a maxItems, so
     greedy decoding cannot loop inside one string or list until max_tokens cuts the reply off."""
-    if isinstance(schema, list):
-        return [cap_strings(item, max_chars) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: cap_strings(v, max_chars) if k not in ("enum", "const") else v for k, v in schema.items()}
-    types = out.get("type")
-    if (types == "string" or (isinstance(types, list) and "string" in types)) and \
-            not ({"maxLength", "enum", "const", "pattern", "format"} & out.keys()):
-        out["maxLength"] = max_chars
-    if types == "array" and "maxItems" not in out:
-        out["maxItems"] = MAX_ITEMS
-    return out
+    return bound_schema(schema, max_chars, max_items=MAX_ITEMS)
 
 
 def text_slots(schema: Any, defs: dict[str, Any] | None = None) -> int:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 from langchain_core.messages import (AIMessage, BaseMessage, ChatMessage, FunctionMessage, HumanMessage,
                                      SystemMessage, ToolMessage)
 
+from .schema_bounds import bound_schema
+
 # The grammar writes JSON the way json.dumps does with these separators; history is rendered the same
 # way so a tool loop's earlier turns stay byte-identical (and so stay in the engine's prefix cache).
 SEPARATORS = (", ", ": ")
@@ -21,7 +23,6 @@ SEPARATORS = (", ", ": ")
 MAX_STRING = 100
 # A reply under the tool grammar (a call, or a structured answer) gets at least this many tokens.
 TOOL_MAX_TOKENS = 512
-MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def dumps(obj: Any) -> str:
@@ -138,24 +139,7 @@ def tighten(node: Any, max_string: int | None = MAX_STRING) -> Any:
     strings without a `maxLength` get `max_string` and integers without bounds JSON's safe-integer
     range (a small greedy model cannot loop inside a string or a number until its token budget ends).
     Every output still satisfies the original schema."""
-    if isinstance(node, dict):
-        node = {k: (tighten(v, max_string) if k not in ("const", "enum", "default", "examples") else v)
-                for k, v in node.items()}
-        kind = node.get("type")
-        if kind == "object" and "additionalProperties" not in node:
-            node["additionalProperties"] = False
-        if kind == "string" and max_string and not any(
-                k in node for k in ("maxLength", "enum", "const", "pattern", "format")):
-            node["maxLength"] = max_string
-        if kind == "integer" and not any(k in node for k in ("enum", "const")):
-            for bound, exclusive, value in (("minimum", "exclusiveMinimum", -MAX_SAFE_INTEGER),
-                                            ("maximum", "exclusiveMaximum", MAX_SAFE_INTEGER)):
-                if bound not in node and exclusive not in node:
-                    node[bound] = value
-        return node
-    if isinstance(node, list):
-        return [tighten(v, max_string) for v in node]
-    return node
+    return bound_schema(node, max_string, close_objects=True, bound_integers=True)
 
 
 def arguments_schema(parameters: dict | None, prefix: str, defs: dict[str, Any]) -> dict:

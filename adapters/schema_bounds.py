@@ -1,0 +1,47 @@
+"""Bounds that keep a small greedy model from looping inside a JSON value until its token budget ends,
+added to a JSON schema without changing what it accepts beyond them. One walker for both adapters: the
+DSPy adapter caps strings and arrays, the LangChain adapter caps strings, closes objects and bounds
+integers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_SAFE_INTEGER = 2**53 - 1
+# Keys whose values are data, not schemas: never rewritten.
+LITERAL_KEYS = frozenset({"const", "enum", "default", "examples"})
+# A string with one of these has its own bound (or a fixed set of values).
+BOUNDED_STRING_KEYS = frozenset({"maxLength", "enum", "const", "pattern", "format"})
+
+
+def _allows(node: dict[str, Any], kind: str) -> bool:
+    types = node.get("type")
+    return types == kind or (isinstance(types, list) and kind in types)
+
+
+def bound_schema(node: Any, max_string: int | None, *, max_items: int | None = None,
+                 close_objects: bool = False, bound_integers: bool = False) -> Any:
+    """`node` (a schema, or a list of them) with, wherever the schema sets none of its own:
+    `maxLength: max_string` on every free string (None: no cap), `maxItems: max_items` on every array,
+    `additionalProperties: false` on every object when `close_objects`, and JSON's safe-integer range on
+    every integer when `bound_integers`. The caller's schema is not modified."""
+    if isinstance(node, list):
+        return [bound_schema(v, max_string, max_items=max_items, close_objects=close_objects,
+                             bound_integers=bound_integers) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: v if k in LITERAL_KEYS else bound_schema(v, max_string, max_items=max_items, close_objects=close_objects,
+                                                      bound_integers=bound_integers)
+           for k, v in node.items()}
+    if max_string and _allows(out, "string") and not BOUNDED_STRING_KEYS & out.keys():
+        out["maxLength"] = max_string
+    if max_items is not None and _allows(out, "array") and "maxItems" not in out:
+        out["maxItems"] = max_items
+    if close_objects and out.get("type") == "object" and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    if bound_integers and out.get("type") == "integer" and not {"enum", "const"} & out.keys():
+        for bound, exclusive, value in (("minimum", "exclusiveMinimum", -MAX_SAFE_INTEGER),
+                                        ("maximum", "exclusiveMaximum", MAX_SAFE_INTEGER)):
+            if bound not in out and exclusive not in out:
+                out[bound] = value
+    return out
