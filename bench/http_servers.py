@@ -31,22 +31,22 @@ class Server:
     endpoint: str | None = None  # ZeroMQ, for an engine
 
 
-def wait_ready(server: Server, path: str = "/health", timeout: float = 600.0,
-               ready: Callable[[httpx.Response], bool] | None = None) -> None:
-    """Poll GET server.url+path until it answers 200 (and `ready(response)` holds, when given); SystemExit
-    when the process exits or `timeout` s pass first."""
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600.0, path: str = "/health",
+                 ready: Callable[[httpx.Response], bool] | None = None) -> None:
+    """Poll GET url+path until it answers 200 (and `ready(response)` holds, when given); RuntimeError if
+    `proc` exits, TimeoutError if `timeout` s pass first. The HTTP tests use it too."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise SystemExit(f"{' '.join(map(str, server.proc.args[:4]))} exited with code {server.proc.returncode}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args[:4]))} exited with code {proc.returncode}")
         try:
-            r = httpx.get(server.url + path, timeout=2.0)
+            r = httpx.get(url + path, timeout=2.0)
             if r.status_code == 200 and (ready is None or ready(r)):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"{server.url}{path} did not become ready within {timeout:.0f} s")
+    raise TimeoutError(f"{url}{path} did not become ready within {timeout:.0f} s")
 
 
 def start_engine(*serve_flags: str, threads: int | None = None) -> Server:
@@ -59,7 +59,7 @@ def start_engine(*serve_flags: str, threads: int | None = None) -> Server:
                              endpoint, "--http-port", str(port), *serve_flags], env=env)
     server = Server(proc, f"http://127.0.0.1:{port}", endpoint)
     try:
-        wait_ready(server)
+        wait_healthy(server.url, server.proc)
     except BaseException:
         stop(server)
         raise
@@ -78,7 +78,7 @@ def start_smg(worker_urls: list[str], policy: str = "cache_aware") -> Server:
                             stdout=subprocess.DEVNULL)
     server = Server(proc, f"http://127.0.0.1:{port}")
     try:
-        wait_ready(server, path="/v1/models", timeout=300.0, ready=lambda r: bool(r.json()["data"]))
+        wait_healthy(server.url, server.proc, 300.0, "/v1/models", ready=lambda r: bool(r.json()["data"]))
     except BaseException:
         stop(server)
         raise

@@ -3,22 +3,16 @@ and its HTTP front."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import httpx
+from typing import Iterator
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from radixlm.bench.http_servers import free_port, wait_healthy  # noqa: F401 - the tests' helpers too
 
 
 @dataclass
@@ -26,24 +20,6 @@ class HttpEngine:
     proc: subprocess.Popen
     endpoint: str  # ZeroMQ
     url: str  # HTTP front
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600.0, path: str = "/health",
-                 ready: Callable[[httpx.Response], bool] | None = None) -> None:
-    """Poll GET url+path until it answers 200 (and `ready(response)` holds, when given); fail if `proc`
-    exits or `timeout` s pass first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with code {proc.returncode} while starting")
-        try:
-            r = httpx.get(url + path, timeout=2.0)
-            if r.status_code == 200 and (ready is None or ready(r)):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}{path} did not become ready within {timeout} s")
 
 
 def start(folder: Path, *extra: str) -> HttpEngine:
