@@ -4,3 +4,7 @@
 and its peers (systems.py), reported by report.py. The single-topic benches beside it
 (shared_prefix.py, model_speed.py, ...) run as modules: `python -m radixlm.bench.<name>`.
 """
+
+from radixlm.openmp_env import apply_openmp_defaults
+
+apply_openmp_defaults()  # the bench modules import torch after this package: radixlm's OpenMP waits for them too

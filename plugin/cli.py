@@ -8,11 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-# OpenMP threads that busy-wait at every barrier collapse when another process takes a core: on the 2-core
-# AMD EPYC at load ~9, SmolLM2 decode ran 0.8 tok/s with libgomp's default and 7.0 with PASSIVE waits
-# (8.0 on one thread). radixlm's processes (and the bench's peers, which inherit it) sleep at barriers unless
-# the user chose a wait policy.
-ENGINE_OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+from .openmp_env import apply_openmp_defaults
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -122,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `radixlm` console command."""
-    for name, value in ENGINE_OMP_ENV.items():  # before build_parser imports torch, which loads OpenMP
-        os.environ.setdefault(name, value)
+    apply_openmp_defaults()  # before build_parser imports torch, which loads OpenMP
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":

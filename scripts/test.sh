@@ -12,9 +12,6 @@ if ! ls "$WHEELS"/sglang-0.5.23-*.whl >/dev/null 2>&1; then
   python -m pip download -q --no-deps sglang==0.5.23 -d "$WHEELS" \
     || echo "could not fetch the sglang 0.5.23 wheel: tests/test_sglang_programs.py will be skipped" >&2
 fi
-# The tests' engine processes and pytest itself share the cores: OpenMP threads that busy-wait at barriers
-# collapse when another process takes a core (see ENGINE_OMP_ENV in plugin/cli.py).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

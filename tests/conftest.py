@@ -6,10 +6,15 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import pytest
-import torch
 
-import radixlm
-from radixlm.engine.loader import LoadedModel, load_model
+from radixlm.openmp_env import apply_openmp_defaults
+
+apply_openmp_defaults()  # before torch loads libgomp: pytest's own engines wait at barriers as radixlm's do
+
+import torch  # noqa: E402
+
+import radixlm  # noqa: E402
+from radixlm.engine.loader import LoadedModel, load_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
