@@ -27,8 +27,8 @@ from .runner import OPENER, REGISTRY
 from .systems import HF, LLAMACPP, install_peers
 from .workloads import registry
 
-SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off", "hf": HF,
-               "llama-cpp": LLAMACPP}
+SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off",
+               "int8": "radixlm int8", "hf": HF, "llama-cpp": LLAMACPP}
 REFERENCE = "radixlm lpm"  # the system every other one's outputs are compared with
 
 

@@ -21,7 +21,8 @@ from .calls import CallLog
 from .machine import cpu_info
 
 RADIXLM = {"radixlm lpm": {"policy": "lpm"}, "radixlm fcfs": {"policy": "fcfs"},
-           "radixlm cache off": {"policy": "lpm", "radix_cache": False}}
+           "radixlm cache off": {"policy": "lpm", "radix_cache": False},
+           "radixlm int8": {"policy": "lpm", "quantization": "int8", "compile_decode": True}}
 HF, LLAMACPP = "HF transformers", "llama-cpp-python"
 ALL = [*RADIXLM, HF, LLAMACPP]
 

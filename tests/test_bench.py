@@ -131,6 +131,19 @@ def test_agreement_counts_equal_programs_and_token_ratio():
     assert results["w"]["ref"]["agreement"]["equal"] == 2 and "agreement" not in results["w"]["broken"]
 
 
+def test_the_int8_system_is_held_to_the_llama_cpp_target_where_it_ran():
+    from radixlm.bench.systems import LLAMACPP
+
+    row = {"programs_per_s": 1.0}
+    data = {"results": {"agent-sequential": {report.MAIN: row, report.QUANTIZED: {"programs_per_s": 3.0},
+                                             LLAMACPP: {"programs_per_s": 1.5}},
+                        "multi-agent": {report.MAIN: row, LLAMACPP: {"programs_per_s": 2.0}}}}
+    vs_llama = {(r[0], r[1]): (r[2], r[4]) for r in report.checks(data) if "vs llama-cpp" in r[1]}
+    assert vs_llama == {("agent-sequential", f"{report.MAIN} vs llama-cpp programs/s"): ("0.67x", "NO"),
+                        ("agent-sequential", f"{report.QUANTIZED} vs llama-cpp programs/s"): ("2.00x", "yes"),
+                        ("multi-agent", f"{report.MAIN} vs llama-cpp programs/s"): ("0.50x", "NO")}
+
+
 def test_machine_names_the_cpu_and_versions():
     m = machine(bandwidth=False)
     assert m["cpu"] and m["cores"] >= 1 and set(m["key_flags"]) <= set(m["flags"])

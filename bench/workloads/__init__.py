@@ -53,5 +53,6 @@ def registry() -> dict[str, Workload]:
     from . import chat, dspy_rag, hellaswag, json_extraction, mmlu, multi_agent, react, tree_of_thought
 
     workloads = [mmlu.WORKLOAD, hellaswag.WORKLOAD, react.WORKLOAD, tree_of_thought.WORKLOAD,
-                 json_extraction.WORKLOAD, chat.SHORT, chat.LONG, dspy_rag.WORKLOAD, multi_agent.WORKLOAD]
+                 json_extraction.WORKLOAD, chat.SHORT, chat.LONG, dspy_rag.WORKLOAD, multi_agent.WORKLOAD,
+                 multi_agent.SEQUENTIAL]
     return {w.name: w for w in workloads}
