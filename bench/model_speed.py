@@ -5,7 +5,8 @@ SmolLM2-135M (the embedded Q4_1 GGUF), one run, the same thread count for every 
     bandwidth (bytes read + written per second), fp32 and bf16 matmul peak (SmolLM2's MLP shape, M=1024);
   * per radixlm format (`dtype`, `quantization`, `compile_decode`): batch-1 decode tok/s (median
     Engine.step() of the decode steps: scheduling, forward, sampling), the bandwidth it implies
-    (decode-pass weight bytes x tok/s) against the read bandwidth, 1,024-token prefill tok/s against
+    (decode-pass weight bytes x tok/s) against the read bandwidth, decode tok/s of batches of 2 and 4
+    sequences (several agents at once), 1,024-token prefill tok/s against
     the bf16 matmul peak, and the compile/warm-up time;
   * llama-cpp-python on the same GGUF and thread count, in a subprocess (a crash is a failed row):
     batch-1 decode (`Llama.eval` one token at a time) and 1,024-token prefill;
@@ -39,6 +40,7 @@ from radixlm.bench.machine import copy_bandwidth_gb_s
 from radixlm.protocol import SamplingParams
 
 PREFILL_TOKENS = 1024
+BATCHES = (2, 4)  # decode batch sizes measured besides batch 1 (several agents at once)
 FORMATS: dict[str, dict[str, Any]] = {
     "fp32": dict(dtype="float32"),
     "bf16": dict(dtype="bfloat16"),
@@ -116,10 +118,12 @@ def chat_ids(engine: Engine, text: str) -> list[int]:
     return engine.prompt_ids(messages=[{"role": "user", "content": text}])
 
 
-def decode_rate(engine: Engine, prompt: list[int], new_tokens: int) -> float:
-    """Median seconds per batch-1 decode step (prefill and the trailing pass excluded), as tok/s."""
+def decode_rate(engine: Engine, prompt: list[int], new_tokens: int, batch: int = 1) -> float:
+    """Tokens per second of the median decode step (prefill and the trailing pass excluded) for
+    `batch` sequences decoding together (prompts: `prompt` less 0, 1, ... trailing tokens)."""
     engine.flush_cache()
-    engine.add_request(prompt, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
+    for i in range(batch):
+        engine.add_request(prompt[: len(prompt) - i], SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
     times = []
     while engine.has_work():
         passes = engine.stats.decode_passes
@@ -127,7 +131,7 @@ def decode_rate(engine: Engine, prompt: list[int], new_tokens: int) -> float:
         engine.step()
         if engine.stats.decode_passes > passes:
             times.append(time.perf_counter() - t0)
-    return 1 / statistics.median(times)
+    return batch / statistics.median(times)
 
 
 def prefill_seconds(engine: Engine, ids: list[int]) -> float:
@@ -182,8 +186,9 @@ def measure_format(name: str, options: dict, prompt: list[int], pf_ids: list[int
     engine = Engine.from_model("smollm2", EngineConfig(**options))
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    decode_rate(engine, prompt, 4)  # compiles the decode pass (first KV lengths, then dynamic)
-    decode_rate(engine, prompt[:-7], 4)
+    for batch in (1, *BATCHES):  # compiles the decode pass per batch size (first KV lengths, then dynamic)
+        decode_rate(engine, prompt, 4, batch)
+        decode_rate(engine, prompt[:-7], 4, batch)
     prefill_seconds(engine, pf_ids)
     warm_s = time.perf_counter() - t0
     model = engine.model
@@ -191,13 +196,16 @@ def measure_format(name: str, options: dict, prompt: list[int], pf_ids: list[int
         "options": options, "load_s": load_s, "warmup_s": warm_s,
         "decode_weight_bytes": decode_weight_bytes(model),
         "decode_tok_s": statistics.median(decode_rate(engine, prompt, new_tokens) for _ in range(repeats)),
+        "batch_decode_tok_s": {b: statistics.median(decode_rate(engine, prompt, new_tokens, b) for _ in range(repeats))
+                               for b in BATCHES},
         "prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill_seconds(engine, pf_ids) for _ in range(repeats)),
         "outputs": greedy_outputs(engine, agree_prompts, agree_tokens),
         "perplexity": decode_perplexity(model, text_ids),
         "load_average": load_average(),
     }
     engine.check_integrity()
-    print(f"  {name}: decode {row['decode_tok_s']:.1f} tok/s, prefill {row['prefill_tok_s']:.0f} tok/s, "
+    batched = ", ".join(f"b{b} {v:.1f}" for b, v in row["batch_decode_tok_s"].items())
+    print(f"  {name}: decode {row['decode_tok_s']:.1f} tok/s ({batched}), prefill {row['prefill_tok_s']:.0f} tok/s, "
           f"ppl {row['perplexity']:.3f}, load {load_s:.1f}s + warm-up {warm_s:.1f}s", flush=True)
     return row
 
@@ -314,19 +322,21 @@ def main() -> None:
     fp32_ppl = rows["fp32"]["perplexity"]
     bw, peak = ceilings["read_gb_s"], ceilings["matmul_bf16_gflop_s"]
     flops = prefill_flops(cfg, PREFILL_TOKENS)
-    headers = ["system / format", "decode b1 tok/s", "GB/s (% of read bw)", "prefill tok/s", "% bf16 peak",
-               "vs llama.cpp decode", "greedy agreement", "perplexity (delta)"]
+    headers = ["system / format", "decode b1 tok/s", "GB/s (% of read bw)", *(f"decode b{b} tok/s" for b in BATCHES),
+               "prefill tok/s", "% bf16 peak", "vs llama.cpp decode", "greedy agreement", "perplexity (delta)"]
     table = []
     for name, r in rows.items():
         gbs = r["decode_weight_bytes"] * r["decode_tok_s"] / 1e9
         vs = r["decode_tok_s"] / llama["decode_tok_s"] if "decode_tok_s" in llama else None
-        table.append([f"radixlm {name}", r["decode_tok_s"], f"{gbs:.1f} ({100 * gbs / bw:.0f}%)", r["prefill_tok_s"],
+        table.append([f"radixlm {name}", r["decode_tok_s"], f"{gbs:.1f} ({100 * gbs / bw:.0f}%)",
+                      *(r["batch_decode_tok_s"][b] for b in BATCHES), r["prefill_tok_s"],
                       f"{100 * flops * r['prefill_tok_s'] / PREFILL_TOKENS / 1e9 / peak:.0f}%", vs,
                       f"{100 * agreement(r['outputs'], ref):.1f}%", f"{r['perplexity']:.3f} ({r['perplexity'] - fp32_ppl:+.3f})"])
     if "error" in llama:
-        table.append(["llama-cpp-python Q4_1", "failed", llama["error"], "", "", "", "", ""])
+        table.append(["llama-cpp-python Q4_1", "failed", llama["error"], *("" for _ in headers[3:])])
     else:
-        table.append([f"llama-cpp-python {llama['version']} Q4_1", llama["decode_tok_s"], "", llama["prefill_tok_s"], "",
+        table.append([f"llama-cpp-python {llama['version']} Q4_1", llama["decode_tok_s"], "",
+                      *("" for _ in BATCHES), llama["prefill_tok_s"], "",
                       1.0, f"{100 * agreement(llama['outputs'], ref):.1f}%",
                       f"{llama['perplexity']:.3f} ({llama['perplexity'] - fp32_ppl:+.3f})"])
     print()

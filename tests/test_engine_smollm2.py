@@ -87,3 +87,21 @@ def test_bfloat16_engine_tracks_the_float32_one(smollm2):
     out = engine.generate([ids], SamplingParams(max_new_tokens=24))[0]
     text = out.text.lower()
     assert out.completion_tokens > 3 and any(w in text for w in ("blue", "light", "scatter")), out.text
+
+
+def test_int8_compiled_decode_batches_match_one_at_a_time():
+    """Compiled int8 decode runs a batch row by row through the batch-1 graph: every sequence's greedy
+    tokens are the same whether it decodes alone or beside others (batches up to the limit and above)."""
+    from radixlm.engine.model.decode_step import BATCH_LIMIT_INT8
+
+    engine = Engine.from_model("smollm2", EngineConfig(dtype="float32", quantization="int8", compile_decode=True))
+    step = engine.model.decode_step
+    assert step is not None and step.max_batch == BATCH_LIMIT_INT8
+    prompts = [engine.prompt_ids(messages=[{"role": "user", "content": f"Tell me about {t}."}])
+               for t in TOPICS[: BATCH_LIMIT_INT8 + 1]]
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    alone = [run_checked(engine, [p], params)[0] for p in prompts]
+    assert run_checked(engine, prompts[:2], params) == alone[:2]
+    assert run_checked(engine, prompts[:BATCH_LIMIT_INT8], params) == alone[:BATCH_LIMIT_INT8]
+    together = run_checked(engine, prompts, params)  # above the limit: the dense weights decode these steps
+    assert all(len(t) == 12 for t in together)

@@ -10,7 +10,7 @@ from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.engine import EngineConfig
-from radixlm.engine.model.decode_step import MAX_BATCH
+from radixlm.engine.model.decode_step import BATCH_LIMIT_INT8
 from radixlm.engine.model.llama import LlamaModel
 from radixlm.engine.model.precision import Precision, resolve_precision
 from radixlm.engine.quant.int8 import Int8Weight, matmul_dequant, matmul_reduce
@@ -54,8 +54,8 @@ def test_int8_decode_matches_fp32_on_the_same_weights(kind: str) -> None:
     ref = LlamaModel(cfg, state, TorchAttention())
     q8 = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
     assert q8.decode_step is not None and q8.decode_step.layers[0]["qkv"][0].dtype == torch.int8
-    ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS[:MAX_BATCH], steps=6)
-    tokens, logits = greedy_decode(q8, new_pool(cfg), PROMPTS[:MAX_BATCH], steps=6)
+    ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=6)
+    tokens, logits = greedy_decode(q8, new_pool(cfg), PROMPTS, steps=6)
     assert tokens == ref_tokens
     for ours, theirs in zip(logits, ref_logits):
         assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
@@ -65,7 +65,8 @@ def test_batches_above_the_decode_pass_limit_take_the_extend_weights() -> None:
     state, cfg = dequantized_state("qwen2", 1)
     ref = LlamaModel(cfg, state, TorchAttention())
     q8 = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
-    prompts = [PROMPTS[i % 3][: 2 + i] for i in range(MAX_BATCH + 1)]
+    assert q8.decode_step is not None and q8.decode_step.max_batch == BATCH_LIMIT_INT8
+    prompts = [PROMPTS[i % 3][: 2 + i] for i in range(BATCH_LIMIT_INT8 + 1)]
     ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), prompts, steps=3)
     tokens, logits = greedy_decode(q8, new_pool(cfg), prompts, steps=3)
     assert tokens == ref_tokens
@@ -80,8 +81,8 @@ def test_bf16_extend_with_fp32_decode() -> None:
     assert split.dtype == torch.float32 and split.extend_dtype == torch.bfloat16
     assert split.layers[0]["qkv"].dtype == torch.bfloat16
     assert split.decode_step is not None and split.decode_step.layers[0]["qkv"][0].dtype == torch.float32
-    ref_tokens, ref_logits = greedy_decode(ref, new_pool(pair.cfg), PROMPTS[:MAX_BATCH], steps=4)
-    _, logits = greedy_decode(split, new_pool(pair.cfg), PROMPTS[:MAX_BATCH], steps=4)
+    ref_tokens, ref_logits = greedy_decode(ref, new_pool(pair.cfg), PROMPTS[:1], steps=4)
+    _, logits = greedy_decode(split, new_pool(pair.cfg), PROMPTS[:1], steps=4)
     for ours, theirs in zip(logits, ref_logits):
         # bf16 prefill K/V feed the fp32 decode steps: agreement to bf16 precision.
         torch.testing.assert_close(torch.stack(ours), torch.stack(theirs), atol=0.05, rtol=0.05)
@@ -91,7 +92,7 @@ def test_compiled_int8_decode_matches_eager() -> None:
     state, cfg = dequantized_state("qwen3", 2)
     eager = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
     compiled = LlamaModel(cfg, state, TorchAttention(), quantization="int8", compile_decode=True)
-    for prompts in (PROMPTS[:MAX_BATCH], PROMPTS[MAX_BATCH: 2 * MAX_BATCH]):
+    for prompts in (PROMPTS[:1], PROMPTS[1:2], PROMPTS[:2], PROMPTS):
         ref_tokens, ref_logits = greedy_decode(eager, new_pool(cfg), prompts, steps=4)
         tokens, logits = greedy_decode(compiled, new_pool(cfg), prompts, steps=4)
         assert tokens == ref_tokens

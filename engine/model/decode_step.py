@@ -25,10 +25,12 @@ from .config import ModelConfig
 from .context import ForwardContext
 
 QUANTIZATIONS = ("none", "int8")
-# Largest decode batch run by this pass; larger batches take the extend weights. Measured on SmolLM2
-# (int8, compiled, 1 thread): batch 1 14 ms, batch 2 264 ms (the compiled reduction rereads the int8
-# matrix per row and loses its vectorization), against fp32's 44 / 68 ms.
-MAX_BATCH = 1
+# Largest decode batch run by this pass, per quantization; larger batches take the extend weights.
+# A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1). Compiled,
+# the int8 pass runs a batch row by row (the compiled reduction over a [rows, out, in] product loses
+# its vectorization: 264 ms at batch 2); BATCH_LIMIT_INT8 is where that stops beating the dense
+# batched matmuls (see bench/model_speed.py's batch rows).
+BATCH_LIMIT_INT8 = 4
 
 # Inductor inlines an elementwise producer into each consumer; inlined into a GEMV's reduction loop,
 # the RMSNorm or SiLU feeding it would be recomputed once per output row. A low opcount threshold
@@ -120,8 +122,9 @@ def make_head_fn(s: LayerShape, fused: bool) -> Callable[..., torch.Tensor]:
 
 
 class DecodeStep:
-    """Decode forward for batches of up to MAX_BATCH rows (written for any batch), in `dtype`, with
-    dense or int8 weights, eager (plain torch) or compiled (`torch.compile`, one graph per layer kind)."""
+    """Decode forward for batches of up to `max_batch` rows (written for any batch), in `dtype`, with
+    dense or int8 weights, eager (plain torch) or compiled (`torch.compile`, one graph per block of
+    layers and batch size)."""
 
     def __init__(self, cfg: ModelConfig, dense: Callable[[str], torch.Tensor], dtype: torch.dtype,
                  quantization: str, compiled: bool, reuse: list[dict] | None = None,
@@ -131,6 +134,8 @@ class DecodeStep:
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
         self.dtype, self.quantization, self.compiled = dtype, quantization, compiled
+        self.max_batch = BATCH_LIMIT_INT8 if quantization == "int8" else 1
+        self.vocab_size = cfg.vocab_size
 
         def matrix(*names: str) -> Matrix:
             w = torch.cat([dense(n) for n in names])
@@ -184,12 +189,21 @@ class DecodeStep:
         cols = torch.arange(kv_index.shape[1], device=kv_index.device)
         valid = cols[None, :] < kv_lens[:, None]
         is_new = cols[None, :] == (kv_lens - 1)[:, None]
-        if self.compiled:
-            for t in (kv_index, valid, is_new):
-                torch._dynamo.mark_dynamic(t, 1)
         pool, n = ctx.pool, len(self.layers)
+        # Compiled, a batch runs row by row through the one batch-1 graph, block by block: a block's
+        # weights come from memory for the first row and from the cache for the others.
+        rows = [slice(r, r + 1) for r in range(h.shape[0])] if self.compiled else [slice(None)]
+        args = [(kv_index[r], valid[r], is_new[r], ctx.out_slots[r]) for r in rows]
+        if self.compiled:
+            for t in (t for a in args for t in a[:3]):
+                torch._dynamo.mark_dynamic(t, 1)
+        h = [h[r] for r in rows]
         for a in range(0, n, BLOCK_LAYERS):
             b = min(a + BLOCK_LAYERS, n)
-            h = self._block(h, cos, sin, kv_index, valid, is_new, ctx.out_slots, pool.k[a:b], pool.v[a:b],
-                            self._args[a:b])
-        return self._head(h[ctx.logit_rows], self.norm, self.lm_head)
+            h = [self._block(x, cos[r], sin[r], *row_args, pool.k[a:b], pool.v[a:b], self._args[a:b])
+                 for x, r, row_args in zip(h, rows, args)]
+        h = torch.cat(h)[ctx.logit_rows]
+        if self.compiled:
+            return torch.cat([self._head(x[None], self.norm, self.lm_head) for x in h]) if len(h) else \
+                torch.empty((0, self.vocab_size))
+        return self._head(h, self.norm, self.lm_head)

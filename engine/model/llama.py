@@ -6,7 +6,7 @@ that layout faster for small batches); q/k/v and gate/up projections are fused i
 into the pool through the attention backend, and returns logits for the context's `logit_rows`.
 
 Extend passes and decode passes may run in different formats (`Precision`, `quantization`): decode
-batches of up to `decode_step.MAX_BATCH` rows then go through `DecodeStep` (its own weights: int8 or
+batches of up to `DecodeStep.max_batch` rows then go through `DecodeStep` (its own weights: int8 or
 another dtype, eager or compiled); the KV pool is in the decode dtype.
 """
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..attention.backend import AttentionBackend
 from .config import ModelConfig
 from .context import ForwardMode, current_context
-from .decode_step import MAX_BATCH, DecodeStep, rotate
+from .decode_step import DecodeStep, rotate
 from .precision import Precision
 
 
@@ -123,7 +123,7 @@ class LlamaModel:
         for the R rows named by the current context's `logit_rows`."""
         ctx = current_context()
         ids, positions = ids.to(self.device), positions.to(self.device)
-        if self.decode_step is not None and ctx.mode is ForwardMode.DECODE and ids.shape[0] <= MAX_BATCH:
+        if self.decode_step is not None and ctx.mode is ForwardMode.DECODE and ids.shape[0] <= self.decode_step.max_batch:
             rotary = self.decode_rotary
             cos, sin = rotary.cos[positions].unsqueeze(1), rotary.sin[positions].unsqueeze(1)
             return self.decode_step(self.embed[ids], cos, sin, ctx)
