@@ -1,13 +1,15 @@
 """How radixlm's processes wait at OpenMP barriers: spin briefly, then sleep.
 
-torch's CPU kernels run on libgomp threads that meet at a barrier after every parallel region. Two
-failure modes, both measured on the 2-core AMD EPYC with SmolLM2:
+torch's CPU kernels run on libgomp threads that meet at a barrier after every parallel region. Measured
+on the 2-core AMD EPYC with SmolLM2 (engine served over ZeroMQ unless noted):
   * libgomp's default (spin up to 300,000 times) collapses when another process takes a core: a
     thread spins for a descheduled partner (load ~9: 0.8 tok/s decode, against 7.0 when sleeping);
   * sleeping at once (OMP_WAIT_POLICY=PASSIVE) pays a wake-up per region, and a batch-1 decode step
-    runs a few hundred small regions: int8 decode 36 tok/s on a quiet machine, against 101 spinning.
-A bounded spin of 30,000 keeps both: 101 tok/s quiet, and PASSIVE's rate (10-29 tok/s against 17-19;
-the spinning default 3.5-11) with two engines and four busy processes on the two cores.
+    runs a few hundred small regions: int8 decode 31 tok/s on a quiet machine, against ~100 spinning;
+  * a spin of 30,000 keeps the quiet speed but loses to PASSIVE with one busy process beside the
+    engine (fp32 batch-1 7.5 tok/s against 20.3, 8 concurrent 14.1 against 44.0);
+  * a spin of 1,000 keeps both: quiet int8 100 tok/s, and with one busy process fp32 20.2 and 42.5.
+    (Two engines and four busy processes on the two cores: 9.5-13.8 tok/s int8, PASSIVE 16-19.)
 
 Settings are read when torch loads libgomp, so this runs before anything imports torch.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-OPENMP_SPIN_COUNT = "30000"
+OPENMP_SPIN_COUNT = "1000"
 # Variables with which a user chooses the wait policy; when any is set, radixlm leaves the choice alone.
 USER_WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
