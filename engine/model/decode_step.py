@@ -122,9 +122,9 @@ def make_head_fn(s: LayerShape, fused: bool) -> Callable[..., torch.Tensor]:
 
 
 class DecodeStep:
-    """Decode forward for batches of up to `max_batch` rows (written for any batch), in `dtype`, with
-    dense or int8 weights, eager (plain torch) or compiled (`torch.compile`, one graph per block of
-    layers and batch size)."""
+    """Decode forward for batches of up to `max_batch` rows, in `dtype`, with dense or int8 weights,
+    eager (plain torch, the whole batch at once) or compiled (`torch.compile`: one batch-1 graph per
+    block of layers and one for the head, which a batch runs row by row)."""
 
     def __init__(self, cfg: ModelConfig, dense: Callable[[str], torch.Tensor], dtype: torch.dtype,
                  quantization: str, compiled: bool, reuse: list[dict] | None = None,
@@ -203,7 +203,8 @@ class DecodeStep:
             h = [self._block(x, cos[r], sin[r], *row_args, pool.k[a:b], pool.v[a:b], self._args[a:b])
                  for x, r, row_args in zip(h, rows, args)]
         h = torch.cat(h)[ctx.logit_rows]
-        if self.compiled:
-            return torch.cat([self._head(x[None], self.norm, self.lm_head) for x in h]) if len(h) else \
-                torch.empty((0, self.vocab_size))
-        return self._head(h, self.norm, self.lm_head)
+        if not self.compiled:
+            return self._head(h, self.norm, self.lm_head)
+        logits = [self._head(h[i: i + 1], self.norm, self.lm_head) for i in range(h.shape[0])]
+        # zero logit rows (a pass of ghosts only): no head pass, and no graph compiled for zero rows
+        return torch.cat(logits) if logits else h.new_empty((0, self.vocab_size), dtype=torch.float32)
