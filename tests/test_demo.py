@@ -36,8 +36,8 @@ def test_search_finds_facts_by_topic_or_word():
 
 def test_every_question_needs_a_tool_and_the_demos_solve_other_questions():
     solved = {q for q, _, _ in SOLVED}
-    # the instructions and solved questions the model reads: the answer must come from a tool call
-    prompt_text = " ".join([INSTRUCTIONS, repr(SOLVED)])
+    # what the model reads besides the tools' results: the answer must come from a tool call
+    prompt_text = " ".join([INSTRUCTIONS, calculator.__doc__, search.__doc__, repr(SOLVED)])
     for question, expected in [*DSPY_QUESTIONS, LANGCHAIN_QUESTION]:
         assert question not in solved and expected not in question  # the answer is not in the question
         assert expected not in prompt_text, expected

@@ -39,6 +39,15 @@ def test_bounds_are_added_only_where_the_schema_sets_none():
     assert out["default"] == {"type": "string"}  # data, not a schema
 
 
+def test_properties_named_like_literal_keywords_are_bounded_too():
+    schema = {"type": "object", "properties": {"examples": {"type": "string"}, "default": {"type": "integer"},
+                                               "enum": {"type": "array", "items": {"type": "string"}}}}
+    p = bound_schema(schema, 10, max_items=3, bound_integers=True)["properties"]
+    assert p["examples"]["maxLength"] == 10
+    assert p["default"]["maximum"] == MAX_SAFE_INTEGER
+    assert p["enum"]["maxItems"] == 3 and p["enum"]["items"]["maxLength"] == 10
+
+
 def test_each_option_is_off_unless_asked():
     out = bound_schema(SCHEMA, None)
     assert out == SCHEMA

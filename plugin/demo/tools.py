@@ -35,7 +35,7 @@ def _eval(node: ast.AST) -> float:
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as '330 * 3.281' and return the result."""
+    """Evaluate an arithmetic expression such as '12 * 34' and return the result."""
     try:
         return f"{_eval(ast.parse(str(expression), mode='eval')):.10g}"
     except Exception as exc:  # the agent sees the error and can try again
