@@ -24,11 +24,11 @@ from .common import RESULTS_DIR
 from .isolation import Failure, describe_exit, resolve, run_isolated
 from .machine import machine, slug
 from .runner import OPENER, REGISTRY
-from .systems import HF, LLAMACPP, install_peers
+from .systems import HF, LLAMACPP, QUANTIZED, install_peers
 from .workloads import registry
 
 SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off",
-               "int8": "radixlm int8", "hf": HF, "llama-cpp": LLAMACPP}
+               "int8": QUANTIZED, "hf": HF, "llama-cpp": LLAMACPP}
 REFERENCE = "radixlm lpm"  # the system every other one's outputs are compared with
 
 

@@ -23,6 +23,7 @@ from .machine import cpu_info
 RADIXLM = {"radixlm lpm": {"policy": "lpm"}, "radixlm fcfs": {"policy": "fcfs"},
            "radixlm cache off": {"policy": "lpm", "radix_cache": False},
            "radixlm int8": {"policy": "lpm", "quantization": "int8", "compile_decode": True}}
+QUANTIZED = "radixlm int8"  # the batch-1 decode format
 HF, LLAMACPP = "HF transformers", "llama-cpp-python"
 ALL = [*RADIXLM, HF, LLAMACPP]
 

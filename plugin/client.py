@@ -213,7 +213,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        _trace_holders.discard(self)
+        release_traces(self)
         self.conn.close()
 
 
@@ -232,6 +232,11 @@ _trace_holders: weakref.WeakSet[TraceHolder] = weakref.WeakSet()
 def hold_traces(client: TraceHolder) -> None:
     """Let `end_trace_everywhere` reach `client` (until its `close`)."""
     _trace_holders.add(client)
+
+
+def release_traces(client: TraceHolder) -> None:
+    """`end_trace_everywhere` no longer reaches `client` (its `close` calls this)."""
+    _trace_holders.discard(client)
 
 
 def end_trace_everywhere(trace_id: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-from ..client import Prompt, Result, StreamChunk, _generate_message, hold_traces
+from ..client import Prompt, Result, StreamChunk, _generate_message, hold_traces, release_traces
 from ..connection import EngineDiedError
 from .llamacpp_wire import OPENAPI_TITLE, LlamaCppPythonDialect
 from .native_wire import NativeDialect
@@ -158,6 +158,7 @@ class HttpClient:
         self._post("/flush_cache")
 
     def close(self) -> None:
+        release_traces(self)
         self.http.close()
 
 

@@ -128,7 +128,7 @@ class NativeDialect:
         else:
             body["messages"] = msg.messages
         s = msg.sampling
-        if s.logprobs or s.top_logprobs or s.logprob_start_len >= 0:
+        if s.wants_logprobs or s.logprob_start_len >= 0:
             body["return_logprob"] = True
             body["return_text_in_logprobs"] = True
             if s.top_logprobs:

@@ -93,7 +93,7 @@ class OpenAIDialect:
         for name, key in EXTENSIONS.items():
             if getattr(s, name) != getattr(_DEFAULTS, name):
                 body[key] = getattr(s, name)
-        if s.logprobs or s.top_logprobs:
+        if s.wants_logprobs:
             if chat:
                 body["logprobs"] = True
                 if s.top_logprobs:

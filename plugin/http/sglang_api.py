@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from .. import __version__
 from ..client import StreamChunk
-from ..protocol import DEFAULT_MAX_NEW_TOKENS, Result
+from ..protocol import Result
 from .errors import HTTPError, from_engine
 from .front import SSE_DONE, Front, first_then_rest, generate_all, read_json, sse, trace_id, until_disconnect
 
@@ -69,7 +69,7 @@ def _sampling(params: Any) -> dict[str, Any]:
         opts["top_k"] = 0
     if not opts.get("stop"):  # "" and [] mean no stop
         opts.pop("stop", None)
-    if opts.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS) == 0:
+    if opts.get("max_new_tokens") == 0:
         opts["prefix_only"] = True
         opts.pop("max_new_tokens")
     return opts
