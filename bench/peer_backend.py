@@ -14,12 +14,16 @@ from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
 from radixlm.engine.grammar import GrammarBackend
-from radixlm.protocol import DEFAULT_MAX_NEW_TOKENS, Constraint, json_schema_of
+from radixlm.client import sampling_params
+from radixlm.protocol import Constraint, max_new_tokens_of
 from radixlm.engine.tokenizer import Tokenizer
 from radixlm.lang.backend import ChoiceScore, GenOutput, Usage
 from radixlm.lang.chat import CANDIDATES, PROBE, render
 
 from .calls import CallLog
+
+
+PEER_CONSTRAINTS = ("json_schema", "regex", "lark")  # the constraint kinds the peers' gen calls take
 
 
 class PeerBackend(ABC):
@@ -49,32 +53,24 @@ class PeerBackend(ABC):
         """Forget any cached state (start a workload cold); peers without a cache have none."""
 
     # -- Backend interface ----------------------------------------------------------------------
-    def grammar(self, options: dict[str, Any]) -> Constraint | None:
-        """The constraint of a gen call (json_schema, regex, or lark: DSPy's ChatAdapter grammar), or None."""
-        if options.get("json_schema") is not None:
-            return Constraint(json_schema=json_schema_of(options["json_schema"]))
-        if options.get("regex") is not None:
-            return Constraint(regex=options["regex"])
-        if options.get("lark") is not None:
-            return Constraint(lark=options["lark"])
-        return None
-
     def grammar_backend(self) -> GrammarBackend:
         if self._grammars is None:
             self._grammars = GrammarBackend(self.tok.hf, self.vocab_size)
         return self._grammars
 
     def generate(self, prompt: str, **options: Any) -> GenOutput:
-        unknown = set(options) - {"max_new_tokens", "stop", "temperature", "json_schema", "regex", "lark", "trace_id"}
+        unknown = set(options) - {"max_new_tokens", "stop", "temperature", *PEER_CONSTRAINTS, "trace_id"}
         if unknown or options.get("temperature", 0.0) not in (0.0, None):
             raise ValueError(f"{type(self).__name__} runs greedy gen calls only; got options {sorted(options)}")
         stop = options.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
+        # the constraint (json_schema, regex, or lark: DSPy's ChatAdapter grammar) as radixlm's client builds it
+        constraint = sampling_params({k: options[k] for k in PEER_CONSTRAINTS if options.get(k) is not None}).constraint
         ids = self.tok.encode(prompt)
         t0 = time.perf_counter()
         with self.lock:
-            out, text, reason, cached, first = self._generate(ids, options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), stop,
-                                                              self.grammar(options), t0)
+            out, text, reason, cached, first = self._generate(ids, max_new_tokens_of(options.get("max_new_tokens")), stop,
+                                                              constraint, t0)
         self.log.add("gen", ids, out, cached, first - t0)
         matched = next((s for s in stop if reason == "stop" and s), None)
         return GenOutput(text, reason, Usage(len(ids), cached, len(out)), matched)
