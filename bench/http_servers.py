@@ -66,15 +66,15 @@ def start_engine(*serve_flags: str, threads: int | None = None) -> Server:
     return server
 
 
-def start_smg(worker_urls: list[str], policy: str = "cache_aware") -> Server:
-    """`smg launch` routing to `worker_urls` (SGLang backend) on a free port; returns once it serves the
-    workers' model. SystemExit when smg is not installed."""
+def start_smg(worker_urls: list[str], *launch_flags: str, policy: str = "cache_aware") -> Server:
+    """`smg launch` routing to `worker_urls` (SGLang backend) on a free port, with `launch_flags` added;
+    returns once it serves the workers' model. SystemExit when smg is not installed."""
     if not SMG.exists():
         raise SystemExit(f"smg (SGLang's model gateway) is not at {SMG}: pip install smg (the `bench` extra)")
     port = free_port()
     proc = subprocess.Popen([str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
                              *worker_urls, "--policy", policy, "--backend", "sglang", "--prometheus-host",
-                             "127.0.0.1", "--prometheus-port", str(free_port()), "--log-level", "error"],
+                             "127.0.0.1", "--prometheus-port", str(free_port()), "--log-level", "error", *launch_flags],
                             stdout=subprocess.DEVNULL)
     server = Server(proc, f"http://127.0.0.1:{port}")
     try:

@@ -16,7 +16,7 @@ from radixlm.client import Client
 from radixlm.connection import Connection
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.server import EngineServer
-from http_harness import free_port
+from radixlm.bench.http_servers import free_port
 from server_harness import serve_in_thread
 
 

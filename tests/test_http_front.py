@@ -173,7 +173,7 @@ def served_url(engine_client):
     import time
 
     import uvicorn
-    from http_harness import free_port
+    from radixlm.bench.http_servers import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(Front(engine_client, "fake", 4096)), host="127.0.0.1",

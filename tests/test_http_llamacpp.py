@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from http_harness import free_port, wait_healthy
+from radixlm.bench.http_servers import free_port, wait_healthy
 
 import radixlm
 from radixlm.engine.model_source import ModelNotFoundError, embedded_gguf

@@ -12,11 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fake_model import FakeModel
-from http_harness import free_port, wait_healthy
 
 import radixlm
+from radixlm.bench.http_servers import SMG, Server, free_port, start_smg, stop, wait_healthy
 
-SMG = Path(sys.executable).parent / "smg"
 WORKER = Path(__file__).resolve().parent / "fake_http_worker.py"
 
 
@@ -25,26 +24,18 @@ def cluster():
     if not SMG.exists():
         pytest.skip("smg (SGLang's model gateway, `pip install smg`) is not installed")
     ports = [free_port(), free_port()]
-    workers = [subprocess.Popen([sys.executable, str(WORKER), str(p)]) for p in ports]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
-    router = None
+    workers = [Server(subprocess.Popen([sys.executable, str(WORKER), str(p)]), f"http://127.0.0.1:{p}")
+               for p in ports]
+    servers = list(workers)
     try:
-        for url, proc in zip(urls, workers):
-            wait_healthy(url, proc, timeout=300.0)
-        port = free_port()
-        router = subprocess.Popen(
-            [str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls,
-             "--policy", "cache_aware", "--backend", "sglang", "--health-check-interval-secs", "1",
-             "--health-failure-threshold", "1", "--prometheus-host", "127.0.0.1",
-             "--prometheus-port", str(free_port()), "--log-level", "error"], stdout=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, router, timeout=300.0, path="/v1/models", ready=lambda r: bool(r.json()["data"]))
-        yield url, urls, workers
+        for w in workers:
+            wait_healthy(w.url, w.proc, timeout=300.0)
+        router = start_smg([w.url for w in workers], "--health-check-interval-secs", "1",
+                           "--health-failure-threshold", "1")
+        servers.append(router)
+        yield router.url, [w.url for w in workers], [w.proc for w in workers]
     finally:
-        for proc in ([router] if router else []) + workers:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        stop(*servers)
 
 
 def _finished(url: str) -> int:

@@ -26,8 +26,8 @@ ADD_TOOL = {"type": "function", "function": {
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    with http_engine(tmp_path_factory.mktemp("http")) as e:
+def engine():
+    with http_engine() as e:
         yield e
 
 
