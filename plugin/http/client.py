@@ -82,10 +82,7 @@ class HttpClient:
     def generate(self, prompt: Prompt, **options: Any) -> Result | list[Result]:
         """Generate from text, token ids, or chat messages (options as `radixlm.Client.generate`)."""
         n, call = self._call(prompt, False, options)
-        with _transport_errors(self.base_url):
-            resp = self.http.post(call.path, json=call.body, headers=call.headers)
-        if resp.status_code >= 400:
-            raise _error(resp)
+        resp = self._post(call.path, call.body, call.headers)
         return _collect(n, self.dialect.results(call, resp.json()))
 
     def stream(self, prompt: Prompt, include_result: bool = False, **options: Any) -> Iterator[StreamChunk | Result]:
@@ -110,9 +107,10 @@ class HttpClient:
             raise _error(resp)
         return resp
 
-    def _post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    def _post(self, path: str, body: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None) -> httpx.Response:
         with _transport_errors(self.base_url):
-            resp = self.http.post(path, json=body)
+            resp = self.http.post(path, json=body, headers=headers)
         if resp.status_code >= 400:
             raise _error(resp)
         return resp
@@ -173,24 +171,22 @@ class AsyncHttpClient:
         return httpx.AsyncClient(base_url=self.client.base_url, headers=self.client.headers,
                                  timeout=self.client.http_timeout)
 
-    async def generate(self, prompt: Prompt, **options: Any) -> Result | list[Result]:
-        n, call = self.client._call(prompt, False, options)
+    async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
         async with self._http() as http:
             with _transport_errors(self.client.base_url):
-                resp = await http.post(call.path, json=call.body, headers=call.headers)
+                resp = await http.post(path, json=body, headers=headers)
         if resp.status_code >= 400:
             raise _error(resp)
+        return resp
+
+    async def generate(self, prompt: Prompt, **options: Any) -> Result | list[Result]:
+        n, call = self.client._call(prompt, False, options)
+        resp = await self._post(call.path, call.body, call.headers)
         return _collect(n, self.client.dialect.results(call, resp.json()))
 
     async def end_trace(self, trace_id: str) -> dict:
         """See `HttpClient.end_trace`."""
-        path, body = self.client._end_trace_call(trace_id)
-        async with self._http() as http:
-            with _transport_errors(self.client.base_url):
-                resp = await http.post(path, json=body)
-        if resp.status_code >= 400:
-            raise _error(resp)
-        return resp.json()
+        return (await self._post(*self.client._end_trace_call(trace_id))).json()
 
     async def stream(self, prompt: Prompt, include_result: bool = False,
                      **options: Any) -> AsyncIterator[StreamChunk | Result]:
