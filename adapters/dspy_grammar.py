@@ -20,7 +20,7 @@ import pydantic
 
 from radixlm.protocol import max_new_tokens_of
 
-from .schema_bounds import bound_schema
+from .schema_bounds import allows_type, bound_schema
 
 # Values an open dict[str, Any] field may hold: scalars only, so a small model cannot recurse into
 # nested objects until max_tokens.
@@ -115,14 +115,13 @@ def text_slots(schema: Any, defs: dict[str, Any] | None = None) -> int:
         return text_slots(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
     if "anyOf" in schema:
         return max((text_slots(s, defs) for s in schema["anyOf"]), default=0)
-    kind = schema.get("type")
-    if kind == "array":
+    if allows_type(schema, "array"):
         return schema.get("maxItems", MAX_ITEMS) * text_slots(schema.get("items", {}), defs)
-    if kind == "object":
+    if allows_type(schema, "object"):
         extra = schema.get("additionalProperties")
         return sum(text_slots(p, defs) for p in schema.get("properties", {}).values()) + \
             (MAX_ITEMS * text_slots(extra, defs) if isinstance(extra, dict) else 0)
-    return 1 if kind == "string" or (isinstance(kind, list) and "string" in kind) else 0
+    return 1 if allows_type(schema, "string") else 0
 
 
 def string_budget(max_tokens: int | None, slots: int) -> int:

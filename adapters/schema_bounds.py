@@ -17,7 +17,8 @@ SCHEMA_MAP_KEYS = frozenset({"properties", "patternProperties", "$defs", "defini
 BOUNDED_STRING_KEYS = frozenset({"maxLength", "enum", "const", "pattern", "format"})
 
 
-def _allows(node: dict[str, Any], kind: str) -> bool:
+def allows_type(node: dict[str, Any], kind: str) -> bool:
+    """Whether a schema's `type` (one name or a list of them) admits `kind`."""
     types = node.get("type")
     return types == kind or (isinstance(types, list) and kind in types)
 
@@ -37,13 +38,13 @@ def bound_schema(node: Any, max_string: int | None, *, max_items: int | None = N
         out = {k: v if k in LITERAL_KEYS else
                {name: walk(s) for name, s in v.items()} if k in SCHEMA_MAP_KEYS and isinstance(v, dict) else walk(v)
                for k, v in node.items()}
-        if max_string and _allows(out, "string") and not BOUNDED_STRING_KEYS & out.keys():
+        if max_string and allows_type(out, "string") and not BOUNDED_STRING_KEYS & out.keys():
             out["maxLength"] = max_string
-        if max_items is not None and _allows(out, "array") and "maxItems" not in out:
+        if max_items is not None and allows_type(out, "array") and "maxItems" not in out:
             out["maxItems"] = max_items
-        if close_objects and _allows(out, "object") and "additionalProperties" not in out:
+        if close_objects and allows_type(out, "object") and "additionalProperties" not in out:
             out["additionalProperties"] = False
-        if bound_integers and _allows(out, "integer") and not {"enum", "const"} & out.keys():
+        if bound_integers and allows_type(out, "integer") and not {"enum", "const"} & out.keys():
             for bound, exclusive, value in (("minimum", "exclusiveMinimum", -MAX_SAFE_INTEGER),
                                             ("maximum", "exclusiveMaximum", MAX_SAFE_INTEGER)):
                 if bound not in out and exclusive not in out:
