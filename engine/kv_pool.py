@@ -59,7 +59,9 @@ class SlotAllocator:
 
 
 class KVPool:
-    """Per-layer K and V buffers of shape [num_slots, kv_heads, head_dim], plus the slot allocator."""
+    """Per-layer K and V buffers of shape [num_slots, kv_heads, head_dim], plus the slot allocator.
+    `k[layer]` / `v[layer]` are views of one [num_layers, num_slots, kv_heads, head_dim] tensor each
+    (`k_layers` / `v_layers`), so a pass over consecutive layers can take them as one argument."""
 
     def __init__(
         self,
@@ -72,8 +74,9 @@ class KVPool:
     ) -> None:
         self.allocator = SlotAllocator(num_slots)
         shape = (num_slots, kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k_layers = torch.zeros((num_layers, *shape), dtype=dtype, device=device)
+        self.v_layers = torch.zeros((num_layers, *shape), dtype=dtype, device=device)
+        self.k, self.v = list(self.k_layers.unbind(0)), list(self.v_layers.unbind(0))
 
     @property
     def num_slots(self) -> int:

@@ -92,17 +92,17 @@ def test_bfloat16_engine_tracks_the_float32_one(smollm2):
 def test_int8_compiled_decode_batches_match_one_at_a_time():
     """Compiled int8 decode runs a batch row by row through the batch-1 graph: every sequence's greedy
     tokens are the same whether it decodes alone or beside others (batches up to the limit and above)."""
-    from radixlm.engine.model.decode_step import BATCH_LIMIT_INT8
+    from radixlm.engine.model.decode_step import BATCH_LIMIT_QUANTIZED
 
     engine = Engine.from_model("smollm2", EngineConfig(dtype="float32", quantization="int8", compile_decode=True))
     step = engine.model.decode_step
-    assert step is not None and step.max_batch == BATCH_LIMIT_INT8
+    assert step is not None and step.max_batch == BATCH_LIMIT_QUANTIZED
     prompts = [engine.prompt_ids(messages=[{"role": "user", "content": f"Tell me about {t}."}])
-               for t in TOPICS[: BATCH_LIMIT_INT8 + 1]]
+               for t in TOPICS[: BATCH_LIMIT_QUANTIZED + 1]]
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     # above the limit (fresh caches, so both engines schedule alike) every step decodes with the dense weights
     dense = Engine.from_model("smollm2", EngineConfig(dtype="float32"))
     assert run_checked(engine, prompts, params) == run_checked(dense, prompts, params)
     alone = [run_checked(engine, [p], params)[0] for p in prompts]
     assert run_checked(engine, prompts[:2], params) == alone[:2]
-    assert run_checked(engine, prompts[:BATCH_LIMIT_INT8], params) == alone[:BATCH_LIMIT_INT8]
+    assert run_checked(engine, prompts[:BATCH_LIMIT_QUANTIZED], params) == alone[:BATCH_LIMIT_QUANTIZED]

@@ -10,7 +10,7 @@ from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.engine import EngineConfig
-from radixlm.engine.model.decode_step import BATCH_LIMIT_INT8
+from radixlm.engine.model.decode_step import BATCH_LIMIT_QUANTIZED
 from radixlm.engine.model.llama import LlamaModel
 from radixlm.engine.model.precision import Precision, resolve_precision
 from radixlm.engine.quant.int8 import Int8Weight, matmul_dequant, matmul_reduce
@@ -53,7 +53,7 @@ def test_int8_decode_matches_fp32_on_the_same_weights(kind: str) -> None:
     state, cfg = dequantized_state(kind, KINDS.index(kind))
     ref = LlamaModel(cfg, state, TorchAttention())
     q8 = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
-    assert q8.decode_step is not None and q8.decode_step.layers[0]["qkv"][0].dtype == torch.int8
+    assert q8.decode_step is not None and q8.decode_step.matrix(0, "qkv")[0].dtype == torch.int8
     ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=6)
     tokens, logits = greedy_decode(q8, new_pool(cfg), PROMPTS, steps=6)
     assert tokens == ref_tokens
@@ -65,8 +65,8 @@ def test_batches_above_the_decode_pass_limit_take_the_extend_weights() -> None:
     state, cfg = dequantized_state("qwen2", 1)
     ref = LlamaModel(cfg, state, TorchAttention())
     q8 = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
-    assert q8.decode_step is not None and q8.decode_step.max_batch == BATCH_LIMIT_INT8
-    prompts = [PROMPTS[i % 3][: 2 + i] for i in range(BATCH_LIMIT_INT8 + 1)]
+    assert q8.decode_step is not None and q8.decode_step.max_batch == BATCH_LIMIT_QUANTIZED
+    prompts = [PROMPTS[i % 3][: 2 + i] for i in range(BATCH_LIMIT_QUANTIZED + 1)]
     ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), prompts, steps=3)
     tokens, logits = greedy_decode(q8, new_pool(cfg), prompts, steps=3)
     assert tokens == ref_tokens
@@ -80,7 +80,7 @@ def test_bf16_extend_with_fp32_decode() -> None:
     split = LlamaModel(pair.cfg, state, TorchAttention(), dtype=Precision(torch.bfloat16, torch.float32))
     assert split.dtype == torch.float32 and split.extend_dtype == torch.bfloat16
     assert split.layers[0]["qkv"].dtype == torch.bfloat16
-    assert split.decode_step is not None and split.decode_step.layers[0]["qkv"][0].dtype == torch.float32
+    assert split.decode_step is not None and split.decode_step.matrix(0, "qkv")[0].dtype == torch.float32
     ref_tokens, ref_logits = greedy_decode(ref, new_pool(pair.cfg), PROMPTS[:1], steps=4)
     _, logits = greedy_decode(split, new_pool(pair.cfg), PROMPTS[:1], steps=4)
     for ours, theirs in zip(logits, ref_logits):

@@ -8,8 +8,9 @@ the pool after each layer, inside the same compiled call. One compiled block of 
 serves every block (same shapes, weights are arguments), so compile time does not grow with depth; the
 KV length is a dynamic dimension.
 
-Weights of this pass are either dense ([in, out], the decode dtype) or int8 (`Int8Weight`), whose
-matmul is the plain-torch dequantize + GEMM eagerly and a fused int8 GEMV when compiled.
+Weights of this pass are dense ([in, out], the decode dtype), int8 (`Int8Weight`: the plain-torch
+dequantize + GEMM eagerly, a fused int8 GEMV when compiled) or 4-bit (`Q4Weight`, the layers only: the
+native kernel where it builds, else plain torch; the head stays int8).
 """
 
 from __future__ import annotations
@@ -20,37 +21,54 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..quant.int8 import Int8Weight, matmul_dequant, matmul_reduce
+from ..quant import int8, q4
+from ..quant.native import q4_kernel_available
 from .config import ModelConfig
 from .context import ForwardContext
 
-QUANTIZATIONS = ("none", "int8")
-# Largest decode batch run by this pass, per quantization; larger batches take the extend weights.
-# A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1). Compiled,
-# the int8 pass runs a batch row by row (the compiled reduction over a [rows, out, in] product loses
-# its vectorization: 264 ms at batch 2); BATCH_LIMIT_INT8 is where that stops beating the dense
-# batched matmuls (see bench/model_speed.py's batch rows).
-BATCH_LIMIT_INT8 = 4
+QUANTIZATIONS = ("none", "int8", "q4")
+# Largest decode batch run by this pass with quantized weights; larger batches take the extend
+# weights. A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1).
+# Compiled, the pass runs a batch row by row (the compiled int8 reduction over a [rows, out, in]
+# product loses its vectorization: 264 ms at batch 2); BATCH_LIMIT_QUANTIZED is where that stops
+# beating the dense batched matmuls (see bench/model_speed.py's batch rows).
+BATCH_LIMIT_QUANTIZED = 4
 
 # Inductor inlines an elementwise producer into each consumer; inlined into a GEMV's reduction loop,
 # the RMSNorm or SiLU feeding it would be recomputed once per output row. A low opcount threshold
 # makes those small activation vectors materialize first (measured: 24.7 -> 12.8 ms per SmolLM2
 # int8 step, 1 thread); the int8 -> float conversion (2 ops) stays fused into the reduction.
-COMPILE_OPTIONS = {"realize_cpu_opcount_threshold": 2}
+COMPILE_OPTIONS: dict[str, object] = {"realize_cpu_opcount_threshold": 2}
+
+# cpp_wrapper: the compiled graph's host code is C++, so the native 4-bit kernel (an extern op) is
+# called without a Python round trip. SmolLM2 decode, 2 threads (AMD EPYC): 4-bit 115 -> 150 tok/s,
+# int8 121-133 -> 125-138.
+COMPILE_OPTIONS["cpp_wrapper"] = True
 
 # Layers per compiled call. Each call costs a guard check and a graph prologue (~40 us); measured on
 # SmolLM2 int8 decode, 2 threads (AMD EPYC): 1 layer per call 100 tok/s, 6 layers 112, all 30 in one
 # graph 113 (but 50 s of compile instead of 20 at start).
 BLOCK_LAYERS = 6
 
-Matrix = tuple[torch.Tensor, ...]  # (w [in, out],) dense, or (q [out, in] int8, scale [out])
+# (w [in, out],) dense, (q [out, in] int8, scale [out]) int8, or (packed, d, m) 4-bit (`Q4Weight`)
+Matrix = tuple[torch.Tensor, ...]
 
 
-def linear(x: torch.Tensor, w: Matrix, fused: bool) -> torch.Tensor:
-    """x [rows, in] times a dense or int8 matrix -> [rows, out]."""
-    if len(w) == 1:
-        return x @ w[0]
-    return matmul_reduce(x, *w) if fused else matmul_dequant(x, *w)
+@dataclass(frozen=True)
+class Kernels:
+    """How this pass multiplies: `compiled` (the fused int8 GEMV, else dequantize + GEMM) and
+    `native_q4` (the native 4-bit kernel, else plain torch)."""
+
+    compiled: bool
+    native_q4: bool
+
+    def linear(self, x: torch.Tensor, w: Matrix) -> torch.Tensor:
+        """x [rows, in] times a dense, int8 or 4-bit matrix -> [rows, out]."""
+        if len(w) == 1:
+            return x @ w[0]
+        if len(w) == 2:
+            return int8.matmul_reduce(x, *w) if self.compiled else int8.matmul_dequant(x, *w)
+        return q4.matmul_native(x, *w) if self.native_q4 else q4.matmul_dequant(x, *w)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -68,7 +86,7 @@ class LayerShape:
     eps: float
 
 
-def make_layer_fn(s: LayerShape, fused: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def make_layer_fn(s: LayerShape, kernels: Kernels) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One decoder layer for B new tokens over N gathered KV positions; returns (h, k, v)."""
     q_size, kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
     group = s.heads // s.kv_heads
@@ -77,7 +95,7 @@ def make_layer_fn(s: LayerShape, fused: bool) -> Callable[..., tuple[torch.Tenso
               in_norm, post_norm, qkv, o, gate_up, down, qkv_bias, q_norm, k_norm):
         b = h.shape[0]
         x = F.rms_norm(h, (s.hidden,), in_norm, s.eps)
-        qkv_out = linear(x, qkv, fused)
+        qkv_out = kernels.linear(x, qkv)
         if qkv_bias is not None:
             qkv_out = qkv_out + qkv_bias
         q, k, v = qkv_out.split([q_size, kv_size, kv_size], dim=-1)
@@ -93,36 +111,61 @@ def make_layer_fn(s: LayerShape, fused: bool) -> Callable[..., tuple[torch.Tenso
         scores = torch.einsum("bkgd,bnkd->bkgn", qg, keys) * s.head_dim**-0.5
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         attn = torch.einsum("bkgn,bnkd->bkgd", scores.softmax(dim=-1), values).reshape(b, q_size)
-        h = h + linear(attn, o, fused)
+        h = h + kernels.linear(attn, o)
         x = F.rms_norm(h, (s.hidden,), post_norm, s.eps)
-        gate, up = linear(x, gate_up, fused).chunk(2, dim=-1)
-        return h + linear(F.silu(gate) * up, down, fused), k, v
+        gate, up = kernels.linear(x, gate_up).chunk(2, dim=-1)
+        return h + kernels.linear(F.silu(gate) * up, down), k, v
 
     return layer
 
 
 def make_block_fn(layer: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Callable[..., torch.Tensor]:
-    """Consecutive decoder layers in one call, each writing its new K/V to its pool tensors."""
+    """Consecutive decoder layers in one call, each writing its new K/V to its pool layer. Pools
+    and weights come stacked over the block's layers (`stack_layers`): a few arguments per call,
+    whatever the depth, keep the compiled call's guard checks short."""
 
-    def block(h, cos, sin, kv_index, valid, is_new, out_slots, k_pools, v_pools, weights):
-        for k_pool, v_pool, w in zip(k_pools, v_pools, weights):
-            h, k, v = layer(h, cos, sin, kv_index, valid, is_new, k_pool, v_pool, *w)
-            k_pool.index_put_((out_slots,), k)
-            v_pool.index_put_((out_slots,), v)
+    def block(h, cos, sin, kv_index, valid, is_new, out_slots, k_layers, v_layers, stacked):
+        for i in range(k_layers.shape[0]):
+            w = [tuple(t[i] for t in v) if isinstance(v, tuple) else (None if v is None else v[i])
+                 for v in stacked]
+            h, k, v = layer(h, cos, sin, kv_index, valid, is_new, k_layers[i], v_layers[i], *w)
+            # written through the stacked tensor itself: a write through the view k_layers[i] makes
+            # the compiled graph copy the whole pool back
+            at = (torch.full_like(out_slots, i), out_slots)
+            k_layers.index_put_(at, k)
+            v_layers.index_put_(at, v)
         return h
 
     return block
 
 
-def make_head_fn(s: LayerShape, fused: bool) -> Callable[..., torch.Tensor]:
+LAYER_WEIGHTS = ("in_norm", "post_norm", "qkv", "o", "gate_up", "down", "qkv_bias", "q_norm", "k_norm")
+
+
+def stack_layers(layers: list[dict]) -> list:
+    """The block's per-layer weights, in `LAYER_WEIGHTS` order, each stacked over the layers: a
+    tensor [layers, ...], a tuple of them (a matrix's parts), or None (absent in this model)."""
+    stacked: list = []
+    for name in LAYER_WEIGHTS:
+        parts = [layer[name] for layer in layers]
+        if parts[0] is None:
+            stacked.append(None)
+        elif isinstance(parts[0], tuple):
+            stacked.append(tuple(torch.stack(ts) for ts in zip(*parts)))
+        else:
+            stacked.append(torch.stack(parts))
+    return stacked
+
+
+def make_head_fn(s: LayerShape, kernels: Kernels) -> Callable[..., torch.Tensor]:
     def head(h, norm, lm_head):
-        return linear(F.rms_norm(h, (s.hidden,), norm, s.eps), lm_head, fused).float()
+        return kernels.linear(F.rms_norm(h, (s.hidden,), norm, s.eps), lm_head).float()
 
     return head
 
 
 class DecodeStep:
-    """Decode forward for batches of up to `max_batch` rows, in `dtype`, with dense or int8 weights,
+    """Decode forward for batches of up to `max_batch` rows, in `dtype`, with dense, int8 or 4-bit weights,
     eager (plain torch, the whole batch at once) or compiled (`torch.compile`: one batch-1 graph per
     block of layers and one for the head, which a batch runs row by row)."""
 
@@ -130,21 +173,25 @@ class DecodeStep:
                  quantization: str, compiled: bool, reuse: list[dict] | None = None,
                  reuse_head: torch.Tensor | None = None) -> None:
         """`dense(name)` returns a HF-named [out, in] weight in `dtype` on the model's device; `reuse`
-        are the model's own per-layer dense matrices when this pass can share them."""
+        are the model's own per-layer dense matrices when this pass can share them: they are stacked
+        per block here, and the model's entries are replaced by views of the stacks (one copy)."""
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
         self.dtype, self.quantization, self.compiled = dtype, quantization, compiled
-        self.max_batch = BATCH_LIMIT_INT8 if quantization == "int8" else 1
+        self.max_batch = BATCH_LIMIT_QUANTIZED if quantization != "none" else 1
         self.vocab_size = cfg.vocab_size
 
-        def matrix(*names: str) -> Matrix:
+        def matrix(*names: str, fmt: str = quantization) -> Matrix:
             w = torch.cat([dense(n) for n in names])
-            if quantization == "int8":
-                qw = Int8Weight.quantize(w)
-                return (qw.q, qw.scale)
+            if fmt == "q4":
+                qw = q4.Q4Weight.quantize(w)
+                return (qw.packed, qw.d, qw.m)
+            if fmt == "int8":
+                iw = int8.Int8Weight.quantize(w)
+                return (iw.q, iw.scale)
             return (w.t().contiguous(),)
 
-        self.layers: list[dict] = []
+        layers: list[dict] = []
         for i in range(cfg.num_layers):
             p, attn = f"model.layers.{i}.", f"model.layers.{i}.self_attn."
             if reuse is not None:
@@ -156,7 +203,7 @@ class DecodeStep:
                     "gate_up": matrix(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
                     "down": matrix(p + "mlp.down_proj.weight"),
                 }
-            self.layers.append({
+            layers.append({
                 "in_norm": dense(p + "input_layernorm.weight"),
                 "post_norm": dense(p + "post_attention_layernorm.weight"),
                 **mats,
@@ -165,20 +212,38 @@ class DecodeStep:
                 "k_norm": dense(attn + "k_norm.weight") if cfg.qk_norm else None,
             })
         head_name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-        self.lm_head = (reuse_head,) if reuse_head is not None else matrix(head_name)
+        head_format = "int8" if quantization == "q4" else quantization
+        self.lm_head = (reuse_head,) if reuse_head is not None else matrix(head_name, fmt=head_format)
         self.norm = dense("model.norm.weight")
         shape = LayerShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
-        block_fn, head_fn = make_block_fn(make_layer_fn(shape, compiled)), make_head_fn(shape, compiled)
+        kernels = Kernels(compiled, quantization == "q4" and q4_kernel_available())
+        block_fn, head_fn = make_block_fn(make_layer_fn(shape, kernels)), make_head_fn(shape, kernels)
         if compiled:
             block_fn = torch.compile(block_fn, fullgraph=True, options=COMPILE_OPTIONS)
             head_fn = torch.compile(head_fn, fullgraph=True, options=COMPILE_OPTIONS)
         self._block, self._head = block_fn, head_fn
-        self._args = [(w["in_norm"], w["post_norm"], w["qkv"], w["o"], w["gate_up"], w["down"],
-                       w["qkv_bias"], w["q_norm"], w["k_norm"]) for w in self.layers]
+        # (first layer, end layer, the block's stacked weights)
+        self.blocks: list[tuple[int, int, list]] = []
+        for a in range(0, cfg.num_layers, BLOCK_LAYERS):
+            b = min(a + BLOCK_LAYERS, cfg.num_layers)
+            stacked = stack_layers(layers[a:b])
+            self.blocks.append((a, b, stacked))
+            if reuse is not None:
+                for name in ("qkv", "o", "gate_up", "down"):
+                    (matrices,) = stacked[LAYER_WEIGHTS.index(name)]
+                    for i in range(a, b):
+                        reuse[i][name] = matrices[i - a]
+
+    def matrix(self, layer: int, name: str) -> Matrix:
+        """Layer `layer`'s matrix `name` ("qkv", "o", "gate_up" or "down") as this pass stores it."""
+        for a, b, stacked in self.blocks:
+            if a <= layer < b:
+                return tuple(t[layer - a] for t in stacked[LAYER_WEIGHTS.index(name)])
+        raise IndexError(f"layer {layer} out of range")
 
     def weight_bytes(self) -> int:
         """Bytes of weights one decode step reads (layer matrices, norms and the head)."""
-        tensors = [t for layer in self.layers for v in layer.values() if v is not None
+        tensors = [t for _, _, stacked in self.blocks for v in stacked if v is not None
                    for t in (v if isinstance(v, tuple) else (v,))]
         return sum(t.numel() * t.element_size() for t in [*tensors, *self.lm_head, self.norm])
 
@@ -189,7 +254,7 @@ class DecodeStep:
         cols = torch.arange(kv_index.shape[1], device=kv_index.device)
         valid = cols[None, :] < kv_lens[:, None]
         is_new = cols[None, :] == (kv_lens - 1)[:, None]
-        pool, n = ctx.pool, len(self.layers)
+        pool = ctx.pool
         # Compiled, a batch runs row by row through the one batch-1 graph, block by block: a block's
         # weights come from memory for the first row and from the cache for the others.
         rows = [slice(r, r + 1) for r in range(h.shape[0])] if self.compiled else [slice(None)]
@@ -198,9 +263,8 @@ class DecodeStep:
             for t in (t for a in args for t in a[:3]):
                 torch._dynamo.mark_dynamic(t, 1)
         h = [h[r] for r in rows]
-        for a in range(0, n, BLOCK_LAYERS):
-            b = min(a + BLOCK_LAYERS, n)
-            h = [self._block(x, cos[r], sin[r], *row_args, pool.k[a:b], pool.v[a:b], self._args[a:b])
+        for a, b, stacked in self.blocks:
+            h = [self._block(x, cos[r], sin[r], *row_args, pool.k_layers[a:b], pool.v_layers[a:b], stacked)
                  for x, r, row_args in zip(h, rows, args)]
         h = torch.cat(h)[ctx.logit_rows]
         if not self.compiled:
