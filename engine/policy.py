@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .prefix_cache import PrefixCache
 from .radix_cache import TreeNode
@@ -51,8 +51,28 @@ def service_level(attained: int) -> int:
     return (attained // SERVICE_QUANTUM).bit_length()
 
 
+ProgramRank = tuple[int, tuple[float, int]]
+
+
+def program_rank(req: Request, traces: TraceTable) -> ProgramRank:
+    """Where the request's program stands in the program policy (smaller goes first)."""
+    return service_level(traces.attained(req.trace_id)), traces.started(req)
+
+
+def ranked_at_or_above(req: Request, trace_ids: Iterable[str], traces: TraceTable) -> frozenset[str]:
+    """The traces among `trace_ids` whose programs the program policy puts at or above `req`'s (its
+    own included); a trace that is no longer open ranks last."""
+    rank = program_rank(req, traces)
+    kept = set()
+    for trace_id in trace_ids:
+        started = traces.trace_started(trace_id)
+        if started is not None and (service_level(traces.attained(trace_id)), started) <= rank:
+            kept.add(trace_id)
+    return frozenset(kept)
+
+
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:
-    return service_level(traces.attained(req.trace_id)), traces.started(req), -matched
+    return *program_rank(req, traces), -matched
 
 
 def _dfs_weight_order(waiting: Sequence[Request], nodes: dict[int, TreeNode]) -> list[Request]:
