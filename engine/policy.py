@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .prefix_cache import PrefixCache
@@ -52,6 +54,7 @@ def service_level(attained: int) -> int:
 
 
 ProgramRank = tuple[int, tuple[float, int]]
+LAST_RANK: ProgramRank = (sys.maxsize, (math.inf, 0))
 
 
 def program_rank(req: Request, traces: TraceTable) -> ProgramRank:
@@ -59,16 +62,16 @@ def program_rank(req: Request, traces: TraceTable) -> ProgramRank:
     return service_level(traces.attained(req.trace_id)), traces.started(req)
 
 
+def trace_rank(trace_id: str, traces: TraceTable) -> ProgramRank:
+    """Where a trace's next call would stand in the program policy; a trace no longer open ranks last."""
+    started = traces.trace_started(trace_id)
+    return LAST_RANK if started is None else (service_level(traces.attained(trace_id)), started)
+
+
 def ranked_at_or_above(req: Request, trace_ids: Iterable[str], traces: TraceTable) -> frozenset[str]:
-    """The traces among `trace_ids` whose programs the program policy puts at or above `req`'s (its
-    own included); a trace that is no longer open ranks last."""
+    """The traces among `trace_ids` that the program policy puts at or above `req`'s program (its own included)."""
     rank = program_rank(req, traces)
-    kept = set()
-    for trace_id in trace_ids:
-        started = traces.trace_started(trace_id)
-        if started is not None and (service_level(traces.attained(trace_id)), started) <= rank:
-            kept.add(trace_id)
-    return frozenset(kept)
+    return frozenset(t for t in trace_ids if trace_rank(t, traces) <= rank)
 
 
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .prefix_cache import PrefixCache
 from .radix_cache import TreeNode
@@ -73,10 +73,13 @@ class TraceRetention:
     """The pins of the open traces over one prefix cache; see the module docstring."""
 
     def __init__(self, cache: PrefixCache, traces: TraceTable, capacity: int, ttl_s: float, max_share: float,
-                 mode: str = "benefit", clock: Callable[[], float] = time.perf_counter) -> None:
+                 mode: str = "benefit", clock: Callable[[], float] = time.perf_counter,
+                 rank: Callable[[str], Any] | None = None) -> None:
+        """`rank` (under the program policy): a trace's place in the program order, larger = lower;
+        pins are then released lowest-ranked first instead of lowest benefit first."""
         if mode not in MODES:
             raise ValueError(f"unknown retention mode {mode!r}; choose one of {', '.join(MODES)}")
-        self.cache, self.traces, self.clock = cache, traces, clock
+        self.cache, self.traces, self.clock, self.rank = cache, traces, clock, rank
         self.capacity, self.ttl_s, self.max_share, self.mode = capacity, ttl_s, max_share, mode
         self.pins: dict[str, Pin] = {}
         self.released: dict[str, int] = {"next_call": 0, "end_trace": 0, "ttl": 0, "pressure": 0, "idle": 0,
@@ -139,13 +142,15 @@ class TraceRetention:
         return len(due)
 
     def release_one(self, reason: str = "pressure", kept: frozenset[str] = frozenset()) -> bool:
-        """Release the pin worth least (lowest benefit; the oldest in `ttl` mode), leaving the pins of
-        the `kept` traces. False if there is none to release."""
+        """Release the pin worth least (the lowest-ranked trace's with a `rank`, else the lowest
+        benefit; the oldest in `ttl` mode), leaving the pins of the `kept` traces. False if none."""
         candidates = [p for p in self.pins.values() if p.trace_id not in kept]
         if not candidates:
             return False
         if self.mode == "ttl":
             victim = min(candidates, key=lambda p: p.since)
+        elif self.rank is not None:
+            victim = max(candidates, key=lambda p: self.rank(p.trace_id))
         else:
             now = self.clock()
             victim = min(candidates, key=lambda p: self.benefit(p, now))
