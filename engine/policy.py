@@ -7,7 +7,11 @@
 - `program`: schedule whole agents, not calls (after Autellix): calls of the trace with the least
   attained service (tokens computed for it so far, in doubling levels of `SERVICE_QUANTUM`) first;
   within a level the trace that started first, so agents finish instead of all advancing slowly and a
-  trace's calls stay together; then lpm. A call without a trace is a program of its own.
+  trace's calls stay together; then lpm. A call without a trace is a program of its own. The levels
+  are coarse (2048 tokens, then doublings) so that agents of similar size share a level and run in
+  the order they started (program-level FCFS, as Continuum), while a much longer program gives way to
+  new ones (as Autellix). With trace retention, this order also decides whose pins admission may
+  release (see trace_retention.py).
 """
 
 from __future__ import annotations

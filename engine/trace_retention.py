@@ -8,18 +8,20 @@ when the trace ends, when its TTL passes, or when memory is needed:
 - Admission never waits on a pin under the lpm, fcfs and dfs-weight policies: the slots only pins
   hold count as available (`releasable`), and an allocation that finds the free list and the
   evictable leaves short releases pins, lowest expected benefit first (`release_one`).
-- Under the program policy, admission follows the program order instead (a `PinGrant`): the waiting
-  call admitted next may release only the pins of traces ranked below it; the pins of traces ranked
-  at or above it are released only when the engine would otherwise sit idle (nothing running and
-  nothing else admissible), and then after all the others. Calls already running may grow into any
-  pin. So the engine never idles while work waits, and a call that needs the space gets it at the
-  latest when the calls ahead of it are done, or when those pins' TTL passes.
+- Under the program policy, admission follows the program order instead (a `PinGrant`). Waiting
+  calls are admitted in that order (the first that does not fit ends the round, as under every
+  policy); the one admitted next may release only the pins of traces ranked below it. The pins of
+  traces ranked at or above it are released only when nothing is running and nothing was admitted
+  this round, i.e. when the engine would otherwise sit idle, and then after all the others. Calls
+  already running may grow into any pin. So the engine never idles while work waits, and a call that
+  needs the space gets it at the latest when the calls running ahead of it are done, or when the pins
+  in its way end (next call, end of trace, TTL). Pins then go lowest-ranked trace first, not by benefit.
 - Expected benefit of a pin = tokens it saves per slot-second it holds: its exclusive tokens (those
   no request locks) divided by those same slots times the seconds the agent is still expected to be
   away. The expected remainder is the trace's mean observed tool time minus the time already spent;
   once a tool has run longer than that, the time spent so far is taken as the remainder.
-- A budget caps the pinned share of the pool: a new pin beyond `max_share` releases the lowest
-  benefit pins (possibly itself).
+- A budget caps the pinned share of the pool: a new pin beyond `max_share` releases the pins worth
+  least (possibly itself).
 - Pins only lock tree nodes, so they never change what is computed, only whether it is recomputed.
 
 The `ttl` mode is the SGLang-style baseline: a fixed-TTL pin per call, released by its TTL or, under
