@@ -6,7 +6,8 @@ its tool runs (a real sleep, drawn once per run so every system sees the same la
 call's prompt is the previous prompt + the call's output + the tool's observation. The agent ends its
 trace when its last call returns. Systems (same workload, same model, one run):
 
-  retention+program  trace pins + the program-level policy (least attained service, then program age)
+  retention+program  trace pins + the program-level policy (least attained service, then program age;
+                     admission releases only lower-ranked programs' pins unless the engine would idle)
   retention          trace pins, lpm policy
   lru                no pins, lpm (the engine before trace retention)
   ttl-pins           SGLang-style fixed-TTL pins (released by TTL or, under pressure, oldest first)
