@@ -41,13 +41,14 @@ class KVManager:
 
     def alloc(self, n: int, grant: PinGrant = ANY_PIN) -> torch.Tensor:
         """Allocate `n` slots, evicting LRU cache leaves first if the free list is short, then
-        releasing the trace pins `grant` allows (lowest benefit first) while it still is."""
+        releasing the trace pins `grant` allows (those worth least first) while it still is."""
         allocator = self.pool.allocator
         if n > allocator.available:
             self.evicted_tokens += self.cache.evict(n - allocator.available)
-            for reason, kept in (("pressure", grant.spare), ("idle", grant.kept)):
-                while n > allocator.available and self.retention is not None and self.retention.release_one(reason, kept):
-                    self.evicted_tokens += self.cache.evict(n - allocator.available)
+            if self.retention is not None:
+                for reason, kept in (("pressure", grant.ahead), ("idle", grant.kept)):
+                    while n > allocator.available and self.retention.release_one(reason, kept):
+                        self.evicted_tokens += self.cache.evict(n - allocator.available)
         return allocator.alloc(n)
 
     def match_and_lock(self, req: Request) -> None:

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .prefix_cache import PrefixCache
 from .radix_cache import TreeNode
 from .request import FinishReason, Request
 from .traces import TraceTable
+
+if TYPE_CHECKING:
+    from .policy import ProgramRank
 
 MODES = ("benefit", "ttl")
 MIN_REMAINING_S = 0.05
@@ -45,16 +48,17 @@ MIN_REMAINING_S = 0.05
 
 @dataclass(frozen=True)
 class PinGrant:
-    """The pins one allocation may release: all but `spare`, and `spare` too (after all the others,
-    counted as `idle` releases) when `idle`, i.e. when the engine would otherwise sit idle."""
+    """The pins one allocation may release: all but those of the traces ranked `ahead` of (or level
+    with) the call it is for, and those too (after all the others, counted as `idle` releases) when
+    `idle`: the engine would otherwise sit idle."""
 
-    spare: frozenset[str] = frozenset()
+    ahead: frozenset[str] = frozenset()
     idle: bool = False
 
     @property
     def kept(self) -> frozenset[str]:
         """The pins this allocation leaves in place whatever it needs."""
-        return frozenset() if self.idle else self.spare
+        return frozenset() if self.idle else self.ahead
 
 
 ANY_PIN = PinGrant()  # pins never block: calls already running, and every policy but program
@@ -76,7 +80,7 @@ class TraceRetention:
 
     def __init__(self, cache: PrefixCache, traces: TraceTable, capacity: int, ttl_s: float, max_share: float,
                  mode: str = "benefit", clock: Callable[[], float] = time.perf_counter,
-                 rank: Callable[[str], Any] | None = None) -> None:
+                 rank: Callable[[str], ProgramRank] | None = None) -> None:
         """`rank` (under the program policy): a trace's place in the program order, larger = lower;
         pins are then released lowest-ranked first instead of lowest benefit first."""
         if mode not in MODES:
