@@ -180,7 +180,8 @@ def test_program_policy_lower_ranked_call_waits_for_higher_ranked_pins_while_bus
     engine, paths, busy = two_agents_and_a_busy_call([0.0])
     # More than free + evictable, even once the busy call's 50 tokens are evictable: old's pin must go.
     room = engine.kv.available(include_pins=False)
-    young = engine.add_request(paths["young"] + tokens(room + 60, 4), SamplingParams(max_new_tokens=1), trace_id="young")
+    prompt = paths["young"] + tokens(room + 60, 4)
+    young = engine.add_request(prompt, SamplingParams(max_new_tokens=1), trace_id="young")
     while busy.status is not ReqStatus.FINISHED:
         engine.step()
         engine.check_integrity()
@@ -189,6 +190,8 @@ def test_program_policy_lower_ranked_call_waits_for_higher_ranked_pins_while_bus
     assert young.status is not ReqStatus.WAITING
     assert "old" not in engine.kv.retention.pins and engine.kv.retention.released["idle"] == 1
     run_checked(engine)
+    assert young.output_ids == engine.model.reference(prompt, 1)  # pins never change outputs
+    assert busy.output_ids == engine.model.reference(busy.prompt_ids, 30)
 
 
 def test_program_policy_higher_ranked_call_releases_lower_ranked_pins_at_once():
