@@ -6,7 +6,8 @@ its tool runs (a real sleep, drawn once per run so every system sees the same la
 call's prompt is the previous prompt + the call's output + the tool's observation. The agent ends its
 trace when its last call returns. Systems (same workload, same model, one run):
 
-  retention+program  trace pins + the program-level policy (least attained service, then program age)
+  retention+program  trace pins + the program-level policy (least attained service, then program age;
+                     admission releases only lower-ranked programs' pins unless the engine would idle)
   retention          trace pins, lpm policy
   lru                no pins, lpm (the engine before trace retention)
   ttl-pins           SGLang-style fixed-TTL pins (released by TTL or, under pressure, oldest first)
@@ -122,6 +123,7 @@ class SimulatedModel:
 
     def __init__(self, clock: VirtualClock) -> None:
         self.cfg, self.dtype, self.device, self.clock = SimulatedConfig(), torch.float32, torch.device("cpu"), clock
+        self.busy_s = 0.0  # simulated seconds spent in passes
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         ctx = current_context()
@@ -131,6 +133,7 @@ class SimulatedModel:
         else:
             cost = self.PASS_S + self.TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
         self.clock.t += cost
+        self.busy_s += cost
         nxt = (ids[rows] * 7919 + positions[rows]) % (self.cfg.vocab_size - 100) + 100
         logits = torch.zeros(len(rows), self.cfg.vocab_size)
         logits[torch.arange(len(rows)), nxt] = 1.0
@@ -155,7 +158,8 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
         cfg["trace_ttl_s"] = ttl_s
     if model is None:
         clock = VirtualClock()
-        engine = Engine(SimulatedModel(clock), EngineConfig(kv_cache_tokens=pool, **cfg))
+        simulated = SimulatedModel(clock)
+        engine = Engine(simulated, EngineConfig(kv_cache_tokens=pool, **cfg))
         engine.traces.clock = clock.now
         if engine.kv.retention is not None:
             engine.kv.retention.clock = clock.now
@@ -196,6 +200,7 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
                 heapq.heappush(due, (finished_at + workload.tool_seconds[agent.index][agent.step], agent.index))
             agent.step += 1
     makespan = clock.now() - t0
+    busy = simulated.busy_s if model is None else engine.stats.busy_seconds
     while engine.has_work():
         engine.step()
     engine.check_integrity()
@@ -216,8 +221,10 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
         "hit_rate": stats.hit_rate,
         "evicted_tokens": stats.evicted_tokens,
         "retractions": stats.retractions,
-        "busy_s": stats.busy_seconds,
+        "busy_s": busy,
+        "idle_share": 1 - busy / makespan,
         "pins_released": dict(engine.kv.retention.released) if engine.kv.retention else {},
+        "completion_by_agent_s": [a.end - a.start for a in agents],
         "outputs": [a.outputs for a in agents],
     }
 
@@ -267,10 +274,12 @@ def main() -> None:
 
 def report(runs: list[dict]) -> None:
     cols = ("system", "pool", "recomputed_prompt_tokens", "computed_prompt_tokens", "hit_rate", "agents_per_s",
-            "mean_completion_s", "p90_completion_s", "evicted_tokens", "retractions")
-    print(" | ".join(cols))
+            "mean_completion_s", "p90_completion_s", "evicted_tokens", "retractions", "idle_share")
+    print(" | ".join(cols) + " | pins released (pressure / idle / budget / ttl)")
     for r in runs:
-        print(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        released = r["pins_released"]
+        pins = " / ".join(str(released.get(k, "-")) for k in ("pressure", "idle", "budget", "ttl"))
+        print(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + f" | {pins}")
     by = {r["system"]: r for r in runs}
     reference = runs[0]["outputs"]
     for r in runs[1:]:

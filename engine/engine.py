@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Iterable, Sequence
 
 import torch
@@ -25,7 +26,7 @@ from .model.context import ForwardMode, use_context
 from .model.decode_step import QUANTIZATIONS
 from .model.llama import LlamaModel
 from .model.precision import DTYPE_CHOICES
-from .policy import POLICIES
+from .policy import POLICIES, trace_rank
 from .prefix_cache import PrefixCache
 from .radix_cache import IntegrityError, NoRadixCache, RadixCache
 from .request import FinishReason, GenerationResult, Request, describe
@@ -138,8 +139,9 @@ class Engine:
         cache: PrefixCache = RadixCache(pool.allocator) if self.config.radix_cache else NoRadixCache(pool.allocator)
         self.kv = KVManager(pool, rows, cache)
         if self.config.trace_retention and self.config.radix_cache:
+            rank = partial(trace_rank, traces=self.traces) if self.config.policy == "program" else None
             self.kv.retention = TraceRetention(cache, self.traces, pool.allocator.capacity,
-                                               self.config.trace_ttl_s, self.config.max_pinned_share)
+                                               self.config.trace_ttl_s, self.config.max_pinned_share, rank=rank)
         self.scheduler = Scheduler(self.kv, self.config, self.decoding, self.traces)
         self.in_flight: Batch | None = None  # the pass being run, for `recover`
 

@@ -15,6 +15,7 @@ from .kv_pool import KVPool, OutOfSlotsError, ReqToTokenPool
 from .prefix_cache import PrefixCache
 from .radix_cache import IntegrityError, TreeNode
 from .request import Request
+from .trace_retention import ANY_PIN, PinGrant
 
 if TYPE_CHECKING:
     from .trace_retention import TraceRetention
@@ -32,20 +33,22 @@ class KVManager:
     def table(self) -> torch.Tensor:
         return self.rows.table
 
-    def available(self, include_pins: bool = True) -> int:
-        """Slots obtainable now: free plus evictable, plus (unless told not to) what only trace pins
-        hold: admission counts them, since pins give way to any allocation (they never block)."""
-        pinned = self.retention.releasable() if self.retention is not None and include_pins else 0
+    def available(self, include_pins: bool = True, grant: PinGrant = ANY_PIN) -> int:
+        """Slots obtainable now: free plus evictable, plus (unless told not to) what only the trace
+        pins that `grant` lets go of hold."""
+        pinned = self.retention.releasable(grant.kept) if self.retention is not None and include_pins else 0
         return self.pool.allocator.available + self.cache.evictable_size + pinned
 
-    def alloc(self, n: int) -> torch.Tensor:
+    def alloc(self, n: int, grant: PinGrant = ANY_PIN) -> torch.Tensor:
         """Allocate `n` slots, evicting LRU cache leaves first if the free list is short, then
-        releasing trace pins (lowest benefit first) while it still is."""
+        releasing the trace pins `grant` allows (those worth least first) while it still is."""
         allocator = self.pool.allocator
         if n > allocator.available:
             self.evicted_tokens += self.cache.evict(n - allocator.available)
-            while n > allocator.available and self.retention is not None and self.retention.release_one():
-                self.evicted_tokens += self.cache.evict(n - allocator.available)
+            if self.retention is not None:
+                for reason, kept in (("pressure", grant.ahead), ("idle", grant.kept)):
+                    while n > allocator.available and self.retention.release_one(reason, kept):
+                        self.evicted_tokens += self.cache.evict(n - allocator.available)
         return allocator.alloc(n)
 
     def match_and_lock(self, req: Request) -> None:
@@ -73,9 +76,9 @@ class KVManager:
         self.rows.free(req.row)
         req.row, req.prefix_node, req.prefix_len, req.kv_len = None, None, 0, 0
 
-    def extend_slots(self, req: Request, n: int) -> torch.Tensor:
+    def extend_slots(self, req: Request, n: int, grant: PinGrant = ANY_PIN) -> torch.Tensor:
         """Allocate `n` new slots for the request's next tokens and record them in its row."""
-        slots = self.alloc(n)
+        slots = self.alloc(n, grant)
         self.table[req.row, req.kv_len : req.kv_len + n] = slots
         return slots
 

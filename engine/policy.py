@@ -7,12 +7,18 @@
 - `program`: schedule whole agents, not calls (after Autellix): calls of the trace with the least
   attained service (tokens computed for it so far, in doubling levels of `SERVICE_QUANTUM`) first;
   within a level the trace that started first, so agents finish instead of all advancing slowly and a
-  trace's calls stay together; then lpm. A call without a trace is a program of its own.
+  trace's calls stay together; then lpm. A call without a trace is a program of its own. The levels
+  are coarse (2048 tokens, then doublings) so that agents of similar size share a level and run in
+  the order they started (program-level FCFS, as Continuum), while a much longer program gives way to
+  new ones (as Autellix). With trace retention, this order also decides whose pins admission may
+  release (see trace_retention.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import math
+import sys
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .prefix_cache import PrefixCache
 from .radix_cache import TreeNode
@@ -51,8 +57,29 @@ def service_level(attained: int) -> int:
     return (attained // SERVICE_QUANTUM).bit_length()
 
 
+ProgramRank = tuple[int, tuple[float, int]]
+LAST_RANK: ProgramRank = (sys.maxsize, (math.inf, 0))
+
+
+def program_rank(req: Request, traces: TraceTable) -> ProgramRank:
+    """Where the request's program stands in the program policy (smaller goes first)."""
+    return service_level(traces.attained(req.trace_id)), traces.started(req)
+
+
+def trace_rank(trace_id: str, traces: TraceTable) -> ProgramRank:
+    """Where a trace's next call would stand in the program policy; a trace no longer open ranks last."""
+    started = traces.trace_started(trace_id)
+    return LAST_RANK if started is None else (service_level(traces.attained(trace_id)), started)
+
+
+def ranked_at_or_above(req: Request, trace_ids: Iterable[str], traces: TraceTable) -> frozenset[str]:
+    """The traces among `trace_ids` that the program policy puts at or above `req`'s program (its own included)."""
+    rank = program_rank(req, traces)
+    return frozenset(t for t in trace_ids if trace_rank(t, traces) <= rank)
+
+
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:
-    return service_level(traces.attained(req.trace_id)), traces.started(req), -matched
+    return *program_rank(req, traces), -matched
 
 
 def _dfs_weight_order(waiting: Sequence[Request], nodes: dict[int, TreeNode]) -> list[Request]:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from .decoding import Decoding
 from .kv_manager import KVManager
 from .model.context import ForwardMode
-from .policy import order_waiting
+from .policy import order_waiting, ranked_at_or_above
 from .request import FinishReason, Request, ReqStatus, describe
+from .trace_retention import ANY_PIN, PinGrant
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
@@ -151,9 +152,11 @@ class Scheduler:
             todo = req.fill_len - req.kv_len
             n = min(todo, budget)
             reserve = min(req.remaining_output, self.cfg.reserve_clip)
-            if not self.running and not reqs:
+            idle = not self.running and not reqs
+            if idle:
                 reserve = 0  # alone, it may run on what is left: retraction covers its growth
-            if self.kv.available() - reserved < todo + reserve:
+            grant = self._pin_grant(req, idle)
+            if self.kv.available(grant=grant) - reserved < todo + reserve:
                 self.kv.abandon(req)
                 break
             reserved += reserve
@@ -166,7 +169,7 @@ class Scheduler:
             if self.traces is not None:
                 self.traces.on_admit(req)
             self.kv.admitted(req)
-            self.kv.extend_slots(req, n)
+            self.kv.extend_slots(req, n, grant)
             reqs.append(req)
             lens.append(n)
             budget -= n
@@ -176,6 +179,14 @@ class Scheduler:
             return None
         ghosts = self._take_ghosts()
         return Batch(ForwardMode.EXTEND, reqs, lens, ghosts)
+
+    def _pin_grant(self, req: Request, idle: bool) -> PinGrant:
+        """The trace pins admitting `req` may release: under the program policy not those of traces
+        ranked at or above it, unless the engine would otherwise sit `idle`; under the others, any."""
+        retention = self.kv.retention
+        if self.cfg.policy != "program" or retention is None or not retention.pins:
+            return ANY_PIN
+        return PinGrant(ranked_at_or_above(req, retention.pins, self.traces), idle)
 
     def _sibling_computes_prefix(self, req: Request, batch: list[Request]) -> bool:
         """True when a request admitted this round will compute the next `dedup_min_shared` tokens of

@@ -5,15 +5,23 @@ output) gets one extra lock, its *pin*, so LRU eviction cannot take it before th
 A pin is released when the trace's next call is admitted (that call holds its own lock on the path),
 when the trace ends, when its TTL passes, or when memory is needed:
 
-- Pins never block admission: the slots only pins hold count as available (`releasable`), and an
-  allocation that finds the free list and the evictable leaves short releases pins, lowest expected
-  benefit first, until it fits (`release_one`).
+- Admission never waits on a pin under the lpm, fcfs and dfs-weight policies: the slots only pins
+  hold count as available (`releasable`), and an allocation that finds the free list and the
+  evictable leaves short releases pins, lowest expected benefit first (`release_one`).
+- Under the program policy, admission follows the program order instead (a `PinGrant`). Waiting
+  calls are admitted in that order (the first that does not fit ends the round, as under every
+  policy); the one admitted next may release only the pins of traces ranked below it. The pins of
+  traces ranked at or above it are released only when nothing is running and nothing was admitted
+  this round, i.e. when the engine would otherwise sit idle, and then after all the others. Calls
+  already running may grow into any pin. So the engine never idles while work waits, and a call that
+  needs the space gets it at the latest when the calls running ahead of it are done, or when the pins
+  in its way end (next call, end of trace, TTL). Pins then go lowest-ranked trace first, not by benefit.
 - Expected benefit of a pin = tokens it saves per slot-second it holds: its exclusive tokens (those
   no request locks) divided by those same slots times the seconds the agent is still expected to be
   away. The expected remainder is the trace's mean observed tool time minus the time already spent;
   once a tool has run longer than that, the time spent so far is taken as the remainder.
-- A budget caps the pinned share of the pool: a new pin beyond `max_share` releases the lowest
-  benefit pins (possibly itself).
+- A budget caps the pinned share of the pool: a new pin beyond `max_share` releases the pins worth
+  least (possibly itself).
 - Pins only lock tree nodes, so they never change what is computed, only whether it is recomputed.
 
 The `ttl` mode is the SGLang-style baseline: a fixed-TTL pin per call, released by its TTL or, under
@@ -24,15 +32,36 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .prefix_cache import PrefixCache
 from .radix_cache import TreeNode
 from .request import FinishReason, Request
 from .traces import TraceTable
 
+if TYPE_CHECKING:
+    from .policy import ProgramRank
+
 MODES = ("benefit", "ttl")
 MIN_REMAINING_S = 0.05
+
+
+@dataclass(frozen=True)
+class PinGrant:
+    """The pins one allocation may release: all but those of the traces ranked `ahead` of (or level
+    with) the call it is for, and those too (after all the others, counted as `idle` releases) when
+    `idle`: the engine would otherwise sit idle."""
+
+    ahead: frozenset[str] = frozenset()
+    idle: bool = False
+
+    @property
+    def kept(self) -> frozenset[str]:
+        """The pins this allocation leaves in place whatever it needs."""
+        return frozenset() if self.idle else self.ahead
+
+
+ANY_PIN = PinGrant()  # pins never block: calls already running, and every policy but program
 
 
 @dataclass
@@ -50,14 +79,19 @@ class TraceRetention:
     """The pins of the open traces over one prefix cache; see the module docstring."""
 
     def __init__(self, cache: PrefixCache, traces: TraceTable, capacity: int, ttl_s: float, max_share: float,
-                 mode: str = "benefit", clock: Callable[[], float] = time.perf_counter) -> None:
+                 mode: str = "benefit", clock: Callable[[], float] = time.perf_counter,
+                 rank: Callable[[str], ProgramRank] | None = None) -> None:
+        """`rank` (under the program policy): a trace's place in the program order, larger = lower;
+        pins are then released lowest-ranked first instead of lowest benefit first."""
         if mode not in MODES:
             raise ValueError(f"unknown retention mode {mode!r}; choose one of {', '.join(MODES)}")
-        self.cache, self.traces, self.clock = cache, traces, clock
+        self.cache, self.traces, self.clock, self.rank = cache, traces, clock, rank
         self.capacity, self.ttl_s, self.max_share, self.mode = capacity, ttl_s, max_share, mode
         self.pins: dict[str, Pin] = {}
-        self.released: dict[str, int] = {"next_call": 0, "end_trace": 0, "ttl": 0, "pressure": 0, "budget": 0}
-        self._releasable: tuple[int, int] | None = None  # (cache.lock_epoch, tokens)
+        self.released: dict[str, int] = {"next_call": 0, "end_trace": 0, "ttl": 0, "pressure": 0, "idle": 0,
+                                         "budget": 0}
+        self._releasable: dict[frozenset[str], int] = {}  # tokens by kept pins, at lock epoch _epoch
+        self._epoch = -1
 
     # -- hooks (KVManager) ----------------------------------------------------------------------
 
@@ -113,15 +147,19 @@ class TraceRetention:
             self.drop(trace_id, "ttl")
         return len(due)
 
-    def release_one(self, reason: str = "pressure") -> bool:
-        """Release the pin worth least (lowest benefit; the oldest in `ttl` mode). False if none."""
-        if not self.pins:
+    def release_one(self, reason: str = "pressure", kept: frozenset[str] = frozenset()) -> bool:
+        """Release the pin worth least (the lowest-ranked trace's with a `rank`, else the lowest
+        benefit; the oldest in `ttl` mode), leaving the pins of the `kept` traces. False if none."""
+        candidates = [p for p in self.pins.values() if p.trace_id not in kept]
+        if not candidates:
             return False
         if self.mode == "ttl":
-            victim = min(self.pins.values(), key=lambda p: p.since)
+            victim = min(candidates, key=lambda p: p.since)
+        elif self.rank is not None:
+            victim = max(candidates, key=lambda p: self.rank(p.trace_id))
         else:
             now = self.clock()
-            victim = min(self.pins.values(), key=lambda p: self.benefit(p, now))
+            victim = min(candidates, key=lambda p: self.benefit(p, now))
         return self.drop(victim.trace_id, reason)
 
     def release_all(self) -> None:
@@ -144,18 +182,22 @@ class TraceRetention:
             node = node.parent
         return total
 
-    def releasable(self) -> int:
-        """Tokens that releasing every pin would make evictable (held by pins and nothing else)."""
-        if self._releasable is None or self._releasable[0] != self.cache.lock_epoch:
+    def releasable(self, kept: frozenset[str] = frozenset()) -> int:
+        """Tokens that releasing every pin but those of the `kept` traces would make evictable (held
+        by those pins and nothing else)."""
+        if self._epoch != self.cache.lock_epoch:
+            self._releasable, self._epoch = {}, self.cache.lock_epoch
+        if kept not in self._releasable:
             counts: dict[int, int] = {}
             nodes: dict[int, TreeNode] = {}
             for pin in self.pins.values():
+                if pin.trace_id in kept:
+                    continue
                 for node in self.cache.path_nodes(pin.node):
                     counts[node.id] = counts.get(node.id, 0) + 1
                     nodes[node.id] = node
-            tokens = sum(len(nodes[i].key) for i, c in counts.items() if nodes[i].lock_ref == c)
-            self._releasable = (self.cache.lock_epoch, tokens)
-        return self._releasable[1]
+            self._releasable[kept] = sum(len(nodes[i].key) for i, c in counts.items() if nodes[i].lock_ref == c)
+        return self._releasable[kept]
 
     def benefit(self, pin: Pin, now: float) -> float:
         """Expected prompt tokens saved per slot-second the pin still holds."""

@@ -116,6 +116,11 @@ class TraceTable:
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
         return (state.started, state.order) if state is not None else (req.arrival, -1)
 
+    def trace_started(self, trace_id: str) -> tuple[float, int] | None:
+        """When the open trace started, as `started` gives it; None if the trace is not open."""
+        state = self.open.get(trace_id)
+        return (state.started, state.order) if state is not None else None
+
     def expected_tool_seconds(self, trace_id: str) -> float:
         """Mean tool time observed for this trace, else over all traces, else a default."""
         state = self.open.get(trace_id)

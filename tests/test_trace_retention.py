@@ -138,17 +138,82 @@ def test_pressure_releases_pins_lowest_benefit_first():
     run_checked(engine)
 
 
-def test_admission_never_waits_on_pins():
-    engine = make_engine(kv_cache_tokens=300, max_pinned_share=1.0)
+@pytest.mark.parametrize("policy, busy", [("lpm", True), ("fcfs", True), ("dfs-weight", True), ("program", False)])
+def test_admission_never_waits_on_pins_but_under_the_program_policy_while_busy(policy: str, busy: bool):
+    """A new untraced call ranks below every open agent under the program policy: there it takes
+    their pins only when the engine would otherwise idle (busy case: the program tests below)."""
+    engine = make_engine(kv_cache_tokens=300, max_pinned_share=1.0, policy=policy)
     for i in range(4):
         call(engine, tokens(50, 10 + i), f"agent-{i}")
     assert len(engine.kv.retention.pins) == 4
     assert engine.kv.pool.allocator.available + engine.kv.cache.evictable_size < 100
-    big = engine.add_request(tokens(280, 20), SamplingParams(max_new_tokens=2))
-    engine.step()  # admitted in the first step: pins give way
+    if busy:
+        running = engine.add_request(tokens(10, 19), SamplingParams(max_new_tokens=20, ignore_eos=True))
+        engine.step()
+        assert running.status is ReqStatus.DECODING
+    big = engine.add_request(tokens(240, 20), SamplingParams(max_new_tokens=2))
+    engine.step()  # admitted at once: pins give way
     assert big.status is not ReqStatus.WAITING
+    assert engine.kv.retention.released["idle" if policy == "program" else "pressure"] >= 3
+    if policy == "program":
+        assert set(engine.kv.retention.pins) == {"agent-0"}  # lowest-ranked first: the first agent kept its pin
     run_checked(engine)
-    assert not engine.kv.retention.pins
+
+
+def two_agents_and_a_busy_call(clock: list[float]) -> tuple[Engine, dict[str, list[int]], Request]:
+    """A program-policy engine with the pins of "old" (started first, so ranked above) and "young"
+    (a later start), and an untraced call decoding, so the engine is busy."""
+    engine = make_engine(kv_cache_tokens=300, policy="program", max_pinned_share=1.0)
+    engine.traces.clock = engine.kv.retention.clock = lambda: clock[0]
+    paths = {}
+    for name, length, seed in (("old", 80, 1), ("young", 60, 2)):
+        prompt = tokens(length, seed)
+        paths[name] = prompt + call(engine, prompt, name).output_ids
+        clock[0] += 1.0
+    busy = engine.add_request(tokens(20, 3), SamplingParams(max_new_tokens=30, ignore_eos=True))
+    engine.step()
+    assert busy.status is ReqStatus.DECODING and set(engine.kv.retention.pins) == {"old", "young"}
+    return engine, paths, busy
+
+
+def test_program_policy_lower_ranked_call_waits_for_higher_ranked_pins_while_busy_and_takes_them_when_idle():
+    engine, paths, busy = two_agents_and_a_busy_call([0.0])
+    # More than free + evictable, even once the busy call's 50 tokens are evictable: old's pin must go.
+    room = engine.kv.available(include_pins=False)
+    prompt = paths["young"] + tokens(room + 60, 4)
+    young = engine.add_request(prompt, SamplingParams(max_new_tokens=1), trace_id="young")
+    while busy.status is not ReqStatus.FINISHED:
+        engine.step()
+        engine.check_integrity()
+        assert young.status is ReqStatus.WAITING and "old" in engine.kv.retention.pins
+    engine.step()  # nothing else runs: the engine would idle, so old's pin gives way
+    assert young.status is not ReqStatus.WAITING
+    assert "old" not in engine.kv.retention.pins and engine.kv.retention.released["idle"] == 1
+    run_checked(engine)
+    assert young.output_ids == engine.model.reference(prompt, 1)  # pins never change outputs
+    assert busy.output_ids == engine.model.reference(busy.prompt_ids, 30)
+
+
+def test_program_policy_higher_ranked_call_releases_lower_ranked_pins_at_once():
+    engine, paths, busy = two_agents_and_a_busy_call([0.0])
+    room = engine.kv.available(include_pins=False)  # 20 short of free + evictable: young's pin must go
+    old = engine.add_request(paths["old"] + tokens(room + 20, 5), SamplingParams(max_new_tokens=1), trace_id="old")
+    engine.step()
+    assert busy.status is ReqStatus.DECODING and old.status is not ReqStatus.WAITING
+    assert set(engine.kv.retention.pins) == set() and engine.kv.retention.released["pressure"] == 1
+    assert engine.kv.retention.released["next_call"] == 1  # old's own pin: its call holds the path
+    run_checked(engine)
+
+
+def test_program_policy_releases_pins_lowest_ranked_first():
+    engine = make_engine(kv_cache_tokens=400, policy="program", max_pinned_share=0.25)
+    now = [0.0]
+    engine.traces.clock = engine.kv.retention.clock = lambda: now[0]
+    for i in range(3):  # 38 tokens each: two fit in the budget of 100
+        call(engine, tokens(30, 120 + i), f"agent-{i}")
+        now[0] += 1.0
+    assert set(engine.kv.retention.pins) == {"agent-0", "agent-1"}  # the latest program's pin went
+    assert engine.kv.retention.released["budget"] == 1
 
 
 def test_budget_caps_the_pinned_share():
