@@ -10,8 +10,8 @@ SmolLM2-135M (the embedded Q4_1 GGUF), one run, the same thread count for every 
     the bf16 matmul peak, and the compile/warm-up time;
   * llama-cpp-python on the same GGUF and thread count, in a subprocess (a crash is a failed row):
     batch-1 decode (`Llama.eval` one token at a time) and 1,024-token prefill;
-  * quality per format: greedy agreement with radixlm fp32 (tokens before the first divergence over
-    all generated tokens, several prompts) and perplexity on a fixed text, teacher-forced through the
+  * quality per format: greedy agreement with radixlm fp32 and with llama.cpp (tokens before the first
+    divergence over all generated tokens, several prompts) and perplexity on a fixed text, teacher-forced through the
     decode pass token by token (so it measures the decode weights); llama.cpp's perplexity from its
     own logits on the same token ids.
 
@@ -46,8 +46,9 @@ FORMATS: dict[str, dict[str, Any]] = {
     "bf16": dict(dtype="bfloat16"),
     "auto, compiled": dict(dtype="auto", compile_decode=True),
     "auto, int8, compiled": dict(dtype="auto", quantization="int8", compile_decode=True),
+    "auto, q4, compiled": dict(dtype="auto", quantization="q4", compile_decode=True),
 }
-QUICK_FORMATS = ("fp32", "bf16", "auto, int8, compiled")
+QUICK_FORMATS = ("fp32", "bf16", "auto, q4, compiled")
 AGREEMENT_PROMPTS = [
     "Tell me a long story about a dragon and a knight.",
     "Explain how a radix tree stores strings.",
@@ -323,7 +324,7 @@ def main() -> None:
     bw, peak = ceilings["read_gb_s"], ceilings["matmul_bf16_gflop_s"]
     flops = prefill_flops(cfg, PREFILL_TOKENS)
     headers = ["system / format", "decode b1 tok/s", "GB/s (% of read bw)", *(f"decode b{b} tok/s" for b in BATCHES),
-               "prefill tok/s", "% bf16 peak", "vs llama.cpp decode", "greedy agreement", "perplexity (delta)"]
+               "prefill tok/s", "% bf16 peak", "vs llama.cpp decode", "greedy agreement", "agreement with llama.cpp", "perplexity (delta)"]
     table = []
     for name, r in rows.items():
         gbs = r["decode_weight_bytes"] * r["decode_tok_s"] / 1e9
@@ -331,13 +332,15 @@ def main() -> None:
         table.append([f"radixlm {name}", r["decode_tok_s"], f"{gbs:.1f} ({100 * gbs / bw:.0f}%)",
                       *(r["batch_decode_tok_s"][b] for b in BATCHES), r["prefill_tok_s"],
                       f"{100 * flops * r['prefill_tok_s'] / PREFILL_TOKENS / 1e9 / peak:.0f}%", vs,
-                      f"{100 * agreement(r['outputs'], ref):.1f}%", f"{r['perplexity']:.3f} ({r['perplexity'] - fp32_ppl:+.3f})"])
+                      f"{100 * agreement(r['outputs'], ref):.1f}%",
+                      f"{100 * agreement(r['outputs'], llama['outputs']):.1f}%" if "outputs" in llama else "",
+                      f"{r['perplexity']:.3f} ({r['perplexity'] - fp32_ppl:+.3f})"])
     if "error" in llama:
         table.append(["llama-cpp-python Q4_1", "failed", llama["error"], *("" for _ in headers[3:])])
     else:
         table.append([f"llama-cpp-python {llama['version']} Q4_1", llama["decode_tok_s"], "",
                       *("" for _ in BATCHES), llama["prefill_tok_s"], "",
-                      1.0, f"{100 * agreement(llama['outputs'], ref):.1f}%",
+                      1.0, f"{100 * agreement(llama['outputs'], ref):.1f}%", "100.0%",
                       f"{llama['perplexity']:.3f} ({llama['perplexity'] - fp32_ppl:+.3f})"])
     print()
     print_table(headers, table)

@@ -28,7 +28,7 @@ from .systems import HF, LLAMACPP, QUANTIZED, install_peers
 from .workloads import registry
 
 SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off",
-               "int8": QUANTIZED, "hf": HF, "llama-cpp": LLAMACPP}
+               "int8": "radixlm int8", "q4": QUANTIZED, "hf": HF, "llama-cpp": LLAMACPP}
 REFERENCE = "radixlm lpm"  # the system every other one's outputs are compared with
 
 

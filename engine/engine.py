@@ -68,8 +68,9 @@ class EngineConfig:
                                  "(--no-jump-forward: decode them one by one)")
     attention_backend: str = _option("auto", "attention kernels (auto: torch on CPU, triton on CUDA)", BACKENDS)
     device: str = _option("cpu", "where the model, KV pool and sampler tensors live (cpu, cuda or cuda:N)")
-    quantization: str = _option("none", "decode weights: none, or int8 weight-only (per-channel scales)",
-                                QUANTIZATIONS)
+    quantization: str = _option("none", "decode weights: none; int8 weight-only (per-channel scales); q4 "
+                                "(4-bit blocks of 32 with a scale and an offset, GGUF's Q4_1: a Q4_1 GGUF keeps "
+                                "its own weights; the head stays int8)", QUANTIZATIONS)
     compile_decode: bool = _option(False, "torch.compile the batch-1 decode pass (costs compile time at start)")
     trace_retention: bool = _option(True, "keep an agent trace's newest path pinned while it runs a tool "
                                     "(--no-trace-retention: plain LRU)")

@@ -36,7 +36,7 @@ def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = torch.
                quantization: str = "none", compile_decode: bool = False) -> LoadedModel:
     """Resolve `name` (alias, .gguf or HF folder), load weights and tokenizer, and build the model
     with the attention backend for `device` (torch on CPU, triton on CUDA). `dtype` is a torch dtype
-    or a name ("float32", "bfloat16", "auto": see `model.precision`); `quantization` ("none", "int8")
+    or a name ("float32", "bfloat16", "auto": see `model.precision`); `quantization` ("none", "int8", "q4")
     and `compile_decode` choose the decode pass's weights and whether it is compiled."""
     start = time.perf_counter()
     precision = resolve_precision(dtype, device)

@@ -131,7 +131,7 @@ def test_agreement_counts_equal_programs_and_token_ratio():
     assert results["w"]["ref"]["agreement"]["equal"] == 2 and "agreement" not in results["w"]["broken"]
 
 
-def test_the_int8_system_is_held_to_the_llama_cpp_target_where_it_ran():
+def test_the_quantized_system_is_held_to_the_llama_cpp_target_where_it_ran():
     from radixlm.bench.systems import LLAMACPP
 
     row = {"programs_per_s": 1.0}

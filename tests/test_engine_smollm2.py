@@ -89,12 +89,13 @@ def test_bfloat16_engine_tracks_the_float32_one(smollm2):
     assert out.completion_tokens > 3 and any(w in text for w in ("blue", "light", "scatter")), out.text
 
 
-def test_int8_compiled_decode_batches_match_one_at_a_time():
-    """Compiled int8 decode runs a batch row by row through the batch-1 graph: every sequence's greedy
-    tokens are the same whether it decodes alone or beside others (batches up to the limit and above)."""
+@pytest.mark.parametrize("quantization", ["int8", "q4"])
+def test_quantized_compiled_decode_batches_match_one_at_a_time(quantization: str):
+    """Compiled quantized decode runs a batch row by row through the batch-1 graph: every sequence's
+    greedy tokens are the same whether it decodes alone or beside others (batches up to the limit and above)."""
     from radixlm.engine.model.decode_step import BATCH_LIMIT_QUANTIZED
 
-    engine = Engine.from_model("smollm2", EngineConfig(dtype="float32", quantization="int8", compile_decode=True))
+    engine = Engine.from_model("smollm2", EngineConfig(dtype="float32", quantization=quantization, compile_decode=True))
     step = engine.model.decode_step
     assert step is not None and step.max_batch == BATCH_LIMIT_QUANTIZED
     prompts = [engine.prompt_ids(messages=[{"role": "user", "content": f"Tell me about {t}."}])

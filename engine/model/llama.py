@@ -6,7 +6,7 @@ that layout faster for small batches); q/k/v and gate/up projections are fused i
 into the pool through the attention backend, and returns logits for the context's `logit_rows`.
 
 Extend passes and decode passes may run in different formats (`Precision`, `quantization`): decode
-batches of up to `DecodeStep.max_batch` rows then go through `DecodeStep` (its own weights: int8 or
+batches of up to `DecodeStep.max_batch` rows then go through `DecodeStep` (its own weights: int8, 4-bit or
 another dtype, eager or compiled); the KV pool is in the decode dtype.
 """
 
@@ -72,7 +72,7 @@ class LlamaModel:
         compile_decode: bool = False,
     ) -> None:
         """`dtype`: one dtype for every pass, or a `Precision` (extend and decode dtypes);
-        `quantization`: "none" or "int8" (decode weights); `compile_decode`: torch.compile the decode pass."""
+        `quantization`: "none", "int8" or "q4" (decode weights); `compile_decode`: torch.compile the decode pass."""
         precision = dtype if isinstance(dtype, Precision) else Precision(dtype, dtype)
         self.cfg, self.attention = cfg, attention
         # dtype: the decode pass's and the KV pool's; extend_dtype: the extend pass's weights and activations

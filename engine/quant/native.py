@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -38,6 +40,10 @@ def q4_kernel_available() -> bool:
     it cannot be built."""
     from torch.utils.cpp_extension import load
 
+    if shutil.which("ninja") is None:  # pip's ninja, when its environment's bin folder is not on PATH
+        import ninja
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
     key = cpu_key()
     build = cache_root() / "kernels" / key
     build.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@
 //
 // Like llama.cpp's Q4_1 x Q8_1 product, x is quantized per block of 32 to int8 (scale dx = max|x| /
 // 127) and each block's dot is an integer dot: sum_j w[j] x[j] ~= d * dx * sum_j q[j] xq[j] +
-// m * sum_j x[j]. Every weight byte is read once for all B rows of x.
+// m * dx * sum_j xq[j]. Every weight byte is read once for all B rows of x.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -75,8 +75,8 @@ inline __m256 load_halves(const uint16_t* p) {
   return _mm256_cvtph_ps(h);
 }
 
-// x's rows quantized per block: xq [B, in] int8 and, per block, dx (x ~ dx * xq) and the float sum
-// of x (for the m term). dx and xsum carry kMaxGroup zeros past the last row, so a group's 8-lane load
+// x's rows quantized per block: xq [B, in] int8 and, per block, dx (x ~ dx * xq) and the sum of the
+// rounded x, dx * sum(xq) (for the m term). dx and xsum carry kMaxGroup zeros past the last row, so a group's 8-lane load
 // never reads past them.
 struct QuantizedX {
   int64_t in, blocks;
@@ -90,11 +90,10 @@ QuantizedX quantize_x(const float* x, int64_t batch, int64_t in) {
                std::vector<float>(batch * blocks + kMaxGroup, 0.0f)};
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t i = 0; i < batch * blocks; ++i) {
-    __m256 f[4], amax = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+    __m256 f[4], amax = _mm256_setzero_ps();
     for (int j = 0; j < 4; ++j) {
       f[j] = _mm256_loadu_ps(x + i * kBlock + 8 * j);
       amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, f[j]));
-      sum = _mm256_add_ps(sum, f[j]);
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
@@ -108,7 +107,10 @@ QuantizedX quantize_x(const float* x, int64_t batch, int64_t in) {
         _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.xq.data() + i * kBlock), bytes);
     q.dx[i] = d;
-    q.xsum[i] = reduce(sum);
+    // the sum of the rounded x, so both terms multiply the same x: the error is then sum_j w_j (x'_j - x_j),
+    // not (w_j - m) (x'_j - x_j), which all share m's sign
+    const __m256i total = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+    q.xsum[i] = d * reduce(_mm256_cvtepi32_ps(total));
   }
   return q;
 }

@@ -1,0 +1,138 @@
+"""4-bit decode weights (Q4_1 blocks): the block format, the native kernel against plain torch, and
+the decode pass with them (eager and compiled) on tiny random Llama3/Qwen2/Qwen3 models."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
+
+from radixlm.engine.attention.torch_backend import TorchAttention
+from radixlm.engine.model import decode_step
+from radixlm.engine.model.llama import LlamaModel
+from radixlm.engine.quant.int8 import Int8Weight
+from radixlm.engine.quant.native import q4_kernel_available
+from radixlm.engine.quant.q4 import Q4Weight, matmul_dequant, matmul_native
+
+PROMPTS = [[3, 17, 42, 9, 88, 5], [7, 7, 1], [100, 2, 64, 31, 12, 9, 5, 77, 1, 2]]
+CAN_BUILD = platform.machine() in ("x86_64", "AMD64") and shutil.which("c++") is not None
+needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="the native 4-bit kernel builds on x86 with a C++ compiler")
+
+
+def q4_state(kind: str, seed: int) -> tuple[dict[str, torch.Tensor], object]:
+    """A tiny model's weights with every layer matrix replaced by its 4-bit round trip and the head
+    by its int8 one (the 4-bit pass's head is int8): an fp32 model on them holds exactly the weights
+    of the 4-bit decode pass."""
+    pair = build(kind, seed)
+    head = "model.embed_tokens.weight" if pair.cfg.tie_word_embeddings else "lm_head.weight"
+
+    def round_trip(name: str, t: torch.Tensor) -> torch.Tensor:
+        if name == head:
+            return Int8Weight.quantize(t).dequantize()
+        return Q4Weight.quantize(t).dequantize() if name.startswith("model.layers.") and t.dim() == 2 else t
+
+    return {n: round_trip(n, t) for n, t in pair.hf.state_dict().items()}, pair.cfg
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 5), pairs=st.integers(1, 4), seed=st.integers(0, 2**16), scale=st.floats(1e-3, 10))
+def test_blocks_round_trip_exactly_and_stay_within_half_a_step(rows: int, pairs: int, seed: int, scale: float) -> None:
+    w = torch.randn(rows, 64 * pairs, generator=torch.Generator().manual_seed(seed)) * scale
+    qw = Q4Weight.quantize(w)
+    assert qw.packed.shape == (rows, 32 * pairs) and qw.d.shape == qw.m.shape == (rows, 2 * pairs)
+    assert int(qw.codes().max()) <= 15
+    step = qw.d.float().repeat_interleave(32, dim=1)
+    # half a step from the rounding, plus the float16 rounding of the block's offset
+    slack = qw.m.float().abs().repeat_interleave(32, dim=1) * 2**-10 + 1e-6
+    assert torch.all((qw.dequantize() - w).abs() <= step / 2 + slack)
+    again = Q4Weight.quantize(qw.dequantize())
+    assert torch.equal(again.packed, qw.packed) and torch.equal(again.d, qw.d) and torch.equal(again.m, qw.m)
+
+
+def test_constant_blocks_quantize_to_their_value() -> None:
+    w = torch.full((2, 64), 0.25)
+    assert torch.equal(Q4Weight.quantize(w).dequantize(), w)
+
+
+def test_rows_must_be_whole_block_pairs() -> None:
+    with pytest.raises(ValueError, match="multiple of 64"):
+        Q4Weight.quantize(torch.ones(4, 96))
+    with pytest.raises(ValueError, match="2-D"):
+        Q4Weight.quantize(torch.ones(64))
+
+
+@needs_kernel
+def test_kernel_builds_on_this_cpu() -> None:
+    assert q4_kernel_available()
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+@pytest.mark.parametrize("size", [64, 128, 192, 256, 576])  # 1, 2, 3, 4 and 9 block pairs per row
+def test_kernel_matches_plain_torch(batch: int, size: int) -> None:
+    assert q4_kernel_available()
+    gen = torch.Generator().manual_seed(batch * 1000 + size)
+    qw = Q4Weight.quantize(torch.randn(37, size, generator=gen) * 0.1)
+    x = torch.randn(batch, size, generator=gen)
+    ref, ours = matmul_dequant(x, qw.packed, qw.d, qw.m), matmul_native(x, qw.packed, qw.d, qw.m)
+    # x is rounded to int8 per block of 32 (as llama.cpp does), so the products agree to ~1%
+    assert float((ours - ref).norm() / ref.norm()) < 0.02
+    exact = torch.zeros(batch, size)
+    exact[:, ::7] = 1.0  # exactly representable in int8 blocks: then the integer dot is exact
+    torch.testing.assert_close(matmul_native(exact, qw.packed, qw.d, qw.m),
+                               matmul_dequant(exact, qw.packed, qw.d, qw.m), atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_kernel_names_a_shape_mismatch() -> None:
+    assert q4_kernel_available()
+    qw = Q4Weight.quantize(torch.randn(8, 128))
+    with pytest.raises(RuntimeError, match="x has 64 columns"):
+        torch.ops.radixlm.q4_gemv(torch.randn(1, 64), qw.packed, qw.d, qw.m)
+    with pytest.raises(RuntimeError, match="at most 8 rows"):
+        torch.ops.radixlm.q4_gemv(torch.randn(9, 128), qw.packed, qw.d, qw.m)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_torch_q4_decode_matches_fp32_on_the_same_weights(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode_step, "q4_kernel_available", lambda: False)
+    state, cfg = q4_state(kind, KINDS.index(kind))
+    ref = LlamaModel(cfg, state, TorchAttention())
+    q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
+    assert q4.decode_step is not None and q4.decode_step.matrix(0, "gate_up")[0].dtype == torch.uint8
+    ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=5)
+    tokens, logits = greedy_decode(q4, new_pool(cfg), PROMPTS, steps=5)
+    assert tokens == ref_tokens
+    for ours, theirs in zip(logits, ref_logits):
+        assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_q4_decode_stays_close_to_fp32(kind: str) -> None:
+    state, cfg = q4_state(kind, KINDS.index(kind))
+    ref = LlamaModel(cfg, state, TorchAttention())
+    q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
+    _, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=1)
+    _, logits = greedy_decode(q4, new_pool(cfg), PROMPTS, steps=1)
+    for ours, theirs in zip(logits, ref_logits):
+        ours, theirs = torch.stack(ours), torch.stack(theirs)
+        assert float((ours - theirs).norm() / theirs.norm()) < 0.03
+
+
+@needs_kernel
+def test_compiled_q4_decode_matches_eager() -> None:
+    state, cfg = q4_state("qwen3", 2)
+    eager = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
+    compiled = LlamaModel(cfg, state, TorchAttention(), quantization="q4", compile_decode=True)
+    for prompts in (PROMPTS[:1], PROMPTS):
+        ref_tokens, ref_logits = greedy_decode(eager, new_pool(cfg), prompts, steps=4)
+        tokens, logits = greedy_decode(compiled, new_pool(cfg), prompts, steps=4)
+        assert tokens == ref_tokens
+        for ours, theirs in zip(logits, ref_logits):
+            assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
