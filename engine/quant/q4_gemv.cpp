@@ -28,6 +28,7 @@ namespace {
 constexpr int64_t kBlock = 32;
 constexpr int64_t kMaxBatch = 8;
 constexpr int64_t kMaxGroup = 8;  // blocks whose integer dots are summed and scaled in one vector
+constexpr int64_t kPrefetchRows = 8;
 
 // 32 unsigned nibbles times 32 signed int8 -> 8 int32 partial sums.
 inline __m256i dot_u4_s8(__m256i w, __m256i xq) {
@@ -122,8 +123,12 @@ void rows_dot(const QuantizedX& x, const uint8_t* packed, const uint16_t* d, con
               int64_t begin, int64_t end, float* y) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
   const int64_t blocks = x.blocks;
+  const int64_t row_bytes = x.in / 2;
   for (int64_t r = begin; r < end; ++r) {
-    const uint8_t* row = packed + r * (x.in / 2);
+    const uint8_t* row = packed + r * row_bytes;
+    if (r + kPrefetchRows < end) {
+      for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * row_bytes + off), _MM_HINT_T0);
+    }
     __m256 acc[B], offset[B];
     for (int b = 0; b < B; ++b) acc[b] = offset[b] = _mm256_setzero_ps();
     for (int64_t k0 = 0; k0 < blocks; k0 += N) {
