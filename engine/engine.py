@@ -70,7 +70,7 @@ class EngineConfig:
     device: str = _option("cpu", "where the model, KV pool and sampler tensors live (cpu, cuda or cuda:N)")
     quantization: str = _option("none", "decode weights: none; int8 weight-only (per-channel scales); q4 "
                                 "(4-bit blocks of 32 with a scale and an offset, GGUF's Q4_1: a Q4_1 GGUF keeps "
-                                "its own weights; the head stays int8)", QUANTIZATIONS)
+                                "its own weights; the head in 8-bit blocks, GGUF's Q8_0)", QUANTIZATIONS)
     compile_decode: bool = _option(False, "torch.compile the batch-1 decode pass (costs compile time at start)")
     trace_retention: bool = _option(True, "keep an agent trace's newest path pinned while it runs a tool "
                                     "(--no-trace-retention: plain LRU)")

@@ -1,5 +1,6 @@
-"""4-bit decode weights (Q4_1 blocks): the block format, the native kernel against plain torch, and
-the decode pass with them (eager and compiled) on tiny random Llama3/Qwen2/Qwen3 models."""
+"""Block-quantized decode weights (Q4_1 layers, Q8_0 head): the block formats, the native kernels
+against plain torch, and the decode pass with them (eager and compiled) on tiny random
+Llama3/Qwen2/Qwen3 models."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.model import decode_step
 from radixlm.engine.model.llama import LlamaModel
-from radixlm.engine.quant.int8 import Int8Weight
-from radixlm.engine.quant.native import q4_kernel_available
+from radixlm.engine.quant.native import block_kernels_available
 from radixlm.engine.quant.q4 import Q4Weight, matmul_dequant, matmul_native
+from radixlm.engine.quant.q8 import Q8Weight
+from radixlm.engine.quant.q8 import matmul_dequant as q8_matmul_dequant
+from radixlm.engine.quant.q8 import matmul_native as q8_matmul_native
 
 PROMPTS = [[3, 17, 42, 9, 88, 5], [7, 7, 1], [100, 2, 64, 31, 12, 9, 5, 77, 1, 2]]
 CAN_BUILD = platform.machine() in ("x86_64", "AMD64") and shutil.which("c++") is not None
@@ -26,14 +29,13 @@ needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="the native 4-bit kernel
 
 def q4_state(kind: str, seed: int) -> tuple[dict[str, torch.Tensor], object]:
     """A tiny model's weights with every layer matrix replaced by its 4-bit round trip and the head
-    by its int8 one (the 4-bit pass's head is int8): an fp32 model on them holds exactly the weights
-    of the 4-bit decode pass."""
+    by its 8-bit block one: an fp32 model on them holds exactly the weights of the q4 decode pass."""
     pair = build(kind, seed)
     head = "model.embed_tokens.weight" if pair.cfg.tie_word_embeddings else "lm_head.weight"
 
     def round_trip(name: str, t: torch.Tensor) -> torch.Tensor:
         if name == head:
-            return Int8Weight.quantize(t).dequantize()
+            return Q8Weight.quantize(t).dequantize()
         return Q4Weight.quantize(t).dequantize() if name.startswith("model.layers.") and t.dim() == 2 else t
 
     return {n: round_trip(n, t) for n, t in pair.hf.state_dict().items()}, pair.cfg
@@ -68,14 +70,14 @@ def test_rows_must_be_whole_block_pairs() -> None:
 
 @needs_kernel
 def test_kernel_builds_on_this_cpu() -> None:
-    assert q4_kernel_available()
+    assert block_kernels_available()
 
 
 @needs_kernel
 @pytest.mark.parametrize("batch", [1, 2, 3, 8])
 @pytest.mark.parametrize("size", [64, 128, 192, 256, 576])  # 1, 2, 3, 4 and 9 block pairs per row
 def test_kernel_matches_plain_torch(batch: int, size: int) -> None:
-    assert q4_kernel_available()
+    assert block_kernels_available()
     gen = torch.Generator().manual_seed(batch * 1000 + size)
     qw = Q4Weight.quantize(torch.randn(37, size, generator=gen) * 0.1)
     x = torch.randn(batch, size, generator=gen)
@@ -90,7 +92,7 @@ def test_kernel_matches_plain_torch(batch: int, size: int) -> None:
 
 @needs_kernel
 def test_kernel_names_a_shape_mismatch() -> None:
-    assert q4_kernel_available()
+    assert block_kernels_available()
     qw = Q4Weight.quantize(torch.randn(8, 128))
     with pytest.raises(RuntimeError, match="x has 64 columns"):
         torch.ops.radixlm.q4_gemv(torch.randn(1, 64), qw.packed, qw.d, qw.m)
@@ -100,7 +102,7 @@ def test_kernel_names_a_shape_mismatch() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_plain_torch_q4_decode_matches_fp32_on_the_same_weights(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decode_step, "q4_kernel_available", lambda: False)
+    monkeypatch.setattr(decode_step, "block_kernels_available", lambda: False)
     state, cfg = q4_state(kind, KINDS.index(kind))
     ref = LlamaModel(cfg, state, TorchAttention())
     q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
@@ -136,3 +138,30 @@ def test_compiled_q4_decode_matches_eager() -> None:
         assert tokens == ref_tokens
         for ours, theirs in zip(logits, ref_logits):
             assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(rows=st.integers(1, 5), pairs=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_8_bit_blocks_round_trip_exactly(rows: int, pairs: int, seed: int) -> None:
+    w = torch.randn(rows, 64 * pairs, generator=torch.Generator().manual_seed(seed))
+    bw = Q8Weight.quantize(w)
+    assert bw.q.dtype == torch.int8 and bw.d.shape == (rows, 2 * pairs)
+    assert torch.all((bw.dequantize() - w).abs() <= bw.d.float().repeat_interleave(32, dim=1) / 2 + 1e-6)
+    again = Q8Weight.quantize(bw.dequantize())
+    assert torch.equal(again.q, bw.q) and torch.equal(again.d, bw.d)
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("size", [64, 192, 576])
+def test_8_bit_kernel_matches_plain_torch(batch: int, size: int) -> None:
+    assert block_kernels_available()
+    gen = torch.Generator().manual_seed(batch + size)
+    bw = Q8Weight.quantize(torch.randn(41, size, generator=gen))
+    x = torch.randn(batch, size, generator=gen)
+    ref, ours = q8_matmul_dequant(x, bw.q, bw.d), q8_matmul_native(x, bw.q, bw.d)
+    assert float((ours - ref).norm() / ref.norm()) < 0.01
+    exact = torch.zeros(batch, size)
+    exact[:, ::5] = -1.0
+    torch.testing.assert_close(q8_matmul_native(exact, bw.q, bw.d), q8_matmul_dequant(exact, bw.q, bw.d),
+                               atol=1e-4, rtol=1e-4)

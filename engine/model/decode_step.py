@@ -9,8 +9,8 @@ serves every block (same shapes, weights are arguments), so compile time does no
 KV length is a dynamic dimension.
 
 Weights of this pass are dense ([in, out], the decode dtype), int8 (`Int8Weight`: the plain-torch
-dequantize + GEMM eagerly, a fused int8 GEMV when compiled) or 4-bit (`Q4Weight`, the layers only: the
-native kernel where it builds, else plain torch; the head stays int8).
+dequantize + GEMM eagerly, a fused int8 GEMV when compiled) or 4-bit (`Q4Weight` layers and a
+`Q8Weight` head, as a Q4_1 GGUF stores them: the native kernels where they build, else plain torch).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..quant import int8, q4
-from ..quant.native import q4_kernel_available
+from ..quant import int8, q4, q8
+from ..quant.native import block_kernels_available
 from .config import ModelConfig
 from .context import ForwardContext
 
@@ -50,25 +50,28 @@ COMPILE_OPTIONS["cpp_wrapper"] = True
 # graph 113 (but 50 s of compile instead of 20 at start).
 BLOCK_LAYERS = 6
 
-# (w [in, out],) dense, (q [out, in] int8, scale [out]) int8, or (packed, d, m) 4-bit (`Q4Weight`)
+# (w [in, out],) dense; (q [out, in] int8, scale [out] float32) int8 per channel; (q [out, in] int8,
+# d [out, in / 32] float16) 8-bit blocks (`Q8Weight`); (packed, d, m) 4-bit blocks (`Q4Weight`)
 Matrix = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
 class Kernels:
     """How this pass multiplies: `compiled` (the fused int8 GEMV, else dequantize + GEMM) and
-    `native_q4` (the native 4-bit kernel, else plain torch)."""
+    `native_blocks` (the native block-quantized kernels, else plain torch)."""
 
     compiled: bool
-    native_q4: bool
+    native_blocks: bool
 
     def linear(self, x: torch.Tensor, w: Matrix) -> torch.Tensor:
-        """x [rows, in] times a dense, int8 or 4-bit matrix -> [rows, out]."""
+        """x [rows, in] times a dense, int8, 8-bit block or 4-bit block matrix -> [rows, out]."""
         if len(w) == 1:
             return x @ w[0]
-        if len(w) == 2:
-            return int8.matmul_reduce(x, *w) if self.compiled else int8.matmul_dequant(x, *w)
-        return q4.matmul_native(x, *w) if self.native_q4 else q4.matmul_dequant(x, *w)
+        if len(w) == 3:
+            return q4.matmul_native(x, *w) if self.native_blocks else q4.matmul_dequant(x, *w)
+        if w[1].dtype == torch.float16:
+            return q8.matmul_native(x, *w) if self.native_blocks else q8.matmul_dequant(x, *w)
+        return int8.matmul_reduce(x, *w) if self.compiled else int8.matmul_dequant(x, *w)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -186,6 +189,9 @@ class DecodeStep:
             if fmt == "q4":
                 qw = q4.Q4Weight.quantize(w)
                 return (qw.packed, qw.d, qw.m)
+            if fmt == "q8":
+                bw = q8.Q8Weight.quantize(w)
+                return (bw.q, bw.d)
             if fmt == "int8":
                 iw = int8.Int8Weight.quantize(w)
                 return (iw.q, iw.scale)
@@ -212,11 +218,11 @@ class DecodeStep:
                 "k_norm": dense(attn + "k_norm.weight") if cfg.qk_norm else None,
             })
         head_name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-        head_format = "int8" if quantization == "q4" else quantization
+        head_format = "q8" if quantization == "q4" else quantization
         self.lm_head = (reuse_head,) if reuse_head is not None else matrix(head_name, fmt=head_format)
         self.norm = dense("model.norm.weight")
         shape = LayerShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
-        kernels = Kernels(compiled, quantization == "q4" and q4_kernel_available())
+        kernels = Kernels(compiled, quantization == "q4" and block_kernels_available())
         block_fn, head_fn = make_block_fn(make_layer_fn(shape, kernels)), make_head_fn(shape, kernels)
         if compiled:
             block_fn = torch.compile(block_fn, fullgraph=True, options=COMPILE_OPTIONS)

@@ -1,10 +1,11 @@
-"""The native 4-bit GEMV (`q4_gemv.cpp`), compiled for this CPU at first use.
+"""The native block-quantized GEMVs (`block_gemv.cpp`: 4-bit Q4_1 and 8-bit Q8_0 blocks), compiled
+for this CPU at first use.
 
 The kernel is built with `torch.utils.cpp_extension` (a C++ compiler and ninja) with `-march=native`,
 once per CPU kind: the build folder lives in radixlm's cache under a key of the CPU's model and flags,
 so a cache shared by machines of different kinds never runs code built for another. Where it cannot
-build (no compiler, a CPU without AVX2/FMA/F16C, not x86), `q4_kernel_available()` says so and logs
-why, and 4-bit weights are multiplied in plain torch.
+build (no compiler, a CPU without AVX2/FMA/F16C, not x86), `block_kernels_available()` says so and
+logs why, and block-quantized weights are multiplied in plain torch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from ..model_source import cache_root
 
 log = logging.getLogger("radixlm.engine")
-SOURCE = Path(__file__).with_name("q4_gemv.cpp")
+SOURCE = Path(__file__).with_name("block_gemv.cpp")
 
 
 def cpu_key() -> str:
@@ -35,9 +36,9 @@ def cpu_key() -> str:
 
 
 @functools.cache
-def q4_kernel_available() -> bool:
-    """Build (first time on this CPU kind) and load the kernel; False, logged with the reason, where
-    it cannot be built."""
+def block_kernels_available() -> bool:
+    """Build (first time on this CPU kind) and load the kernels; False, logged with the reason, where
+    they cannot be built."""
     from torch.utils.cpp_extension import load
 
     if shutil.which("ninja") is None:  # pip's ninja, when its environment's bin folder is not on PATH
@@ -48,15 +49,20 @@ def q4_kernel_available() -> bool:
     build = cache_root() / "kernels" / key
     build.mkdir(parents=True, exist_ok=True)
     try:
-        load(name=f"radixlm_q4_gemv_{key}", sources=[str(SOURCE)], build_directory=str(build),
+        load(name=f"radixlm_block_gemv_{key}", sources=[str(SOURCE)], build_directory=str(build),
              extra_cflags=["-O3", "-march=native", "-fopenmp"], is_python_module=False, verbose=False)
     except (RuntimeError, OSError, ImportError) as exc:  # compiler missing, or a CPU the source rejects
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("4-bit kernel unavailable on this CPU (%s); 4-bit weights use plain torch", first)
+        log.warning("block-quantized kernels unavailable on this CPU (%s); those weights use plain torch", first)
         return False
     torch.library.register_fake("radixlm::q4_gemv")(_q4_gemv_shape)
+    torch.library.register_fake("radixlm::q8_gemv")(_q8_gemv_shape)
     return True
 
 
 def _q4_gemv_shape(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0], packed.shape[0]))
+
+
+def _q8_gemv_shape(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], q.shape[0]))

@@ -7,7 +7,7 @@ Q4_1 GGUF multiplies by the same weights llama.cpp does.
 
 `Q4Weight.packed` holds a row's blocks in pairs, 32 bytes per pair: byte j carries q[j] of the
 pair's first block in its low nibble and q[j] of the second in its high nibble (the layout the native
-kernel reads with one load per pair; see q4_gemv.cpp). Two ways to multiply:
+kernel reads with one load per pair; see block_gemv.cpp). Two ways to multiply:
   * `matmul_native`: the native kernel (`radixlm::q4_gemv`, built at first use; see `native.py`);
     x is quantized per block to int8 there, as llama.cpp does, for an integer dot;
   * `matmul_dequant`: plain torch (dequantize the matrix, one GEMM), for CPUs the kernel does not
@@ -69,5 +69,5 @@ def matmul_dequant(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: to
 
 def matmul_native(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """x [rows <= 8, in] times the 4-bit weight -> [rows, out] in x's dtype, through the native kernel
-    (`native.q4_kernel_available()` must be true)."""
+    (`native.block_kernels_available()` must be true)."""
     return torch.ops.radixlm.q4_gemv(x.float(), packed, d, m).to(x.dtype)
