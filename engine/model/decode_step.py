@@ -34,16 +34,16 @@ QUANTIZATIONS = ("none", "int8", "q4")
 # beating the dense batched matmuls (see bench/model_speed.py's batch rows).
 BATCH_LIMIT_QUANTIZED = 4
 
-# Inductor inlines an elementwise producer into each consumer; inlined into a GEMV's reduction loop,
-# the RMSNorm or SiLU feeding it would be recomputed once per output row. A low opcount threshold
-# makes those small activation vectors materialize first (measured: 24.7 -> 12.8 ms per SmolLM2
-# int8 step, 1 thread); the int8 -> float conversion (2 ops) stays fused into the reduction.
-COMPILE_OPTIONS: dict[str, object] = {"realize_cpu_opcount_threshold": 2}
-
-# cpp_wrapper: the compiled graph's host code is C++, so the native 4-bit kernel (an extern op) is
-# called without a Python round trip. SmolLM2 decode, 2 threads (AMD EPYC): 4-bit 115 -> 150 tok/s,
-# int8 121-133 -> 125-138.
-COMPILE_OPTIONS["cpp_wrapper"] = True
+COMPILE_OPTIONS = {
+    # Inductor inlines an elementwise producer into each consumer; inlined into a GEMV's reduction
+    # loop, the RMSNorm or SiLU feeding it would be recomputed once per output row. A low opcount
+    # threshold makes those small activation vectors materialize first (measured: 24.7 -> 12.8 ms per
+    # SmolLM2 int8 step, 1 thread); the int8 -> float conversion (2 ops) stays fused into the reduction.
+    "realize_cpu_opcount_threshold": 2,
+    # The graph's host code in C++: the native block kernels (extern ops) are called without a Python
+    # round trip. SmolLM2 decode, 2 threads (AMD EPYC): q4 115 -> 150 tok/s, int8 121-133 -> 125-138.
+    "cpp_wrapper": True,
+}
 
 # Layers per compiled call. Each call costs a guard check and a graph prologue (~40 us); measured on
 # SmolLM2 int8 decode, 2 threads (AMD EPYC): 1 layer per call 100 tok/s, 6 layers 112, all 30 in one
