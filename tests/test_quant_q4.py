@@ -165,3 +165,17 @@ def test_8_bit_kernel_matches_plain_torch(batch: int, size: int) -> None:
     exact[:, ::5] = -1.0
     torch.testing.assert_close(q8_matmul_native(exact, bw.q, bw.d), q8_matmul_dequant(exact, bw.q, bw.d),
                                atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_a_kernel_that_cannot_build_falls_back_to_plain_torch_with_a_warning(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from radixlm.engine.quant import native
+
+    broken = tmp_path / "block_gemv.cpp"
+    broken.write_text('#error "this CPU lacks AVX2"\n')
+    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)
+    with caplog.at_level("WARNING", logger="radixlm.engine"):
+        assert native.block_kernels_available.__wrapped__() is False
+    assert "block-quantized kernels unavailable" in caplog.text and "plain torch" in caplog.text

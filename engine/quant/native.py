@@ -41,17 +41,17 @@ def block_kernels_available() -> bool:
     they cannot be built."""
     from torch.utils.cpp_extension import load
 
-    if shutil.which("ninja") is None:  # pip's ninja, when its environment's bin folder is not on PATH
-        import ninja
-
-        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
     key = cpu_key()
     build = cache_root() / "kernels" / key
     build.mkdir(parents=True, exist_ok=True)
     try:
+        if shutil.which("ninja") is None:  # pip's ninja, when its environment's bin folder is not on PATH
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
         load(name=f"radixlm_block_gemv_{key}", sources=[str(SOURCE)], build_directory=str(build),
              extra_cflags=["-O3", "-march=native", "-fopenmp"], is_python_module=False, verbose=False)
-    except (RuntimeError, OSError, ImportError) as exc:  # compiler missing, or a CPU the source rejects
+    except (RuntimeError, OSError, ImportError) as exc:  # no compiler or ninja, or a CPU the source rejects
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("block-quantized kernels unavailable on this CPU (%s); those weights use plain torch", first)
         return False
