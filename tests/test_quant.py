@@ -10,7 +10,7 @@ from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.engine import EngineConfig
-from radixlm.engine.model.decode_step import BATCH_LIMIT_QUANTIZED
+from radixlm.engine.model.decode_step import BATCH_LIMITS
 from radixlm.engine.model.llama import LlamaModel
 from radixlm.engine.model.precision import Precision, resolve_precision
 from radixlm.engine.quant.int8 import Int8Weight, matmul_dequant, matmul_reduce
@@ -65,8 +65,8 @@ def test_batches_above_the_decode_pass_limit_take_the_extend_weights() -> None:
     state, cfg = dequantized_state("qwen2", 1)
     ref = LlamaModel(cfg, state, TorchAttention())
     q8 = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
-    assert q8.decode_step is not None and q8.decode_step.max_batch == BATCH_LIMIT_QUANTIZED
-    prompts = [PROMPTS[i % 3][: 2 + i] for i in range(BATCH_LIMIT_QUANTIZED + 1)]
+    assert q8.decode_step is not None and q8.decode_step.max_batch == BATCH_LIMITS["int8"]
+    prompts = [PROMPTS[i % 3][: 2 + i] for i in range(BATCH_LIMITS["int8"] + 1)]
     ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), prompts, steps=3)
     tokens, logits = greedy_decode(q8, new_pool(cfg), prompts, steps=3)
     assert tokens == ref_tokens

@@ -27,12 +27,13 @@ from .config import ModelConfig
 from .context import ForwardContext
 
 QUANTIZATIONS = ("none", "int8", "q4")
-# Largest decode batch run by this pass with quantized weights; larger batches take the extend
-# weights. A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1).
-# Compiled, the pass runs a batch row by row (the compiled int8 reduction over a [rows, out, in]
-# product loses its vectorization: 264 ms at batch 2); BATCH_LIMIT_QUANTIZED is where that stops
-# beating the dense batched matmuls (see bench/model_speed.py's batch rows).
-BATCH_LIMIT_QUANTIZED = 4
+# Largest decode batch run by this pass, per quantization; larger batches take the extend weights.
+# A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1). Compiled,
+# the pass runs a batch row by row (the compiled int8 reduction over a [rows, out, in] product loses
+# its vectorization: 264 ms at batch 2); the limit is where that stops beating the dense batched
+# matmuls (see bench/model_speed.py's batch rows). q4, compiled, fp32 extend, 2 threads (AMD EPYC):
+# batch 6 / 8 at 176 / 174 tok/s row by row against 69 / 86 with the dense weights.
+BATCH_LIMITS = {"none": 1, "int8": 4, "q4": 8}
 
 COMPILE_OPTIONS = {
     # Inductor inlines an elementwise producer into each consumer; inlined into a GEMV's reduction
@@ -181,7 +182,7 @@ class DecodeStep:
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
         self.dtype, self.quantization, self.compiled = dtype, quantization, compiled
-        self.max_batch = BATCH_LIMIT_QUANTIZED if quantization != "none" else 1
+        self.max_batch = BATCH_LIMITS[quantization]
         self.vocab_size = cfg.vocab_size
 
         def matrix(*names: str, fmt: str = quantization) -> Matrix:
