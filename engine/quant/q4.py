@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 32
+from .blocks import BLOCK, as_blocks, scaled
+
 LEVELS = 15
 
 
@@ -35,16 +36,12 @@ class Q4Weight:
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> "Q4Weight":
         """Quantize a [out, in] weight (HF layout; in a multiple of 64) block by block."""
-        if weight.dim() != 2 or weight.shape[1] % (2 * BLOCK):
-            raise ValueError(f"4-bit quantization takes a 2-D weight with rows a multiple of {2 * BLOCK} long, "
-                             f"got shape {tuple(weight.shape)}")
+        blocks = as_blocks(weight, "4-bit")
         out, size = weight.shape
-        blocks = weight.float().view(out, size // BLOCK, BLOCK)
         low, high = blocks.amin(-1), blocks.amax(-1)
         d = ((high - low) / LEVELS).half()
         m = low.half()
-        scale = d.float()[..., None]
-        codes = torch.where(scale > 0, (blocks - m.float()[..., None]) / scale.clamp_min(torch.finfo(torch.float32).tiny), 0)
+        codes = scaled(blocks - m.float()[..., None], d)
         q = torch.round(codes).clamp_(0, LEVELS).to(torch.uint8).view(out, size // (2 * BLOCK), 2, BLOCK)
         packed = q[:, :, 0] | (q[:, :, 1] << 4)
         return cls(packed.reshape(out, size // 2).contiguous(), d.contiguous(), m.contiguous())

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 32
+from .blocks import BLOCK, as_blocks, scaled
+
 QMAX = 127
 
 
@@ -27,14 +28,10 @@ class Q8Weight:
     @classmethod
     def quantize(cls, weight: torch.Tensor) -> "Q8Weight":
         """Quantize a [out, in] weight (HF layout; in a multiple of 64) block by block."""
-        if weight.dim() != 2 or weight.shape[1] % (2 * BLOCK):
-            raise ValueError(f"8-bit block quantization takes a 2-D weight with rows a multiple of {2 * BLOCK} long, "
-                             f"got shape {tuple(weight.shape)}")
+        blocks = as_blocks(weight, "8-bit block")
         out, size = weight.shape
-        blocks = weight.float().view(out, size // BLOCK, BLOCK)
         d = (blocks.abs().amax(-1) / QMAX).half()
-        scale = d.float()[..., None]
-        codes = torch.where(scale > 0, blocks / scale.clamp_min(torch.finfo(torch.float32).tiny), 0)
+        codes = scaled(blocks, d)
         q = torch.round(codes).clamp_(-QMAX, QMAX).to(torch.int8)
         return cls(q.view(out, size).contiguous(), d.contiguous())
 
