@@ -46,9 +46,9 @@ FORMATS: dict[str, dict[str, Any]] = {
     "bf16": dict(dtype="bfloat16"),
     "auto, compiled": dict(dtype="auto", compile_decode=True),
     "auto, int8, compiled": dict(dtype="auto", quantization="int8", compile_decode=True),
-    "auto, q4, compiled": dict(dtype="auto", quantization="q4", compile_decode=True),
+    "auto, q4": dict(dtype="auto", quantization="q4"),
 }
-QUICK_FORMATS = ("fp32", "bf16", "auto, q4, compiled")
+QUICK_FORMATS = ("fp32", "bf16", "auto, q4")
 AGREEMENT_PROMPTS = [
     "Tell me a long story about a dragon and a knight.",
     "Explain how a radix tree stores strings.",

@@ -23,7 +23,7 @@ from .machine import cpu_info
 RADIXLM = {"radixlm lpm": {"policy": "lpm"}, "radixlm fcfs": {"policy": "fcfs"},
            "radixlm cache off": {"policy": "lpm", "radix_cache": False},
            "radixlm int8": {"policy": "lpm", "quantization": "int8", "compile_decode": True},
-           "radixlm q4": {"policy": "lpm", "quantization": "q4", "compile_decode": True}}
+           "radixlm q4": {"policy": "lpm", "quantization": "q4"}}
 QUANTIZED = "radixlm q4"  # the batch-1 decode format: the GGUF's own 4-bit blocks, as llama.cpp runs them
 HF, LLAMACPP = "HF transformers", "llama-cpp-python"
 ALL = [*RADIXLM, HF, LLAMACPP]

@@ -91,9 +91,10 @@ def test_bfloat16_engine_tracks_the_float32_one(smollm2):
 
 @pytest.mark.parametrize("quantization", ["int8", "q4"])
 def test_quantized_compiled_decode_batches_match_one_at_a_time(quantization: str):
-    """Compiled quantized decode runs a batch row by row through the batch-1 graph: every sequence's
-    greedy tokens are the same whether it decodes alone or beside others (batches of 2 and 4, and
-    above the limit, where the dense weights decode)."""
+    """Quantized decode batches (int8: row by row through the compiled batch-1 graph; q4: the native
+    decoder layers, the whole batch in one call): every sequence's greedy tokens are the same whether
+    it decodes alone or beside others (batches of 2 and 4, and above the limit, where the dense weights
+    decode)."""
     from radixlm.engine.model.decode_step import BATCH_LIMITS
 
     engine = Engine.from_model("smollm2", EngineConfig(dtype="float32", quantization=quantization, compile_decode=True))

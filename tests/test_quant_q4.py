@@ -129,10 +129,43 @@ def test_native_q4_decode_stays_close_to_fp32(kind: str) -> None:
 
 
 @needs_kernel
-def test_compiled_q4_decode_matches_eager() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_decode_layers_match_the_layer_by_op_pass(kind: str) -> None:
+    """`radixlm::q4_decode_layers` (norms, RoPE, attention and residuals in C++) against the same
+    layers written op by op in torch on the same native GEMVs: batches of rows with different KV
+    lengths, several steps (each step's K/V written by the op is read back by the next)."""
+    state, cfg = q4_state(kind, KINDS.index(kind))
+    native = LlamaModel(cfg, state, TorchAttention(), quantization="q4", compile_decode=True)
+    assert native.decode_step is not None and native.decode_step.native_layers
+    assert not native.decode_step.compiled  # nothing left to compile
+    by_op = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
+    by_op.decode_step.native_layers = False
+    for prompts in (PROMPTS[:1], PROMPTS):
+        ref_tokens, ref_logits = greedy_decode(by_op, new_pool(cfg), prompts, steps=4)
+        tokens, logits = greedy_decode(native, new_pool(cfg), prompts, steps=4)
+        assert tokens == ref_tokens
+        for ours, theirs in zip(logits, ref_logits):
+            assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+
+
+@needs_kernel
+def test_native_decode_layers_name_a_bad_kv_slot() -> None:
+    state, cfg = q4_state("llama3", 0)
+    step = LlamaModel(cfg, state, TorchAttention(), quantization="q4").decode_step
+    pool = new_pool(cfg, num_slots=16)
+    h, cos = torch.randn(1, cfg.hidden_size), torch.ones(1, 1, cfg.head_dim)
+    with pytest.raises(RuntimeError, match="KV slot 99 outside the pool's 16"):
+        step._native_layers(h, cos, cos, torch.tensor([[3, 99]]), torch.tensor([2]), pool)
+
+
+@needs_kernel
+def test_compiled_q4_decode_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer-by-op pass with the native GEMVs (where native layers do not apply), compiled and eager."""
+    monkeypatch.setattr(decode_step, "native_layers_apply", lambda *_: False)
     state, cfg = q4_state("qwen3", 2)
     eager = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
     compiled = LlamaModel(cfg, state, TorchAttention(), quantization="q4", compile_decode=True)
+    assert compiled.decode_step is not None and compiled.decode_step.compiled
     for prompts in (PROMPTS[:1], PROMPTS):
         ref_tokens, ref_logits = greedy_decode(eager, new_pool(cfg), prompts, steps=4)
         tokens, logits = greedy_decode(compiled, new_pool(cfg), prompts, steps=4)
@@ -175,7 +208,7 @@ def test_a_kernel_that_cannot_build_falls_back_to_plain_torch_with_a_warning(
 
     broken = tmp_path / "block_gemv.cpp"
     broken.write_text('#error "this CPU lacks AVX2"\n')
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "SOURCES", [broken])
     monkeypatch.setattr(native, "cache_root", lambda: tmp_path)
     with caplog.at_level("WARNING", logger="radixlm.engine"):
         assert native.block_kernels_available.__wrapped__() is False
@@ -186,7 +219,7 @@ AVX2_CHECK = """
 import sys, torch
 from torch.utils.cpp_extension import load
 from radixlm.engine.quant import native, q4, q8
-load(name="radixlm_block_gemv_avx2_only", sources=[str(native.SOURCE)], build_directory=sys.argv[1],
+load(name="radixlm_block_gemv_avx2_only", sources=[str(p) for p in native.SOURCES], build_directory=sys.argv[1],
      extra_cflags=["-O3", "-march=haswell", "-fopenmp"], is_python_module=False)
 worst = 0.0
 for size in (64, 192, 576):

@@ -11,6 +11,8 @@ KV length is a dynamic dimension.
 Weights of this pass are dense ([in, out], the decode dtype), int8 (`Int8Weight`: the plain-torch
 dequantize + GEMM eagerly, a fused int8 GEMV when compiled) or 4-bit (`Q4Weight` layers and a
 `Q8Weight` head, as a Q4_1 GGUF stores them: the native kernels where they build, else plain torch).
+Where the native kernels build, float32 4-bit layers skip all of the above: each block of layers is one
+call of the native op `radixlm::q4_decode_layers` (decode_layers.cpp) for the whole batch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from ..quant import int8, q4, q8
 from ..quant.native import block_kernels_available
 from .config import ModelConfig
+from ..kv_pool import KVPool
 from .context import ForwardContext
 
 QUANTIZATIONS = ("none", "int8", "q4")
@@ -31,8 +34,8 @@ QUANTIZATIONS = ("none", "int8", "q4")
 # A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1). Compiled,
 # the pass runs a batch row by row (the compiled int8 reduction over a [rows, out, in] product loses
 # its vectorization: 264 ms at batch 2); the limit is where that stops beating the dense batched
-# matmuls (see bench/model_speed.py's batch rows). q4, compiled, fp32 extend, 2 threads (AMD EPYC):
-# batch 6 / 8 at 176 / 174 tok/s row by row against 69 / 86 with the dense weights.
+# matmuls (see bench/model_speed.py's batch rows). q4: the native kernels' limit (8 rows read each
+# weight byte once).
 BATCH_LIMITS = {"none": 1, "int8": 4, "q4": 8}
 
 COMPILE_OPTIONS = {
@@ -168,10 +171,18 @@ def make_head_fn(s: LayerShape, kernels: Kernels) -> Callable[..., torch.Tensor]
     return head
 
 
+def native_layers_apply(cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels) -> bool:
+    """Whether the layers run as native decoder layers (decode_layers.cpp): 4-bit blocks through the
+    native kernels, float32 activations and heads of a multiple of 8 values. Then a batch runs at once
+    and nothing is left to compile."""
+    return kernels.native_blocks and dtype == torch.float32 and cfg.head_dim % 8 == 0
+
+
 class DecodeStep:
     """Decode forward for batches of up to `max_batch` rows, in `dtype`, with dense, int8 or 4-bit weights,
-    eager (plain torch, the whole batch at once) or compiled (`torch.compile`: one batch-1 graph per
-    block of layers and one for the head, which a batch runs row by row)."""
+    eager (plain torch, the whole batch at once), compiled (`torch.compile`: one batch-1 graph per
+    block of layers and one for the head, which a batch runs row by row) or native (4-bit layers in
+    float32: `radixlm::q4_decode_layers` per block of layers, the whole batch at once)."""
 
     def __init__(self, cfg: ModelConfig, dense: Callable[[str], torch.Tensor], dtype: torch.dtype,
                  quantization: str, compiled: bool, reuse: list[dict] | None = None,
@@ -181,7 +192,7 @@ class DecodeStep:
         per block here, and the model's entries are replaced by views of the stacks (one copy)."""
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-        self.dtype, self.quantization, self.compiled = dtype, quantization, compiled
+        self.dtype, self.quantization = dtype, quantization
         self.max_batch = BATCH_LIMITS[quantization]
         self.vocab_size = cfg.vocab_size
 
@@ -222,10 +233,12 @@ class DecodeStep:
         head_format = "q8" if quantization == "q4" else quantization
         self.lm_head = (reuse_head,) if reuse_head is not None else matrix(head_name, fmt=head_format)
         self.norm = dense("model.norm.weight")
-        shape = LayerShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
+        self.shape = LayerShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
         kernels = Kernels(compiled, quantization == "q4" and block_kernels_available())
-        block_fn, head_fn = make_block_fn(make_layer_fn(shape, kernels)), make_head_fn(shape, kernels)
-        if compiled:
+        self.native_layers = native_layers_apply(cfg, dtype, kernels)
+        self.compiled = compiled and not self.native_layers
+        block_fn, head_fn = make_block_fn(make_layer_fn(self.shape, kernels)), make_head_fn(self.shape, kernels)
+        if self.compiled:
             block_fn = torch.compile(block_fn, fullgraph=True, options=COMPILE_OPTIONS)
             head_fn = torch.compile(head_fn, fullgraph=True, options=COMPILE_OPTIONS)
         self._block, self._head = block_fn, head_fn
@@ -258,6 +271,8 @@ class DecodeStep:
         """h: [B, hidden] embeddings in this pass's dtype; cos/sin [B, 1, dim]. Writes the new K/V to
         the pool and returns float32 logits for `ctx.logit_rows`."""
         kv_index, kv_lens = ctx.kv_index, ctx.kv_lens.to(ctx.kv_index.device)
+        if self.native_layers:
+            return self._head_rows(self._native_layers(h, cos, sin, kv_index, kv_lens, ctx.pool)[ctx.logit_rows])
         cols = torch.arange(kv_index.shape[1], device=kv_index.device)
         valid = cols[None, :] < kv_lens[:, None]
         is_new = cols[None, :] == (kv_lens - 1)[:, None]
@@ -273,7 +288,24 @@ class DecodeStep:
         for a, b, stacked in self.blocks:
             h = [self._block(x, cos[r], sin[r], *row_args, pool.k_layers[a:b], pool.v_layers[a:b], stacked)
                  for x, r, row_args in zip(h, rows, args)]
-        h = torch.cat(h)[ctx.logit_rows]
+        return self._head_rows(torch.cat(h)[ctx.logit_rows])
+
+    def _native_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_index: torch.Tensor,
+                       kv_lens: torch.Tensor, pool: KVPool) -> torch.Tensor:
+        """All layers through `radixlm::q4_decode_layers`, one call per block of layers; writes K/V."""
+        s, rows = self.shape, h.shape[0]
+        cos, sin = cos.reshape(rows, -1).float().contiguous(), sin.reshape(rows, -1).float().contiguous()
+        kv_index, kv_lens = kv_index.contiguous(), kv_lens.contiguous()
+        h = h.float()
+        for a, b, stacked in self.blocks:
+            in_norm, post_norm, qkv, o, gate_up, down, qkv_bias, q_norm, k_norm = stacked
+            h = torch.ops.radixlm.q4_decode_layers(
+                h, cos, sin, kv_index, kv_lens, pool.k_layers[a:b], pool.v_layers[a:b], in_norm, post_norm,
+                list(qkv), list(o), list(gate_up), list(down), qkv_bias, q_norm, k_norm, s.heads, s.kv_heads, s.eps)
+        return h
+
+    def _head_rows(self, h: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of the final hidden rows `h`."""
         if not self.compiled:
             return self._head(h, self.norm, self.lm_head)
         logits = [self._head(h[i: i + 1], self.norm, self.lm_head) for i in range(h.shape[0])]

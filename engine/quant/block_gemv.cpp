@@ -1,194 +1,13 @@
-// Block-quantized GEMVs for decode: x [B, in] float32 times a weight stored in blocks of 32
-// consecutive weights of one output row, each with a float16 scale d -> [B, out] float32.
-//
-// radixlm::q4_gemv(x, packed, d, m): 4-bit codes with an offset (the Q4_1 scheme), w[j] = d * q[j] + m,
-// q in 0..15. `packed` [out, in / 2] uint8 holds the blocks of a row in pairs: 32 bytes per pair, byte
-// j carrying q[j] of the pair's first block in its low nibble and q[j] of the second in its high
-// nibble, so one 32-byte load and two masks give both blocks. `d` and `m` [out, in / 32] float16.
-// radixlm::q8_gemv(x, q, d): signed 8-bit codes (the Q8_0 scheme), w[j] = d * q[j]; `q` [out, in]
-// int8, `d` [out, in / 32] float16.
-//
-// Like llama.cpp's products with Q8 activations, x is quantized per block of 32 to int8 (scale dx =
-// max|x| / 127) and each block's dot is an integer dot: sum_j w[j] x[j] ~= d * dx * sum_j q[j] xq[j]
-// (+ m * dx * sum_j xq[j] for Q4_1). Every weight byte is read once for all B rows of x.
-#include <ATen/Parallel.h>
+// The ops radixlm::q4_gemv(x, packed, d, m) and radixlm::q8_gemv(x, q, d): x [B <= 8, in] float32 times
+// a 4-bit (Q4_1) or 8-bit (Q8_0) block-quantized weight [out, in] -> [B, out] float32 (see block_dot.h).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <vector>
-
-#if !(defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
-#error "block_gemv needs AVX2, FMA and F16C; radixlm multiplies block-quantized weights in plain torch on this CPU"
-#endif
+#include "block_dot.h"
 
 namespace {
 
-constexpr int64_t kBlock = 32;
-constexpr int64_t kMaxBatch = 8;
-constexpr int64_t kMaxGroup = 8;  // blocks whose integer dots are summed and scaled in one vector
-constexpr int64_t kPrefetchRows = 8;
-
-// 32 unsigned times 32 signed int8 -> 8 int32 partial sums (no overflow for unsigned values < 128).
-inline __m256i dot_u8_s8(__m256i w, __m256i xq) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xq);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), _mm256_set1_epi16(1));
-#endif
-}
-
-inline float reduce(__m256 s) {
-  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-}
-
-// N (<= 8) vectors of 8 int32 -> one vector whose lane j < N is the sum of v[j]'s lanes, 0 past N.
-template <int N>
-inline __m256i sum_each(const __m256i* v) {
-  const __m256i z = _mm256_setzero_si256();
-  auto at = [&](int j) { return j < N ? v[j] : z; };
-  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(at(0), at(1)), _mm256_hadd_epi32(at(2), at(3)));
-  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(at(4), at(5)), _mm256_hadd_epi32(at(6), at(7)));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
-}
-
-// N (even, <= 8) float16 values -> floats in lanes 0..N-1, zeros past N; reads exactly N values.
-template <int N>
-inline __m256 load_halves(const uint16_t* p) {
-  __m128i h;
-  if constexpr (N == 8) {
-    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  } else if constexpr (N == 6) {
-    int32_t tail;
-    std::copy_n(reinterpret_cast<const char*>(p + 4), 4, reinterpret_cast<char*>(&tail));
-    h = _mm_insert_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), tail, 2);
-  } else if constexpr (N == 4) {
-    h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  } else {
-    static_assert(N == 2, "groups are 2, 4, 6 or 8 blocks");
-    int32_t two;
-    std::copy_n(reinterpret_cast<const char*>(p), 4, reinterpret_cast<char*>(&two));
-    h = _mm_cvtsi32_si128(two);
-  }
-  return _mm256_cvtph_ps(h);
-}
-
-// x's rows quantized per block: xq [B, in] int8 and, per block, dx (x ~ dx * xq) and the sum of the
-// rounded x, dx * sum(xq) (for the m term). dx and xsum carry kMaxGroup zeros past the last row, so a group's 8-lane load
-// never reads past them.
-struct QuantizedX {
-  int64_t in, blocks;
-  std::vector<int8_t> xq;
-  std::vector<float> dx, xsum;
-};
-
-QuantizedX quantize_x(const float* x, int64_t batch, int64_t in) {
-  const int64_t blocks = in / kBlock;
-  QuantizedX q{in, blocks, std::vector<int8_t>(batch * in), std::vector<float>(batch * blocks + kMaxGroup, 0.0f),
-               std::vector<float>(batch * blocks + kMaxGroup, 0.0f)};
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (int64_t i = 0; i < batch * blocks; ++i) {
-    __m256 f[4], amax = _mm256_setzero_ps();
-    for (int j = 0; j < 4; ++j) {
-      f[j] = _mm256_loadu_ps(x + i * kBlock + 8 * j);
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, f[j]));
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    const float d = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1))) / 127.0f;
-    const __m256 inv = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
-    __m256i n[4];
-    for (int j = 0; j < 4; ++j) n[j] = _mm256_cvtps_epi32(_mm256_mul_ps(f[j], inv));  // round to nearest
-    // the packs interleave 128-bit lanes; the permute restores the order of the 32 bytes
-    const __m256i bytes = _mm256_permutevar8x32_epi32(
-        _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3])),
-        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.xq.data() + i * kBlock), bytes);
-    q.dx[i] = d;
-    // the sum of the rounded x, so both terms multiply the same x: the error is then sum_j w_j (x'_j - x_j),
-    // not (w_j - m) (x'_j - x_j), which all share m's sign
-    const __m256i total = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
-    q.xsum[i] = d * reduce(_mm256_cvtepi32_ps(total));
-  }
-  return q;
-}
-
-// The two block formats: how a row's blocks k and k + 1 load, and their integer dot with xq.
-struct Q4 {
-  static constexpr int64_t kBytesPerBlock = kBlock / 2;
-  static constexpr bool kOffset = true;
-  static void load_pair(const uint8_t* blocks, __m256i& first, __m256i& second) {
-    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks));
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-    first = _mm256_and_si256(bytes, mask);
-    second = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
-  }
-  static __m256i dot(__m256i w, __m256i xq) { return dot_u8_s8(w, xq); }
-};
-
-struct Q8 {
-  static constexpr int64_t kBytesPerBlock = kBlock;
-  static constexpr bool kOffset = false;
-  static void load_pair(const uint8_t* blocks, __m256i& first, __m256i& second) {
-    first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks));
-    second = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blocks + kBlock));
-  }
-  // |xq| * (w with xq's sign) = w * xq, in the unsigned x signed form the instructions take
-  static __m256i dot(__m256i w, __m256i xq) { return dot_u8_s8(_mm256_abs_epi8(xq), _mm256_sign_epi8(w, xq)); }
-};
-
-// Output rows [begin, end) against the B rows of x, N blocks (N / 2 pairs) at a time: the N integer
-// dots are summed lane-wise into one vector and scaled by d * dx per block in one multiply.
-template <class Format, int B, int N>
-void rows_dot(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, const uint16_t* m, int64_t out,
-              int64_t begin, int64_t end, float* y) {
-  const int64_t blocks = x.blocks;
-  const int64_t row_bytes = blocks * Format::kBytesPerBlock;
-  for (int64_t r = begin; r < end; ++r) {
-    const uint8_t* row = weights + r * row_bytes;
-    if (r + kPrefetchRows < end) {
-      for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * row_bytes + off), _MM_HINT_T0);
-    }
-    __m256 acc[B], offset[B];
-    for (int b = 0; b < B; ++b) acc[b] = offset[b] = _mm256_setzero_ps();
-    for (int64_t k0 = 0; k0 < blocks; k0 += N) {
-      __m256i w[N];
-      for (int p = 0; p < N / 2; ++p) Format::load_pair(row + (k0 + 2 * p) * Format::kBytesPerBlock, w[2 * p], w[2 * p + 1]);
-      const __m256 d8 = load_halves<N>(d + r * blocks + k0);
-      for (int b = 0; b < B; ++b) {
-        const int8_t* xq = x.xq.data() + b * x.in + k0 * kBlock;
-        __m256i dots[N];
-        for (int j = 0; j < N; ++j)
-          dots[j] = Format::dot(w[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * kBlock)));
-        const __m256 dx8 = _mm256_loadu_ps(x.dx.data() + b * blocks + k0);
-        acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_each<N>(dots)), _mm256_mul_ps(d8, dx8), acc[b]);
-        if constexpr (Format::kOffset) {
-          const __m256 xsum8 = _mm256_loadu_ps(x.xsum.data() + b * blocks + k0);
-          offset[b] = _mm256_fmadd_ps(load_halves<N>(m + r * blocks + k0), xsum8, offset[b]);
-        }
-      }
-    }
-    for (int b = 0; b < B; ++b) y[b * out + r] = reduce(_mm256_add_ps(acc[b], offset[b]));
-  }
-}
-
-template <class Format, int B>
-void gemv(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, const uint16_t* m, int64_t out, float* y) {
-  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
-    // the largest group dividing the row's (even) block count
-    switch (x.blocks % 8 == 0 ? 8 : x.blocks % 6 == 0 ? 6 : x.blocks % 4 == 0 ? 4 : 2) {
-      case 8: rows_dot<Format, B, 8>(x, weights, d, m, out, begin, end, y); break;
-      case 6: rows_dot<Format, B, 6>(x, weights, d, m, out, begin, end, y); break;
-      case 4: rows_dot<Format, B, 4>(x, weights, d, m, out, begin, end, y); break;
-      default: rows_dot<Format, B, 2>(x, weights, d, m, out, begin, end, y); break;
-    }
-  });
-}
+using namespace radixlm::kernels;
 
 template <class Format>
 at::Tensor block_gemv(const char* op, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& d,
@@ -210,17 +29,7 @@ at::Tensor block_gemv(const char* op, const at::Tensor& x, const at::Tensor& wei
   const uint16_t* dp = reinterpret_cast<const uint16_t*>(dc.data_ptr<at::Half>());
   const uint16_t* mp = m != nullptr ? reinterpret_cast<const uint16_t*>(mc.data_ptr<at::Half>()) : nullptr;
   float* yp = y.data_ptr<float>();
-  switch (batch) {
-    case 1: gemv<Format, 1>(qx, wp, dp, mp, out, yp); break;
-    case 2: gemv<Format, 2>(qx, wp, dp, mp, out, yp); break;
-    case 3: gemv<Format, 3>(qx, wp, dp, mp, out, yp); break;
-    case 4: gemv<Format, 4>(qx, wp, dp, mp, out, yp); break;
-    case 5: gemv<Format, 5>(qx, wp, dp, mp, out, yp); break;
-    case 6: gemv<Format, 6>(qx, wp, dp, mp, out, yp); break;
-    case 7: gemv<Format, 7>(qx, wp, dp, mp, out, yp); break;
-    case 8: gemv<Format, 8>(qx, wp, dp, mp, out, yp); break;
-    default: break;  // batch 0: nothing to compute
-  }
+  gemv<Format>(qx, batch, wp, dp, mp, out, yp);
   return y;
 }
 

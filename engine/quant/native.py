@@ -1,5 +1,6 @@
-"""The native block-quantized GEMVs (`block_gemv.cpp`: 4-bit Q4_1 and 8-bit Q8_0 blocks), compiled
-for this CPU at first use.
+"""The native block-quantized kernels, compiled for this CPU at first use: the GEMVs (`block_gemv.cpp`:
+4-bit Q4_1 and 8-bit Q8_0 blocks) and whole 4-bit decoder layers (`decode_layers.cpp`), both on the
+block dot products of `block_dot.h`.
 
 The kernel is built with `torch.utils.cpp_extension` (a C++ compiler and ninja) with `-march=native`,
 once per CPU kind: the build folder lives in radixlm's cache under a key of the CPU's model and flags,
@@ -23,7 +24,7 @@ import torch
 from ..model_source import cache_root
 
 log = logging.getLogger("radixlm.engine")
-SOURCE = Path(__file__).with_name("block_gemv.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("block_gemv.cpp", "decode_layers.cpp")]
 
 
 def cpu_key() -> str:
@@ -49,7 +50,7 @@ def block_kernels_available() -> bool:
             import ninja
 
             os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
-        load(name=f"radixlm_block_gemv_{key}", sources=[str(SOURCE)], build_directory=str(build),
+        load(name=f"radixlm_block_gemv_{key}", sources=[str(p) for p in SOURCES], build_directory=str(build),
              extra_cflags=["-O3", "-march=native", "-fopenmp"], is_python_module=False, verbose=False)
     except (RuntimeError, OSError, ImportError) as exc:  # no compiler or ninja, or a CPU the source rejects
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
