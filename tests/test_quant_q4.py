@@ -140,7 +140,8 @@ def test_native_decode_layers_match_the_layer_by_op_pass(kind: str) -> None:
     assert not native.decode_step.compiled  # nothing left to compile
     by_op = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
     by_op.decode_step.native_layers = False
-    for prompts in (PROMPTS[:1], PROMPTS):
+    long = [(7 * i) % 97 + 3 for i in range(150)]  # keys in three chunks of the op's split attention
+    for prompts in (PROMPTS[:1], PROMPTS, [long, PROMPTS[1]]):
         ref_tokens, ref_logits = greedy_decode(by_op, new_pool(cfg), prompts, steps=4)
         tokens, logits = greedy_decode(native, new_pool(cfg), prompts, steps=4)
         assert tokens == ref_tokens

@@ -16,6 +16,8 @@
 
 #include <cmath>
 #include <optional>
+#include <tuple>
+#include <utility>
 
 #include "block_dot.h"
 
@@ -117,8 +119,8 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(pow2n)));
 }
 
-// p[0..len) <- softmax(p[0..len))
-void softmax(float* p, int64_t len) {
+// p[i] <- e^(p[i] - max p) for i < len; returns (max p, the sum of the new p)
+std::pair<float, float> exp_shifted(float* p, int64_t len) {
   const float top = *std::max_element(p, p + len);
   const __m256 shift = _mm256_set1_ps(top);
   __m256 sum8 = _mm256_setzero_ps();
@@ -130,29 +132,37 @@ void softmax(float* p, int64_t len) {
   }
   float total = reduce(sum8);
   for (; i < len; ++i) total += (p[i] = std::exp(p[i] - top));
-  const float inv = 1.0f / total;
-  for (i = 0; i < len; ++i) p[i] *= inv;
+  return {top, total};
 }
 
 inline void prefetch_row(const float* row, int64_t dim) {
   for (int64_t i = 0; i < dim; i += 16) _mm_prefetch(reinterpret_cast<const char*>(row + i), _MM_HINT_T0);
 }
 
+// Keys per attention task: a row's keys are split in chunks so that even one row's few KV heads
+// keep every thread busy; the chunks' partial softmaxes are merged after.
+constexpr int64_t kChunk = 64;
+
 // out [B, heads * dim] = attention of q [B, heads * dim] over each row's first kv_lens[b] slots of the
-// layer's pool. One task per (row, KV head) serves the KV head's group of query heads, so each K/V row
-// comes from memory once; keys are scored eight at a time (independent FMA chains, one lane sum).
+// layer's pool. One task per (row, KV head, chunk of keys) serves the KV head's group of query heads,
+// so each K/V row comes from memory once; keys are scored eight at a time (independent FMA chains,
+// one lane sum). A task leaves, per query head, its chunk's max score, sum of exponentials and
+// unnormalized output; the merge rescales them to the row's max.
 void attend(const Shape& s, const float* q, const int64_t* kv_index, const int64_t* kv_lens, const float* k_pool,
             const float* v_pool, float* out) {
-  const int64_t group = s.heads / s.kv_heads, dim = s.dim;
+  const int64_t group = s.heads / s.kv_heads, dim = s.dim, chunks = (s.kv_width + kChunk - 1) / kChunk;
+  const int64_t tasks = s.batch * s.kv_heads * chunks;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(group * s.kv_width);
+  std::vector<float> part_out(tasks * group * dim), part_top(tasks * group), part_total(tasks * group, 0.0f);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(group * kChunk);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.kv_heads, g = task % s.kv_heads, len = kv_lens[b];
-      const int64_t* slots = kv_index + b * s.kv_width;
+      const int64_t c = task % chunks, b = task / chunks / s.kv_heads, g = task / chunks % s.kv_heads;
+      const int64_t first = c * kChunk, len = std::min(kv_lens[b], first + kChunk) - first;
+      if (len <= 0) continue;  // past this row's keys: its total stays 0
+      const int64_t* slots = kv_index + b * s.kv_width + first;
       auto row = [&](const float* pool, int64_t n) { return pool + (slots[n] * s.kv_heads + g) * dim; };
       const float* qg = q + b * s.q_size() + g * group * dim;  // the group's query heads, one after another
-      float* og = out + b * s.q_size() + g * group * dim;
       int64_t n = 0;
       for (; n + 8 <= len; n += 8) {
         const float* k[8];
@@ -167,25 +177,45 @@ void attend(const Shape& s, const float* q, const int64_t* kv_index, const int64
             const __m256 qi = _mm256_loadu_ps(qg + j * dim + i);
             for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k[u] + i), acc[u]);
           }
-          _mm256_storeu_ps(scores.data() + j * len + n, _mm256_mul_ps(sum_each(acc), _mm256_set1_ps(scale)));
+          _mm256_storeu_ps(scores.data() + j * kChunk + n, _mm256_mul_ps(sum_each(acc), _mm256_set1_ps(scale)));
         }
       }
       for (; n < len; ++n)
-        for (int64_t j = 0; j < group; ++j) scores[j * len + n] = dot(qg + j * dim, row(k_pool, n), dim) * scale;
-      for (int64_t j = 0; j < group; ++j) softmax(scores.data() + j * len, len);
-      std::fill_n(og, group * dim, 0.0f);
+        for (int64_t j = 0; j < group; ++j) scores[j * kChunk + n] = dot(qg + j * dim, row(k_pool, n), dim) * scale;
+      for (int64_t j = 0; j < group; ++j)
+        std::tie(part_top[task * group + j], part_total[task * group + j]) = exp_shifted(scores.data() + j * kChunk, len);
+      float* o = part_out.data() + task * group * dim;
+      std::fill_n(o, group * dim, 0.0f);
       for (n = 0; n < len; ++n) {
         const float* value = row(v_pool, n);
         if (n + 8 < len) prefetch_row(row(v_pool, n + 8), dim);
         for (int64_t j = 0; j < group; ++j) {
-          const __m256 p = _mm256_set1_ps(scores[j * len + n]);
-          float* o = og + j * dim;
+          const __m256 p = _mm256_set1_ps(scores[j * kChunk + n]);
           for (int64_t i = 0; i < dim; i += 8)
-            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(value + i), _mm256_loadu_ps(o + i)));
+            _mm256_storeu_ps(o + j * dim + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(value + i), _mm256_loadu_ps(o + j * dim + i)));
         }
       }
     }
   });
+  for (int64_t bg = 0; bg < s.batch * s.kv_heads; ++bg) {
+    for (int64_t j = 0; j < group; ++j) {
+      const int64_t head = bg * group + j;  // (b, g, j) -> query head b * heads + g * group + j
+      float top = -INFINITY, total = 0.0f;
+      for (int64_t c = 0; c < chunks; ++c)
+        if (part_total[(bg * chunks + c) * group + j] > 0.0f) top = std::max(top, part_top[(bg * chunks + c) * group + j]);
+      float* o = out + head * dim;
+      std::fill_n(o, dim, 0.0f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t at = (bg * chunks + c) * group + j;
+        if (part_total[at] == 0.0f) continue;
+        const float w = std::exp(part_top[at] - top);
+        total += w * part_total[at];
+        const float* po = part_out.data() + at * dim;
+        for (int64_t i = 0; i < dim; ++i) o[i] += w * po[i];
+      }
+      for (int64_t i = 0; i < dim; ++i) o[i] /= total;
+    }
+  }
 }
 
 const float* optional_data(const std::optional<at::Tensor>& t, const char* name, int64_t layers, int64_t width) {
