@@ -290,6 +290,7 @@ class Engine:
             output_ids=[r.output_ids for r in reqs],
             allowed=allowed,
             top_logprobs=[r.params.top_logprobs for r in reqs],
+            logprobs=any(r.params.wants_logprobs for r in reqs),
         )
 
     def _result(self, req: Request) -> GenerationResult:

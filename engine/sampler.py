@@ -25,7 +25,7 @@ class SampleOutput:
     """
 
     tokens: list[int]
-    logprobs: list[float]
+    logprobs: list[float]  # empty when the call asked for none
     top_logprobs: list[list[tuple[float, int]]]
 
 
@@ -37,6 +37,7 @@ def sample(
     output_ids: Sequence[Sequence[int]] | None = None,
     allowed: torch.Tensor | None = None,
     top_logprobs: Sequence[int] | None = None,
+    logprobs: bool = True,
 ) -> SampleOutput:
     """Pick one token per row of `logits` [R, V]; the caller's tensor is never modified.
 
@@ -44,8 +45,9 @@ def sample(
     repetition, frequency and presence penalties -> greedy rows take the argmax; sampled rows divide
     by temperature -> softmax -> top-k -> top-p -> min-p -> draw with the row's generator (None: the
     global RNG). `prompt_ids` is required when a row has a repetition penalty, `output_ids` when a
-    row has any penalty. `top_logprobs` gives each row's k (None: all 0; capped at V). With only greedy,
-    unpenalized, unmasked rows this is one argmax plus one logsumexp for the chosen logprobs.
+    row has any penalty. `top_logprobs` gives each row's k (None: all 0; capped at V). `logprobs`: whether
+    to compute the chosen tokens' logprobs (a logsumexp over the vocabulary; implied by any top_logprobs).
+    With only greedy, unpenalized, unmasked rows and no logprobs this is one argmax.
     """
     rows, vocab = logits.shape
     if len(configs) != rows or len(generators) != rows:
@@ -62,11 +64,13 @@ def sample(
         probs = _filter(probs, [configs[i] for i in sampled])
         tokens[sampled] = _draw(probs, [generators[i] for i in sampled])
 
-    lse = raw.logsumexp(-1, keepdim=True)
-    chosen = raw.gather(1, tokens[:, None]) - lse
     ks = list(top_logprobs) if top_logprobs is not None else [0] * rows
     kmax = min(max(ks, default=0), vocab)
     top: list[list[tuple[float, int]]] = [[] for _ in range(rows)]
+    if not logprobs and kmax == 0:
+        return SampleOutput(tokens.tolist(), [], top)
+    lse = raw.logsumexp(-1, keepdim=True)
+    chosen = raw.gather(1, tokens[:, None]) - lse
     if kmax > 0:
         values, ids = raw.topk(kmax, -1)
         values, ids = (values - lse).tolist(), ids.tolist()

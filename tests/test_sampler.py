@@ -57,6 +57,14 @@ def test_greedy_is_argmax_and_caller_tensor_untouched() -> None:
     assert out.top_logprobs == [[] for _ in range(5)]
 
 
+def test_logprobs_are_skipped_only_when_no_row_asks_for_them() -> None:
+    logits = torch.randn(3, 40, generator=gen(0))
+    out = sample(logits, [GREEDY] * 3, [None] * 3, logprobs=False)
+    assert out.tokens == logits.argmax(-1).tolist() and out.logprobs == []
+    ranked = sample(logits, [GREEDY] * 3, [None] * 3, top_logprobs=[0, 2, 0], logprobs=False)
+    assert len(ranked.logprobs) == 3 and len(ranked.top_logprobs[1]) == 2
+
+
 def test_mask_is_respected_greedy_and_sampled() -> None:
     rows, vocab = 6, 30
     logits = torch.randn(rows, vocab, generator=gen(1)) * 3
