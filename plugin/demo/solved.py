@@ -1,7 +1,14 @@
 """Solved questions the demo's agents learn from: few-shot demos of each ReAct step and of the final
 answer, built by running the real tools (so every observation is what the tool returns). A 135M model
 follows worked examples far better than instructions; the demos are the same in every call, so the
-radix cache serves them once for all agents."""
+radix cache serves them once for all agents.
+
+What the 135M model needs from them (each measured on `radixlm demo`): questions of the demo's forms
+with other facts (it copies the nearest worked example, so an example's own answer must never be a
+demo question's); numbered thoughts ("Step 1: ...", then "Step 2: ... so I finish"), which tell a first
+step from the step after an observation (unnumbered, it repeated its first call until max_iters);
+and final answers copied from the example's own observation, after a reasoning that points at
+observation_0 (a bare number as the answer made it copy a worked example's number instead)."""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ from typing import Any
 from .tools import calculator, search
 
 # (question, [(thought, tool, args)], answer): each solved with one tool call, then finish; the
-# lookups and the calculations alternate, and each answer is read off its own observation.
+# lookups and the calculations alternate (the order matters to the model: the last example weighs
+# most). `answer` is the short answer the LangChain agent's chat turns give; the DSPy answer demos
+# give the observation itself.
 SOLVED = [
     ("How tall is the Statue of Liberty in metres?",
      [("Step 1: I need to look up the Statue of Liberty.", "search", {"query": "statue of liberty"})],
