@@ -124,8 +124,7 @@ class ChatRadixLM(RadixLMParams, BaseChatModel):
         if tools:
             opts = tool_reply_options(opts, tools, choice or "auto", answer, self.max_string_length,
                                       self.tool_max_tokens)
-            prompt = to_engine_messages(messages, tools_prompt(tools, json_answer=answer is not None),
-                                        text_answers_as_json=answer is None)
+            prompt = to_engine_messages(messages, tools_prompt(tools, json_answer=answer is not None))
             return prompt, opts, ToolReply(tuple(t["function"]["name"] for t in tools), answer is not None)
         if answer is not None:
             opts["json_schema"] = answer

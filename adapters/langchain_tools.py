@@ -52,13 +52,10 @@ def render_tool_call(name: str, args: dict) -> str:
     return dumps({"name": name, "arguments": args})
 
 
-def to_engine_messages(messages: Sequence[BaseMessage], tools_prompt: str | None = None,
-                       text_answers_as_json: bool = False) -> list[dict[str, str]]:
+def to_engine_messages(messages: Sequence[BaseMessage], tools_prompt: str | None = None) -> list[dict[str, str]]:
     """LangChain messages as the engine's {"role", "content"} chat messages. Tool calls of an
     AIMessage are rendered as the JSON the tool grammar produces; a ToolMessage becomes a "tool" turn.
-    `tools_prompt` is appended to the (first) system message, or becomes one. With
-    `text_answers_as_json`, an AIMessage of text alone is rendered as the {"answer": text} the tool
-    grammar writes for a final answer, so earlier answers read the way the model must write its own."""
+    `tools_prompt` is appended to the (first) system message, or becomes one."""
     out: list[dict[str, str]] = []
     for m in messages:
         if isinstance(m, SystemMessage):
@@ -68,8 +65,6 @@ def to_engine_messages(messages: Sequence[BaseMessage], tools_prompt: str | None
         elif isinstance(m, AIMessage):
             text = _text_of(m.content)
             calls = [render_tool_call(tc["name"], tc["args"]) for tc in m.tool_calls]
-            if text_answers_as_json and text and not calls:
-                text = dumps({"answer": text})
             out.append({"role": "assistant", "content": "\n".join(([text] if text else []) + calls)})
         elif isinstance(m, ToolMessage):
             text = _text_of(m.content) if not isinstance(m.content, str) else m.content

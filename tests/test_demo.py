@@ -89,6 +89,16 @@ def test_react_demos_show_each_step_with_the_real_tool_results():
     assert answers[1].answer == calculator("2345 * 6789") == SOLVED[1][2]
 
 
+def test_langchain_solved_turns_answer_in_the_tool_reply_format():
+    from langchain_core.messages import AIMessage
+
+    from radixlm.adapters.langchain_tools import parse_reply
+    from radixlm.demo.agents import _solved_examples
+
+    answers = [m for m in _solved_examples() if isinstance(m, AIMessage) and not m.tool_calls]
+    assert [parse_reply(m.content)[0] for m in answers] == [answer for _, _, answer in SOLVED]
+
+
 def test_board_without_a_terminal_prints_one_line_per_status_change():
     out = io.StringIO()
     with Board([("a", "DSPy"), ("b", "LangChain")], out=out) as board:

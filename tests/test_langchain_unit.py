@@ -50,14 +50,6 @@ def test_messages_render_as_chat_turns_with_tool_calls_as_json():
         to_engine_messages([HumanMessage([{"type": "image", "url": "http://x/y.png"}])])
 
 
-def test_earlier_text_answers_render_as_the_tool_grammar_writes_them():
-    ai = AIMessage(content="", tool_calls=[{"name": "add", "args": {"a": 1}, "id": "c1"}])
-    history = [HumanMessage("hi"), ai, ToolMessage("3", tool_call_id="c1"), AIMessage("It is 3.")]
-    assert [m["content"] for m in to_engine_messages(history, "TOOLS", text_answers_as_json=True)][2:] == \
-        ['{"name": "add", "arguments": {"a": 1}}', "3", '{"answer": "It is 3."}']
-    assert to_engine_messages(history, "TOOLS")[-1]["content"] == "It is 3."  # plain chat: text stays text
-
-
 @tool
 def add(a: int, b: int) -> int:
     """Add two integers."""
