@@ -128,7 +128,8 @@ def test_demo_runs_dspy_and_langchain_agents_at_once_and_reports_reuse():
     assert "3 agents ran at once" in out and "prefix reuse:" in out and "3 agent traces" in out
     # the summary shows each answer and whether it is right
     assert len(re.findall(r"^             A: .*\((right|wrong, expected \d+)\)$", out, re.M)) == 3, out
-    assert re.search(r"answers: \d of 3 right", out), out
+    # measured 3 of 3 (README); one flip is tolerated on other CPUs' numerics
+    assert re.search(r"answers: [23] of 3 right", out), out
 
 
 @pytest.mark.slow
