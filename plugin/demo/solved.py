@@ -40,7 +40,7 @@ SOLVED = [
 TOOLS = {"search": search, "calculator": calculator}
 
 
-FINISH_THOUGHT = "Step 2: The observation contains the answer, so I finish."
+FINISH_THOUGHT = "Step 2: The observation answers the question, so I finish."
 
 
 def _trajectory(trajectory: dict[str, Any]) -> str:
