@@ -102,8 +102,13 @@ def _count(run: AgentRun, history: list[dict]) -> None:
 
 
 def _solved_examples() -> list:
-    """The solved questions (solved.py) as chat turns: question, tool call, tool result, answer."""
+    """The solved questions (solved.py) as chat turns: question, tool call, tool result, answer. The
+    answer is written in the reply format the bound tools' prompt asks for ({"answer": ...}, what the
+    tool grammar decodes into the reply's text): written as plain text, they never showed the model
+    that format after a tool result, and it repeated its call until its forced last step."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from radixlm.adapters.langchain_tools import dumps
 
     turns: list = []
     for i, (question, calls, answer) in enumerate(SOLVED):
@@ -111,7 +116,7 @@ def _solved_examples() -> list:
         for j, (_, tool, args) in enumerate(calls):
             turns += [AIMessage("", tool_calls=[{"name": tool, "args": args, "id": f"solved{i}_{j}"}]),
                       ToolMessage(TOOLS[tool](**args), tool_call_id=f"solved{i}_{j}")]
-        turns.append(AIMessage(answer))
+        turns.append(AIMessage(dumps({"answer": answer})))
     return turns
 
 

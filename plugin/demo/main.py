@@ -49,7 +49,7 @@ def _run_agents(client: radixlm.Client, endpoint: str, model: str, agents: int) 
     from radixlm.adapters.langchain_common import get_client
 
     # built here, before the threads start, so DSPy's settings are configured from this thread only
-    lm = LM(client=client, cache=False, max_tokens=160, num_retries=0)
+    lm = LM(client=client, cache=False, max_tokens=256, num_retries=0)
     # the LangChain agent's process-wide client attaches now, while the engine is idle and answers
     # the attach ping at once (under load a late attach could take the engine for absent)
     get_client(endpoint, model)

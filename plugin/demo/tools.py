@@ -1,9 +1,12 @@
-"""The demo agents' tools: a safe calculator and a search over a small local knowledge base."""
+"""The demo agents' tools: a safe calculator and a search over a small local knowledge base whose
+topics are a closed set (the search parameter is a Literal of them, so the tool's JSON schema is an
+enum and a grammar-constrained call can only name a real topic)."""
 
 from __future__ import annotations
 
 import ast
 import operator
+from typing import Literal
 
 KNOWLEDGE = {
     "eiffel tower": "The Eiffel Tower in Paris is 330 metres tall and was completed in 1889.",
@@ -14,7 +17,11 @@ KNOWLEDGE = {
     "light": "Light travels about 299792 km per second in a vacuum.",
     "great wall": "The Great Wall of China is about 21196 kilometres long.",
     "kilometre": "One kilometre is about 0.621 miles.",
+    "statue of liberty": "The Statue of Liberty in New York is 93 metres tall and was dedicated in 1886.",
+    "java": "Java is a programming language created at Sun Microsystems, first released in 1995.",
+    "mount fuji": "Mount Fuji is 3776 metres high, the highest mountain in Japan.",
 }
+Topic = Literal[tuple(KNOWLEDGE)]  # type: ignore[valid-type]  # the knowledge base's topics
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Mod: operator.mod}
@@ -42,8 +49,8 @@ def calculator(expression: str) -> str:
         return f"error: {exc}"
 
 
-def search(query: str) -> str:
-    """Look a topic up in the local knowledge base and return the matching facts."""
-    q = str(query).lower()
-    hits = [fact for key, fact in KNOWLEDGE.items() if key in q or any(w in key for w in q.split() if len(w) > 3)]
-    return " ".join(hits) if hits else "no result"
+def search(query: Topic) -> str:
+    """Look a topic up in the local knowledge base and return its facts."""
+    if query not in KNOWLEDGE:
+        raise ValueError(f"unknown topic {query!r}: the topics are {', '.join(KNOWLEDGE)}")
+    return KNOWLEDGE[query]
