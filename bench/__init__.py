@@ -5,6 +5,6 @@ and its peers (systems.py), reported by report.py. The single-topic benches besi
 (shared_prefix.py, model_speed.py, ...) run as modules: `python -m radixlm.bench.<name>`.
 """
 
-from radixlm.openmp_env import apply_openmp_defaults
+from radixlm.torch_env import apply_torch_defaults
 
-apply_openmp_defaults()  # the bench modules import torch after this package: radixlm's OpenMP waits for them too
+apply_torch_defaults()  # the bench modules import torch after this package: radixlm's settings hold for them too

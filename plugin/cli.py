@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .openmp_env import apply_openmp_defaults
+from .torch_env import apply_torch_defaults
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `radixlm` console command."""
-    apply_openmp_defaults()  # before build_parser imports torch, which loads OpenMP
+    apply_torch_defaults()  # before build_parser imports torch, which loads OpenMP
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":

@@ -7,9 +7,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from radixlm.openmp_env import apply_openmp_defaults
+from radixlm.torch_env import apply_torch_defaults
 
-apply_openmp_defaults()  # before torch loads libgomp: pytest's own engines wait at barriers as radixlm's do
+apply_torch_defaults()  # before torch loads: pytest's own engines run as radixlm's do
 
 import torch  # noqa: E402
 
