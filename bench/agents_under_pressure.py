@@ -22,6 +22,7 @@ load. It is a supplement to the real-model run, not a replacement.
 
     python -m radixlm.bench.agents_under_pressure --agents 32
     python -m radixlm.bench.agents_under_pressure --agents 32 --simulate
+    python -m radixlm.bench.agents_under_pressure --agents 32 --dtype auto --quantization q4
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import torch
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.loader import load_model
 from radixlm.engine.model.context import ForwardMode, current_context
+from radixlm.engine.model.decode_step import QUANTIZATIONS
+from radixlm.engine.model.precision import DTYPE_CHOICES
 from radixlm.protocol import SamplingParams
 
 SYSTEMS = {
@@ -245,10 +248,12 @@ def main() -> None:
     ap.add_argument("--skip-no-pressure", action="store_true", help="skip the two runs on a pool that holds everything")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--simulate", action="store_true", help="simulated model and time (see the module docstring)")
+    ap.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="the real model's dtype option")
+    ap.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="the real model's decode weights")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = None if args.simulate else load_model("smollm2")
+    model = None if args.simulate else load_model("smollm2", dtype=args.dtype, quantization=args.quantization)
     vocab = SimulatedConfig.vocab_size if model is None else model.model.cfg.vocab_size
     workload = make_workload(args.agents, args.steps, args.seed, vocab, args.system_len,
                              args.task_len, tuple(args.obs_len), args.output_tokens, tuple(args.tool_seconds))
