@@ -149,6 +149,17 @@ def greedy_decode(
     return tokens, step_logits
 
 
+def assert_same_greedy_decode(model: LlamaModel, ref: LlamaModel, cfg: ModelConfig,
+                              prompts: Sequence[Sequence[int]], steps: int, atol: float = 1e-4) -> None:
+    """`model` and `ref`, each on a fresh pool, decode `prompts` greedily to the same tokens, and
+    every step's logits agree within `atol` (`assert_close`)."""
+    ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), prompts, steps)
+    tokens, logits = greedy_decode(model, new_pool(cfg), prompts, steps)
+    assert tokens == ref_tokens
+    for ours, theirs in zip(logits, ref_logits):
+        assert_close(torch.stack(ours), torch.stack(theirs), atol)
+
+
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, atol: float) -> float:
     """Max abs diff <= atol and the same argmax in every row; returns the max abs diff."""
     assert ours.shape == ref.shape, (ours.shape, ref.shape)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
+from model_harness import KINDS, assert_close, assert_same_greedy_decode, build, greedy_decode, new_pool
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.engine import EngineConfig
@@ -54,11 +54,7 @@ def test_int8_decode_matches_fp32_on_the_same_weights(kind: str) -> None:
     ref = LlamaModel(cfg, state, TorchAttention())
     q8 = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
     assert q8.decode_step is not None and q8.decode_step.matrix(0, "qkv")[0].dtype == torch.int8
-    ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=6)
-    tokens, logits = greedy_decode(q8, new_pool(cfg), PROMPTS, steps=6)
-    assert tokens == ref_tokens
-    for ours, theirs in zip(logits, ref_logits):
-        assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+    assert_same_greedy_decode(q8, ref, cfg, PROMPTS, steps=6)
 
 
 def test_batches_above_the_decode_pass_limit_take_the_extend_weights() -> None:
@@ -93,11 +89,7 @@ def test_compiled_int8_decode_matches_eager() -> None:
     eager = LlamaModel(cfg, state, TorchAttention(), quantization="int8")
     compiled = LlamaModel(cfg, state, TorchAttention(), quantization="int8", compile_decode=True)
     for prompts in (PROMPTS[:1], PROMPTS[1:2], PROMPTS[:2], PROMPTS):
-        ref_tokens, ref_logits = greedy_decode(eager, new_pool(cfg), prompts, steps=4)
-        tokens, logits = greedy_decode(compiled, new_pool(cfg), prompts, steps=4)
-        assert tokens == ref_tokens
-        for ours, theirs in zip(logits, ref_logits):
-            assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+        assert_same_greedy_decode(compiled, eager, cfg, prompts, steps=4)
 
 
 def test_dtype_auto_resolution() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_harness import KINDS, assert_close, build, greedy_decode, new_pool
+from model_harness import KINDS, assert_same_greedy_decode, build, greedy_decode, new_pool
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.model import decode_step
@@ -108,11 +108,7 @@ def test_plain_torch_q4_decode_matches_fp32_on_the_same_weights(kind: str, monke
     ref = LlamaModel(cfg, state, TorchAttention())
     q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
     assert q4.decode_step is not None and q4.decode_step.matrix(0, "gate_up")[0].dtype == torch.uint8
-    ref_tokens, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=5)
-    tokens, logits = greedy_decode(q4, new_pool(cfg), PROMPTS, steps=5)
-    assert tokens == ref_tokens
-    for ours, theirs in zip(logits, ref_logits):
-        assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+    assert_same_greedy_decode(q4, ref, cfg, PROMPTS, steps=5)
 
 
 @needs_kernel
@@ -142,11 +138,7 @@ def test_native_decode_layers_match_the_layer_by_op_pass(kind: str) -> None:
     by_op.decode_step.native_layers = False
     long = [(7 * i) % 97 + 3 for i in range(150)]  # keys in three chunks of the op's split attention
     for prompts in (PROMPTS[:1], PROMPTS, [long, PROMPTS[1]]):
-        ref_tokens, ref_logits = greedy_decode(by_op, new_pool(cfg), prompts, steps=4)
-        tokens, logits = greedy_decode(native, new_pool(cfg), prompts, steps=4)
-        assert tokens == ref_tokens
-        for ours, theirs in zip(logits, ref_logits):
-            assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+        assert_same_greedy_decode(native, by_op, cfg, prompts, steps=4)
 
 
 @needs_kernel
@@ -168,11 +160,7 @@ def test_compiled_q4_decode_matches_eager(monkeypatch: pytest.MonkeyPatch) -> No
     compiled = LlamaModel(cfg, state, TorchAttention(), quantization="q4", compile_decode=True)
     assert compiled.decode_step is not None and compiled.decode_step.compiled
     for prompts in (PROMPTS[:1], PROMPTS):
-        ref_tokens, ref_logits = greedy_decode(eager, new_pool(cfg), prompts, steps=4)
-        tokens, logits = greedy_decode(compiled, new_pool(cfg), prompts, steps=4)
-        assert tokens == ref_tokens
-        for ours, theirs in zip(logits, ref_logits):
-            assert_close(torch.stack(ours), torch.stack(theirs), 1e-4)
+        assert_same_greedy_decode(compiled, eager, cfg, prompts, steps=4)
 
 
 @settings(max_examples=15, deadline=None)

@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..kv_pool import KVPool
 from ..quant import int8, q4, q8
 from ..quant.native import block_kernels_available
 from .config import ModelConfig
-from ..kv_pool import KVPool
 from .context import ForwardContext
 
 QUANTIZATIONS = ("none", "int8", "q4")

@@ -143,12 +143,12 @@ inline void prefetch_row(const float* row, int64_t dim) {
 // keep every thread busy; the chunks' partial softmaxes are merged after.
 constexpr int64_t kChunk = 64;
 
-// out [B, heads * dim] = attention of q [B, heads * dim] over each row's first kv_lens[b] slots of the
-// layer's pool. One task per (row, KV head, chunk of keys) serves the KV head's group of query heads,
+// out [B, heads * dim] = attention of q (row b's heads * dim values start at q + b * q_stride) over each
+// row's first kv_lens[b] slots of the layer's pool. One task per (row, KV head, chunk of keys) serves the KV head's group of query heads,
 // so each K/V row comes from memory once; keys are scored eight at a time (independent FMA chains,
 // one lane sum). A task leaves, per query head, its chunk's max score, sum of exponentials and
 // unnormalized output; the merge rescales them to the row's max.
-void attend(const Shape& s, const float* q, const int64_t* kv_index, const int64_t* kv_lens, const float* k_pool,
+void attend(const Shape& s, const float* q, int64_t q_stride, const int64_t* kv_index, const int64_t* kv_lens, const float* k_pool,
             const float* v_pool, float* out) {
   const int64_t group = s.heads / s.kv_heads, dim = s.dim, chunks = (s.kv_width + kChunk - 1) / kChunk;
   const int64_t tasks = s.batch * s.kv_heads * chunks;
@@ -162,7 +162,7 @@ void attend(const Shape& s, const float* q, const int64_t* kv_index, const int64
       if (len <= 0) continue;  // past this row's keys: its total stays 0
       const int64_t* slots = kv_index + b * s.kv_width + first;
       auto row = [&](const float* pool, int64_t n) { return pool + (slots[n] * s.kv_heads + g) * dim; };
-      const float* qg = q + b * s.q_size() + g * group * dim;  // the group's query heads, one after another
+      const float* qg = q + b * q_stride + g * group * dim;  // the group's query heads, one after another
       int64_t n = 0;
       for (; n + 8 <= len; n += 8) {
         const float* k[8];
@@ -296,10 +296,8 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
       const int64_t slot = index[b * s.kv_width + lens[b] - 1];
       std::copy_n(row + s.q_size(), s.kv_size(), k_pool + slot * s.kv_size());
       std::copy_n(row + s.q_size() + s.kv_size(), s.kv_size(), v_pool + slot * s.kv_size());
-      std::copy_n(row, s.q_size(), attn.data() + b * s.q_size());  // q, replaced by its attention below
     }
-    std::vector<float> q(attn);
-    attend(s, q.data(), index, lens, k_pool, v_pool, attn.data());
+    attend(s, qkv_y.data(), qkv_out, index, lens, k_pool, v_pool, attn.data());  // q: each row's first values
     w_o.layer(l).times(attn.data(), batch, y.data());
     for (int64_t i = 0; i < batch * hidden; ++i) hp[i] += y[i];
     for (int64_t b = 0; b < batch; ++b) rms_norm(hp + b * hidden, post_norm.data_ptr<float>() + l * hidden, hidden, eps, x.data() + b * hidden);
