@@ -41,7 +41,7 @@ class Pair:
 
 
 def hf_config(kind: str) -> Any:
-    """Tiny HF config: Llama with llama3 rope scaling, Qwen2 (q/k/v bias), Qwen3 (q/k norm, head_dim 32, tied)."""
+    """Tiny HF config: Llama with llama3 rope scaling, Qwen2 (q/k/v bias), Qwen3 (q/k norm, head_dim 64, tied)."""
     from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     if kind == "llama3":
@@ -52,7 +52,7 @@ def hf_config(kind: str) -> Any:
     if kind == "qwen2":
         return Qwen2Config(**_COMMON, rope_parameters=dict(rope_type="default", rope_theta=1e6), rms_norm_eps=1e-6)
     if kind == "qwen3":
-        return Qwen3Config(**_COMMON, head_dim=32, tie_word_embeddings=True, rms_norm_eps=1e-6)
+        return Qwen3Config(**_COMMON, head_dim=64, tie_word_embeddings=True, rms_norm_eps=1e-6)
     raise ValueError(kind)
 
 

@@ -142,6 +142,39 @@ def test_native_decode_layers_match_the_layer_by_op_pass(kind: str) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [2, 3])
+def test_native_decode_layers_compute_the_same_bits_on_any_number_of_threads(threads: int) -> None:
+    """The op splits each phase of a layer over torch's threads, with barriers between phases: a team
+    of 2, or of 3 on this machine's cores, computes exactly what one thread does (hidden rows and the
+    K/V it writes), for rows with different KV lengths over scattered slots."""
+    state, cfg = q4_state("qwen2", 1)
+    step = LlamaModel(cfg, state, TorchAttention(), quantization="q4").decode_step
+    gen = torch.Generator().manual_seed(threads)
+    pool = new_pool(cfg, num_slots=400)
+    pool.k_layers.copy_(torch.randn(pool.k_layers.shape, generator=gen))
+    pool.v_layers.copy_(torch.randn(pool.v_layers.shape, generator=gen))
+    lens = torch.tensor([200, 70, 1])
+    slots, kv_index = torch.randperm(400, generator=gen), torch.zeros(3, 200, dtype=torch.int64)
+    for row, (start, n) in enumerate([(0, 200), (200, 70), (270, 1)]):  # each row's own slots
+        kv_index[row, :n] = slots[start: start + n]
+    h = torch.randn(3, cfg.hidden_size, generator=gen)
+    cos, sin = torch.randn(2, 3, 1, cfg.head_dim, generator=gen)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            p = new_pool(cfg, num_slots=400)
+            p.k_layers.copy_(pool.k_layers), p.v_layers.copy_(pool.v_layers)
+            results.append((step._native_layers(h, cos, sin, kv_index, lens, p), p.k_layers, p.v_layers))
+    finally:
+        torch.set_num_threads(before)
+    for one, many in zip(*results):
+        assert torch.equal(one, many)
+    assert not torch.equal(results[0][1], pool.k_layers)  # the op wrote the new K
+
+
+@needs_kernel
 def test_native_decode_layers_name_a_bad_kv_slot() -> None:
     state, cfg = q4_state("llama3", 0)
     step = LlamaModel(cfg, state, TorchAttention(), quantization="q4").decode_step

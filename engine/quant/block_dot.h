@@ -82,15 +82,18 @@ inline __m256 load_halves(const uint16_t* p) {
 // rounded x, dx * sum(xq) (for the m term). dx and xsum carry kMaxGroup zeros past the last row, so a group's 8-lane load
 // never reads past them.
 struct QuantizedX {
-  int64_t in, blocks;
+  int64_t in = 0, blocks = 0;
   std::vector<int8_t> xq;
   std::vector<float> dx, xsum;
 };
 
-inline QuantizedX quantize_x(const float* x, int64_t batch, int64_t in) {
+// Quantizes x into q, reusing q's buffers (no allocation once they are large enough).
+inline void quantize_x(const float* x, int64_t batch, int64_t in, QuantizedX& q) {
   const int64_t blocks = in / kBlock;
-  QuantizedX q{in, blocks, std::vector<int8_t>(batch * in), std::vector<float>(batch * blocks + kMaxGroup, 0.0f),
-               std::vector<float>(batch * blocks + kMaxGroup, 0.0f)};
+  q.in = in, q.blocks = blocks;
+  q.xq.resize(batch * in);
+  q.dx.assign(batch * blocks + kMaxGroup, 0.0f);
+  q.xsum.assign(batch * blocks + kMaxGroup, 0.0f);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t i = 0; i < batch * blocks; ++i) {
     __m256 f[4], amax = _mm256_setzero_ps();
@@ -115,7 +118,6 @@ inline QuantizedX quantize_x(const float* x, int64_t batch, int64_t in) {
     const __m256i total = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
     q.xsum[i] = d * reduce(_mm256_cvtepi32_ps(total));
   }
-  return q;
 }
 
 // The two block formats: how a row's blocks k and k + 1 load, and their integer dot with xq.
@@ -178,33 +180,40 @@ void rows_dot(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, co
 }
 
 template <class Format, int B>
-void gemv_rows(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, const uint16_t* m, int64_t out, float* y) {
-  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
-    // the largest group dividing the row's (even) block count
-    switch (x.blocks % 8 == 0 ? 8 : x.blocks % 6 == 0 ? 6 : x.blocks % 4 == 0 ? 4 : 2) {
-      case 8: rows_dot<Format, B, 8>(x, weights, d, m, out, begin, end, y); break;
-      case 6: rows_dot<Format, B, 6>(x, weights, d, m, out, begin, end, y); break;
-      case 4: rows_dot<Format, B, 4>(x, weights, d, m, out, begin, end, y); break;
-      default: rows_dot<Format, B, 2>(x, weights, d, m, out, begin, end, y); break;
-    }
-  });
+void rows_of(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, const uint16_t* m, int64_t out,
+             int64_t begin, int64_t end, float* y) {
+  // the largest group dividing the row's (even) block count
+  switch (x.blocks % 8 == 0 ? 8 : x.blocks % 6 == 0 ? 6 : x.blocks % 4 == 0 ? 4 : 2) {
+    case 8: rows_dot<Format, B, 8>(x, weights, d, m, out, begin, end, y); break;
+    case 6: rows_dot<Format, B, 6>(x, weights, d, m, out, begin, end, y); break;
+    case 4: rows_dot<Format, B, 4>(x, weights, d, m, out, begin, end, y); break;
+    default: rows_dot<Format, B, 2>(x, weights, d, m, out, begin, end, y); break;
+  }
 }
 
-// y [batch, out] = x times the weight, for the batch (<= kMaxBatch) rows of the quantized x.
+// Output rows [begin, end) of y [batch, out] = x times the weight, for the batch (<= kMaxBatch) rows of
+// the quantized x, on the calling thread.
+template <class Format>
+void gemv_rows(const QuantizedX& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
+               int64_t out, int64_t begin, int64_t end, float* y) {
+  switch (batch) {
+    case 1: rows_of<Format, 1>(x, weights, d, m, out, begin, end, y); break;
+    case 2: rows_of<Format, 2>(x, weights, d, m, out, begin, end, y); break;
+    case 3: rows_of<Format, 3>(x, weights, d, m, out, begin, end, y); break;
+    case 4: rows_of<Format, 4>(x, weights, d, m, out, begin, end, y); break;
+    case 5: rows_of<Format, 5>(x, weights, d, m, out, begin, end, y); break;
+    case 6: rows_of<Format, 6>(x, weights, d, m, out, begin, end, y); break;
+    case 7: rows_of<Format, 7>(x, weights, d, m, out, begin, end, y); break;
+    case 8: rows_of<Format, 8>(x, weights, d, m, out, begin, end, y); break;
+    default: break;  // batch 0: nothing to compute
+  }
+}
+
+// All of y, the rows split over torch's threads.
 template <class Format>
 void gemv(const QuantizedX& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
           int64_t out, float* y) {
-  switch (batch) {
-    case 1: gemv_rows<Format, 1>(x, weights, d, m, out, y); break;
-    case 2: gemv_rows<Format, 2>(x, weights, d, m, out, y); break;
-    case 3: gemv_rows<Format, 3>(x, weights, d, m, out, y); break;
-    case 4: gemv_rows<Format, 4>(x, weights, d, m, out, y); break;
-    case 5: gemv_rows<Format, 5>(x, weights, d, m, out, y); break;
-    case 6: gemv_rows<Format, 6>(x, weights, d, m, out, y); break;
-    case 7: gemv_rows<Format, 7>(x, weights, d, m, out, y); break;
-    case 8: gemv_rows<Format, 8>(x, weights, d, m, out, y); break;
-    default: break;  // batch 0: nothing to compute
-  }
+  at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) { gemv_rows<Format>(x, batch, weights, d, m, out, begin, end, y); });
 }
 
 }  // namespace radixlm::kernels

@@ -24,7 +24,8 @@ at::Tensor block_gemv(const char* op, const at::Tensor& x, const at::Tensor& wei
   const at::Tensor xc = x.contiguous(), wc = weights.contiguous(), dc = d.contiguous();
   const at::Tensor mc = m != nullptr ? m->contiguous() : at::Tensor();
   at::Tensor y = at::empty({batch, out}, xc.options());
-  const QuantizedX qx = quantize_x(xc.data_ptr<float>(), batch, in);
+  QuantizedX qx;
+  quantize_x(xc.data_ptr<float>(), batch, in, qx);
   const auto* wp = static_cast<const uint8_t*>(wc.data_ptr());
   const uint16_t* dp = reinterpret_cast<const uint16_t*>(dc.data_ptr<at::Half>());
   const uint16_t* mp = m != nullptr ? reinterpret_cast<const uint16_t*>(mc.data_ptr<at::Half>()) : nullptr;

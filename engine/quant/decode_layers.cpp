@@ -3,21 +3,28 @@
 //
 // A batch-1 decode step reads every weight once; what it does besides is a few thousand multiply-adds
 // per layer (norms, RoPE, attention over the row's cached positions, residuals). Done here in plain
-// loops, a layer is four parallel GEMVs (block_dot.h) and one parallel attention pass, instead of
-// dozens of separately dispatched small kernels.
+// loops, the op's layers run in one parallel region of torch's threads: each layer is five phases
+// (QKV with RoPE and the K/V write, attention, O, gate/up, down), each split over the threads, with a
+// barrier between phases instead of a parallel region per kernel.
 //
 // Per layer l and row b (the math of decode_step.make_layer_fn):
 //   x = rms_norm(h) ; q, k, v = x Wqkv (+ bias) ; q, k = rms_norm per head (Qwen3) ; RoPE(q, k)
 //   k, v -> the pool at the row's newest slot, kv_index[b, kv_lens[b] - 1]
 //   h += softmax(q K^T / sqrt(dim)) V Wo over the row's kv_lens[b] slots
 //   h += (silu(x' Wgate) * x' Wup) Wdown, with x' = rms_norm(h)
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "block_dot.h"
 
@@ -31,11 +38,6 @@ struct Q4Matrix {
   const uint16_t* d;
   const uint16_t* m;
   int64_t out, in;
-
-  void times(const float* x, int64_t batch, float* y) const {
-    const QuantizedX qx = quantize_x(x, batch, in);
-    gemv<Q4>(qx, batch, packed, d, m, out, y);
-  }
 };
 
 // The stacked parts (packed, d, m) of one matrix name, checked against the expected [layers, out, in].
@@ -119,6 +121,21 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, _mm256_castsi256_ps(pow2n)));
 }
 
+// y[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] for i < n, with e^-|gate| from
+// exp_nonpositive: sigmoid(g) = 1 / (1 + e^-g) for g >= 0, e^g / (1 + e^g) below.
+void silu_times(const float* gate, const float* up, int64_t n, float* y) {
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_nonpositive(_mm256_or_ps(g, sign));  // e^-|g|
+    const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    const __m256 sigmoid = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), g);  // g's sign bit picks e / (1 + e)
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 // p[i] <- e^(p[i] - max p) for i < len; returns (max p, the sum of the new p)
 std::pair<float, float> exp_shifted(float* p, int64_t len) {
   const float top = *std::max_element(p, p + len);
@@ -143,80 +160,162 @@ inline void prefetch_row(const float* row, int64_t dim) {
 // keep every thread busy; the chunks' partial softmaxes are merged after.
 constexpr int64_t kChunk = 64;
 
-// out [B, heads * dim] = attention of q (row b's heads * dim values start at q + b * q_stride) over each
-// row's first kv_lens[b] slots of the layer's pool. One task per (row, KV head, chunk of keys) serves the KV head's group of query heads,
-// so each K/V row comes from memory once; keys are scored eight at a time (independent FMA chains,
-// one lane sum). A task leaves, per query head, its chunk's max score, sum of exponentials and
-// unnormalized output; the merge rescales them to the row's max.
-void attend(const Shape& s, const float* q, int64_t q_stride, const int64_t* kv_index, const int64_t* kv_lens, const float* k_pool,
-            const float* v_pool, float* out) {
-  const int64_t group = s.heads / s.kv_heads, dim = s.dim, chunks = (s.kv_width + kChunk - 1) / kChunk;
-  const int64_t tasks = s.batch * s.kv_heads * chunks;
+// The chunks' partial results of one layer's attention: per task (row, KV head, chunk of keys) and
+// query head of its group, the chunk's max score, sum of exponentials and unnormalized output.
+struct Partials {
+  int64_t chunks, group;
+  std::vector<float> out, top, total;
+
+  Partials(const Shape& s) : chunks((s.kv_width + kChunk - 1) / kChunk), group(s.heads / s.kv_heads) {
+    const int64_t tasks = s.batch * s.kv_heads * chunks;
+    out.resize(tasks * group * s.dim), top.resize(tasks * group), total.resize(tasks * group);
+  }
+  int64_t tasks(const Shape& s) const { return s.batch * s.kv_heads * chunks; }
+};
+
+// o[0 .. 8 W) = sum over the chunk's len keys n of p[n] * (value row n)[at .. at + 8 W), accumulated in registers.
+template <int W, class Row>
+inline void weigh_values(const float* p, int64_t len, const Row& row, const float* v_pool, int64_t at, float* o) {
+  __m256 acc[W];
+  for (int u = 0; u < W; ++u) acc[u] = _mm256_setzero_ps();
+  for (int64_t n = 0; n < len; ++n) {
+    const __m256 pn = _mm256_set1_ps(p[n]);
+    const float* value = row(v_pool, n) + at;
+    for (int u = 0; u < W; ++u) acc[u] = _mm256_fmadd_ps(pn, _mm256_loadu_ps(value + 8 * u), acc[u]);
+  }
+  for (int u = 0; u < W; ++u) _mm256_storeu_ps(o + 8 * u, acc[u]);
+}
+
+// Attention tasks [begin, end) of q (row b's heads * dim values start at q + b * q_stride) over each
+// row's first kv_lens[b] slots of the layer's pool. A task serves its KV head's group of query heads,
+// so each K/V row comes from memory once; keys are scored eight at a time (independent FMA chains, one
+// lane sum). `scores` holds group * kChunk floats.
+void attend(const Shape& s, const float* q, int64_t q_stride, const int64_t* kv_index, const int64_t* kv_lens,
+            const float* k_pool, const float* v_pool, int64_t begin, int64_t end, float* scores, Partials& part) {
+  const int64_t group = part.group, dim = s.dim, chunks = part.chunks;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  std::vector<float> part_out(tasks * group * dim), part_top(tasks * group), part_total(tasks * group, 0.0f);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(group * kChunk);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task % chunks, b = task / chunks / s.kv_heads, g = task / chunks % s.kv_heads;
-      const int64_t first = c * kChunk, len = std::min(kv_lens[b], first + kChunk) - first;
-      if (len <= 0) continue;  // past this row's keys: its total stays 0
-      const int64_t* slots = kv_index + b * s.kv_width + first;
-      auto row = [&](const float* pool, int64_t n) { return pool + (slots[n] * s.kv_heads + g) * dim; };
-      const float* qg = q + b * q_stride + g * group * dim;  // the group's query heads, one after another
-      int64_t n = 0;
-      for (; n + 8 <= len; n += 8) {
-        const float* k[8];
-        for (int u = 0; u < 8; ++u) {
-          k[u] = row(k_pool, n + u);
-          if (n + 8 + u < len) prefetch_row(row(k_pool, n + 8 + u), dim);
-        }
-        for (int64_t j = 0; j < group; ++j) {
-          __m256 acc[8];
-          for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
-          for (int64_t i = 0; i < dim; i += 8) {
-            const __m256 qi = _mm256_loadu_ps(qg + j * dim + i);
-            for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k[u] + i), acc[u]);
-          }
-          _mm256_storeu_ps(scores.data() + j * kChunk + n, _mm256_mul_ps(sum_each(acc), _mm256_set1_ps(scale)));
-        }
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t c = task % chunks, b = task / chunks / s.kv_heads, g = task / chunks % s.kv_heads;
+    const int64_t first = c * kChunk, len = std::min(kv_lens[b], first + kChunk) - first;
+    for (int64_t j = 0; j < group; ++j) part.total[task * group + j] = 0.0f;
+    if (len <= 0) continue;  // past this row's keys: its totals stay 0
+    const int64_t* slots = kv_index + b * s.kv_width + first;
+    auto row = [&](const float* pool, int64_t n) { return pool + (slots[n] * s.kv_heads + g) * dim; };
+    const float* qg = q + b * q_stride + g * group * dim;  // the group's query heads, one after another
+    int64_t n = 0;
+    for (; n + 8 <= len; n += 8) {
+      const float* k[8];
+      for (int u = 0; u < 8; ++u) {
+        k[u] = row(k_pool, n + u);
+        if (n + 8 + u < len) prefetch_row(row(k_pool, n + 8 + u), dim);
+        prefetch_row(row(v_pool, n + u), dim);  // for the values' pass after this chunk's scores
       }
-      for (; n < len; ++n)
-        for (int64_t j = 0; j < group; ++j) scores[j * kChunk + n] = dot(qg + j * dim, row(k_pool, n), dim) * scale;
-      for (int64_t j = 0; j < group; ++j)
-        std::tie(part_top[task * group + j], part_total[task * group + j]) = exp_shifted(scores.data() + j * kChunk, len);
-      float* o = part_out.data() + task * group * dim;
-      std::fill_n(o, group * dim, 0.0f);
-      for (n = 0; n < len; ++n) {
-        const float* value = row(v_pool, n);
-        if (n + 8 < len) prefetch_row(row(v_pool, n + 8), dim);
-        for (int64_t j = 0; j < group; ++j) {
-          const __m256 p = _mm256_set1_ps(scores[j * kChunk + n]);
-          for (int64_t i = 0; i < dim; i += 8)
-            _mm256_storeu_ps(o + j * dim + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(value + i), _mm256_loadu_ps(o + j * dim + i)));
+      for (int64_t j = 0; j < group; ++j) {
+        __m256 acc[8];
+        for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < dim; i += 8) {
+          const __m256 qi = _mm256_loadu_ps(qg + j * dim + i);
+          for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k[u] + i), acc[u]);
         }
+        _mm256_storeu_ps(scores + j * kChunk + n, _mm256_mul_ps(sum_each(acc), _mm256_set1_ps(scale)));
       }
     }
-  });
+    for (; n < len; ++n)
+      for (int64_t j = 0; j < group; ++j) scores[j * kChunk + n] = dot(qg + j * dim, row(k_pool, n), dim) * scale;
+    for (int64_t j = 0; j < group; ++j)
+      std::tie(part.top[task * group + j], part.total[task * group + j]) = exp_shifted(scores + j * kChunk, len);
+    float* o = part.out.data() + task * group * dim;
+    for (int64_t j = 0; j < group; ++j) {
+      int64_t i = 0;
+      for (; i + 64 <= dim; i += 64) weigh_values<8>(scores + j * kChunk, len, row, v_pool, i, o + j * dim + i);
+      for (; i < dim; i += 8) weigh_values<1>(scores + j * kChunk, len, row, v_pool, i, o + j * dim + i);
+    }
+  }
+}
+
+// out [B, heads * dim]: the chunks' partials merged, rescaled to each head's max score.
+void merge(const Shape& s, const Partials& part, float* out) {
+  const int64_t group = part.group, chunks = part.chunks, dim = s.dim;
   for (int64_t bg = 0; bg < s.batch * s.kv_heads; ++bg) {
     for (int64_t j = 0; j < group; ++j) {
       const int64_t head = bg * group + j;  // (b, g, j) -> query head b * heads + g * group + j
       float top = -INFINITY, total = 0.0f;
       for (int64_t c = 0; c < chunks; ++c)
-        if (part_total[(bg * chunks + c) * group + j] > 0.0f) top = std::max(top, part_top[(bg * chunks + c) * group + j]);
+        if (part.total[(bg * chunks + c) * group + j] > 0.0f) top = std::max(top, part.top[(bg * chunks + c) * group + j]);
       float* o = out + head * dim;
       std::fill_n(o, dim, 0.0f);
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t at = (bg * chunks + c) * group + j;
-        if (part_total[at] == 0.0f) continue;
-        const float w = std::exp(part_top[at] - top);
-        total += w * part_total[at];
-        const float* po = part_out.data() + at * dim;
+        if (part.total[at] == 0.0f) continue;
+        const float w = std::exp(part.top[at] - top);
+        total += w * part.total[at];
+        const float* po = part.out.data() + at * dim;
         for (int64_t i = 0; i < dim; ++i) o[i] += w * po[i];
       }
       for (int64_t i = 0; i < dim; ++i) o[i] /= total;
     }
   }
 }
+
+// The op's threads as one team in one parallel region: each phase of a layer splits its work over
+// the team's members, and the members meet at a barrier before the next phase. A thread of torch's
+// pool runs the members [first, last) it is handed (one each when the pool has a thread per member;
+// all of them when the region runs on one thread), so the barrier counts members, not threads.
+// Waiting spins for a while (phases end within microseconds of each other on idle cores), then
+// sleeps, so a member that lost its core to another process gets it back.
+class Team {
+ public:
+  explicit Team(int64_t size) : size_(size) {}
+
+  // The share [begin, end) of `items` that members [first, last) take.
+  std::pair<int64_t, int64_t> share(int64_t items, int64_t first, int64_t last) const {
+    return {items * first / size_, items * last / size_};
+  }
+
+  // Members `members` arrive; returns when the whole team has. `passed` counts the caller's
+  // barriers (times the team size).
+  void wait(int64_t members, int64_t& passed) {
+    passed += size_;
+    if (arrived_.fetch_add(members) + members >= passed) {  // the last to arrive
+      if (sleepers_.load() > 0) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        woken_.notify_all();
+      }
+      return;
+    }
+    for (int64_t spins = 0; spins < kSpins; ++spins) {
+      if (arrived_.load(std::memory_order_acquire) >= passed) return;
+      _mm_pause();
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    // seq_cst with the last arriver's add then load: it sees this sleeper, or this sees its arrival
+    sleepers_.fetch_add(1);
+    woken_.wait(lock, [&] { return arrived_.load() >= passed; });
+    sleepers_.fetch_sub(1);
+  }
+
+ private:
+  static constexpr int64_t kSpins = 4000;
+  const int64_t size_;
+  std::atomic<int64_t> arrived_{0}, sleepers_{0};
+  std::mutex mutex_;
+  std::condition_variable woken_;
+};
+
+// What each thread of the team keeps for itself: its copy of the activations it quantizes.
+struct Scratch {
+  std::vector<float> h, x, scores;
+  QuantizedX qx;
+
+  Scratch(const Shape& s, int64_t group) : h(s.batch * s.hidden), x(s.batch * std::max({s.hidden, s.inter, s.q_size()})),
+                                           scores(group * kChunk) {
+    // sized once here: nothing allocates inside the team's region, where a throw would leave the
+    // other members waiting at a barrier
+    qx.xq.reserve(x.size());
+    qx.dx.reserve(x.size() / kBlock + kMaxGroup);
+    qx.xsum.reserve(x.size() / kBlock + kMaxGroup);
+  }
+};
 
 const float* optional_data(const std::optional<at::Tensor>& t, const char* name, int64_t layers, int64_t width) {
   if (!t.has_value()) return nullptr;
@@ -272,43 +371,109 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
   const float* kn = optional_data(k_norm, "k_norm", layers, dim);
   TORCH_CHECK((qn == nullptr) == (kn == nullptr), "q4_decode_layers: q_norm and k_norm come together");
 
-  at::Tensor out = h.contiguous().clone();
-  float* hp = out.data_ptr<float>();
-  std::vector<float> x(batch * std::max(hidden, s.inter)), qkv_y(batch * qkv_out), attn(batch * s.q_size()),
-      gu(batch * 2 * s.inter), y(batch * hidden);
+  const int64_t group = heads / kv_heads, units = heads + 2 * kv_heads;  // units: the QKV output's heads
+#if AT_PARALLEL_OPENMP
+  const int64_t team_size = std::max<int64_t>(1, at::get_num_threads());
+#else
+  const int64_t team_size = 1;  // another backend may run the chunks one after another: no barriers then
+#endif
+  Team team(team_size);
+  Partials part(s);
+  std::vector<Scratch> scratch(team_size, Scratch(s, group));
+  // shared: h in two buffers (a residual reads one and writes the other), and each phase's output
+  std::vector<float> h_buffers(2 * batch * hidden), qkv_y(batch * qkv_out), y_o(batch * hidden), gu(batch * 2 * s.inter),
+      act(batch * s.inter), y_down(batch * hidden);
+  const at::Tensor h_in = h.contiguous();
+  std::copy_n(h_in.data_ptr<float>(), batch * hidden, h_buffers.data());
+  at::Tensor out = at::empty({batch, hidden}, h_in.options());
+  float* out_p = out.data_ptr<float>();
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
+  const float* in_norm_p = in_norm.data_ptr<float>();
+  const float* post_norm_p = post_norm.data_ptr<float>();
+  float* k_base = k_layers.data_ptr<float>();
+  float* v_base = v_layers.data_ptr<float>();
   const int64_t pool_layer = s.slots * s.kv_size();
-  for (int64_t l = 0; l < layers; ++l) {
-    float* k_pool = k_layers.data_ptr<float>() + l * pool_layer;
-    float* v_pool = v_layers.data_ptr<float>() + l * pool_layer;
-    for (int64_t b = 0; b < batch; ++b) rms_norm(hp + b * hidden, in_norm.data_ptr<float>() + l * hidden, hidden, eps, x.data() + b * hidden);
-    w_qkv.layer(l).times(x.data(), batch, qkv_y.data());
-    for (int64_t b = 0; b < batch; ++b) {
-      float* row = qkv_y.data() + b * qkv_out;
-      if (bias != nullptr)
-        for (int64_t i = 0; i < qkv_out; ++i) row[i] += bias[l * qkv_out + i];
-      for (int64_t head = 0; head < heads + kv_heads; ++head) {
-        float* v = row + head * dim;
-        if (qn != nullptr) rms_norm(v, (head < heads ? qn : kn) + l * dim, dim, eps, v);
-        rope(v, cp + b * dim, sp + b * dim, dim);
+
+  at::parallel_for(0, team_size, 1, [&](int64_t first, int64_t last) {
+    Scratch& mine = scratch[first];
+    const int64_t members = last - first;
+    int64_t passed = 0;
+    int64_t cur = 0;  // h_buffers' half that holds h
+    auto norm_rows = [&](const float* weight) {
+      for (int64_t b = 0; b < batch; ++b) rms_norm(mine.h.data() + b * hidden, weight, hidden, eps, mine.x.data() + b * hidden);
+    };
+    // mine.h = h + y; this member's share of it becomes the other half's
+    auto residual = [&](const float* y) {
+      const float* from = h_buffers.data() + cur * batch * hidden;
+      for (int64_t i = 0; i < batch * hidden; ++i) mine.h[i] = from[i] + y[i];
+      cur ^= 1;
+      const auto [a, b] = team.share(batch * hidden, first, last);
+      std::copy(mine.h.begin() + a, mine.h.begin() + b, h_buffers.begin() + cur * batch * hidden + a);
+    };
+    std::copy_n(h_buffers.data(), batch * hidden, mine.h.data());
+    for (int64_t l = 0; l < layers; ++l) {
+      float* k_pool = k_base + l * pool_layer;
+      float* v_pool = v_base + l * pool_layer;
+      // QKV, whole heads per member: bias, Qwen3's head norms, RoPE, and the new K/V into the pool
+      if (l > 0) residual(y_down.data());
+      norm_rows(in_norm_p + l * hidden);
+      quantize_x(mine.x.data(), batch, hidden, mine.qx);
+      const auto [u0, u1] = team.share(units, first, last);
+      gemv_rows<Q4>(mine.qx, batch, w_qkv.layer(l).packed, w_qkv.layer(l).d, w_qkv.layer(l).m, qkv_out, u0 * dim, u1 * dim,
+                    qkv_y.data());
+      for (int64_t b = 0; b < batch; ++b) {
+        float* row = qkv_y.data() + b * qkv_out;
+        const int64_t slot = index[b * s.kv_width + lens[b] - 1];
+        for (int64_t unit = u0; unit < u1; ++unit) {
+          float* v = row + unit * dim;
+          if (bias != nullptr)
+            for (int64_t i = 0; i < dim; ++i) v[i] += bias[l * qkv_out + unit * dim + i];
+          if (unit < heads + kv_heads) {
+            if (qn != nullptr) rms_norm(v, (unit < heads ? qn : kn) + l * dim, dim, eps, v);
+            rope(v, cp + b * dim, sp + b * dim, dim);
+          }
+          if (unit >= heads + kv_heads)
+            std::copy_n(v, dim, v_pool + slot * s.kv_size() + (unit - heads - kv_heads) * dim);
+          else if (unit >= heads)
+            std::copy_n(v, dim, k_pool + slot * s.kv_size() + (unit - heads) * dim);
+        }
       }
-      const int64_t slot = index[b * s.kv_width + lens[b] - 1];
-      std::copy_n(row + s.q_size(), s.kv_size(), k_pool + slot * s.kv_size());
-      std::copy_n(row + s.q_size() + s.kv_size(), s.kv_size(), v_pool + slot * s.kv_size());
+      team.wait(members, passed);
+      // attention: the (row, KV head, chunk) tasks
+      const auto [t0, t1] = team.share(part.tasks(s), first, last);
+      attend(s, qkv_y.data(), qkv_out, index, lens, k_pool, v_pool, t0, t1, mine.scores.data(), part);
+      team.wait(members, passed);
+      // O
+      merge(s, part, mine.x.data());
+      quantize_x(mine.x.data(), batch, s.q_size(), mine.qx);
+      const auto [o0, o1] = team.share(hidden, first, last);
+      gemv_rows<Q4>(mine.qx, batch, w_o.layer(l).packed, w_o.layer(l).d, w_o.layer(l).m, hidden, o0, o1, y_o.data());
+      team.wait(members, passed);
+      // the MLP's gate and up rows of the same channels per member, then silu(gate) * up for them
+      residual(y_o.data());
+      norm_rows(post_norm_p + l * hidden);
+      quantize_x(mine.x.data(), batch, hidden, mine.qx);
+      const auto [c0, c1] = team.share(s.inter, first, last);
+      const Q4Matrix gate_up = w_gate_up.layer(l);
+      gemv_rows<Q4>(mine.qx, batch, gate_up.packed, gate_up.d, gate_up.m, 2 * s.inter, c0, c1, gu.data());
+      gemv_rows<Q4>(mine.qx, batch, gate_up.packed, gate_up.d, gate_up.m, 2 * s.inter, s.inter + c0, s.inter + c1, gu.data());
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* gate = gu.data() + b * 2 * s.inter;
+        silu_times(gate + c0, gate + s.inter + c0, c1 - c0, act.data() + b * s.inter + c0);
+      }
+      team.wait(members, passed);
+      // down
+      quantize_x(act.data(), batch, s.inter, mine.qx);
+      const auto [d0, d1] = team.share(hidden, first, last);
+      gemv_rows<Q4>(mine.qx, batch, w_down.layer(l).packed, w_down.layer(l).d, w_down.layer(l).m, hidden, d0, d1,
+                    y_down.data());
+      team.wait(members, passed);
     }
-    attend(s, qkv_y.data(), qkv_out, index, lens, k_pool, v_pool, attn.data());  // q: each row's first values
-    w_o.layer(l).times(attn.data(), batch, y.data());
-    for (int64_t i = 0; i < batch * hidden; ++i) hp[i] += y[i];
-    for (int64_t b = 0; b < batch; ++b) rms_norm(hp + b * hidden, post_norm.data_ptr<float>() + l * hidden, hidden, eps, x.data() + b * hidden);
-    w_gate_up.layer(l).times(x.data(), batch, gu.data());
-    for (int64_t b = 0; b < batch; ++b) {
-      const float* gate = gu.data() + b * 2 * s.inter;
-      for (int64_t i = 0; i < s.inter; ++i) x[b * s.inter + i] = gate[i] / (1.0f + std::exp(-gate[i])) * gate[s.inter + i];
-    }
-    w_down.layer(l).times(x.data(), batch, y.data());
-    for (int64_t i = 0; i < batch * hidden; ++i) hp[i] += y[i];
-  }
+    const float* last_h = h_buffers.data() + cur * batch * hidden;
+    const auto [a, b] = team.share(batch * hidden, first, last);
+    for (int64_t i = a; i < b; ++i) out_p[i] = last_h[i] + y_down[i];
+  });
   return out;
 }
 
