@@ -119,22 +119,42 @@ class SimulatedConfig:
 
 class SimulatedModel:
     """The model interface without the model: the next token is a fixed function of the last token and
-    its position, and each pass costs simulated seconds (SmolLM2-135M on a 2-core CPU, roughly: a fixed
-    cost per pass, per computed token, and per (token x context) attention pair)."""
+    its position, and each pass costs simulated seconds by a cost model of the real run's engine,
+    SmolLM2-135M with `q4` decode on a 2-core AMD EPYC (2 threads), calibrated to its measured rates:
 
-    PASS_S, TOKEN_S, PAIR_S, DECODE_TOKEN_S = 0.012, 1 / 1500, 1 / 4e6, 0.0015
+    - decode, up to `Q4_MAX_ROWS` rows (q4 weights): `max(Q4_MIN_S, rows * Q4_ROW_S)`, i.e. 209 tok/s
+      at batch 1 (4.8 ms a step) and ~350 tok/s at batches 2-8;
+    - decode above `Q4_MAX_ROWS` rows and every extend (prefill) pass (dense bf16 weights):
+      `DENSE_PASS_S + tokens * DENSE_TOKEN_S` (~950 prefill tok/s; the fixed part makes a 9-row dense
+      pass cost about an 8-row q4 one, where the engine switches);
+    - plus `PAIR_S` per (computed token x context position) attention pair and `STEP_S` of engine
+      work (scheduling, sampling) per pass.
+
+    `STEP_S` is fitted so that the no-pressure run (7992 computed prompt tokens, 2048 generated)
+    takes the real run's 22.4 busy seconds (bench/results/2026-12-01-agents-under-pressure-q4.json)."""
+
+    Q4_MAX_ROWS, Q4_MIN_S, Q4_ROW_S = 8, 0.0048, 1 / 350
+    DENSE_PASS_S, PREFILL_TOKEN_S, DENSE_ROW_S = 0.034, 1 / 950, 0.0046
+    PAIR_S, STEP_S = 1 / 4e6, 0.0
 
     def __init__(self, clock: VirtualClock) -> None:
         self.cfg, self.dtype, self.device, self.clock = SimulatedConfig(), torch.float32, torch.device("cpu"), clock
         self.busy_s = 0.0  # simulated seconds spent in passes
 
+    def pass_seconds(self, mode: ForwardMode, tokens: int, pairs: float) -> float:
+        """Simulated cost of one forward pass computing `tokens` positions over `pairs` attention pairs."""
+        if mode is ForwardMode.EXTEND:
+            compute = self.DENSE_PASS_S + tokens * self.PREFILL_TOKEN_S
+        elif tokens <= self.Q4_MAX_ROWS:
+            compute = max(self.Q4_MIN_S, tokens * self.Q4_ROW_S)
+        else:
+            compute = self.DENSE_PASS_S + tokens * self.DENSE_ROW_S
+        return self.STEP_S + compute + self.PAIR_S * pairs
+
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         ctx = current_context()
         rows = ctx.logit_rows
-        if ctx.mode is ForwardMode.DECODE:
-            cost = self.PASS_S + self.DECODE_TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
-        else:
-            cost = self.PASS_S + self.TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
+        cost = self.pass_seconds(ctx.mode, ids.numel(), float(positions.sum()))
         self.clock.t += cost
         self.busy_s += cost
         nxt = (ids[rows] * 7919 + positions[rows]) % (self.cfg.vocab_size - 100) + 100
@@ -190,7 +210,11 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
         if not engine.has_work():
             clock.wait_until(due[0][0])
             continue
-        for result in engine.step(allow_ghost_only=not due or due[0][0] > clock.now() + 0.005):
+        passes = engine.stats.forward_passes
+        results = engine.step(allow_ghost_only=not due or due[0][0] > clock.now() + 0.005)
+        if engine.stats.forward_passes == passes and not results:
+            clock.wait_until(due[0][0])  # only a ghost pass was left, deferred to ride with the next call
+        for result in results:
             agent = by_rid.pop(result.rid)
             agent.outputs.append(result.output_ids)
             agent.path = agent.path + result.output_ids + workload.observations[agent.index][agent.step]

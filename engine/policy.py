@@ -78,6 +78,23 @@ def ranked_at_or_above(req: Request, trace_ids: Iterable[str], traces: TraceTabl
     return frozenset(t for t in trace_ids if trace_rank(t, traces) <= rank)
 
 
+def program_limit(traces: TraceTable, capacity: int) -> int:
+    """How many programs may run at once on a KV pool of `capacity` tokens: as many as the pool holds
+    the expected working sets of, the shared prefix counted once (at least one); unlimited until a
+    working set is known."""
+    own, shared = traces.expected_working_set()
+    return max(1, int((capacity - shared) // own)) if own > 0 else sys.maxsize
+
+
+def may_start_program(req: Request, traces: TraceTable, capacity: int) -> bool:
+    """Program admission: a call may start a new program (the first admitted call of its trace) only
+    while fewer than `program_limit` programs are running. Calls of started programs, and calls
+    without a trace, always may."""
+    if req.trace_id is None or traces.is_started(req.trace_id):
+        return True
+    return traces.started_programs() < program_limit(traces, capacity)
+
+
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:
     return *program_rank(req, traces), -matched
 

@@ -30,6 +30,9 @@ class TraceState:
     order: int  # traces numbered by first arrival: breaks ties between traces started at the same time
     in_flight: int = 0
     attained: int = 0  # tokens computed for this trace (prompt tokens computed + tokens generated)
+    admitted: bool = False  # a call of it was admitted: the program has started running
+    path_tokens: int = 0  # tokens of its newest call's path (prompt on admission, prompt + output after)
+    shared_tokens: int = 0  # its first admitted call's cached prefix: what it shares with earlier programs
     last_finish: float | None = None
     last_path: list[int] = field(default_factory=list)  # ids of the newest finished call whose KV it computed
     gaps: list[float] = field(default_factory=list)  # observed tool times, seconds
@@ -42,8 +45,10 @@ class TraceTable:
         """`stats` returns the engine's current per-trace counters (the engine may replace its stats)."""
         self.stats, self.clock = stats, clock
         self.open: dict[str, TraceState] = {}
-        self._gap_total = 0.0
-        self._gap_count = 0
+        self._gaps: list[float] = []  # every trace's observed tool times, seconds
+        self._final_total = 0  # the ended traces' own tokens: their last path less its shared prefix
+        self._final_shared = 0  # the ended traces' shared prefixes
+        self._final_count = 0
         self._order = itertools.count()
 
     def record(self, trace_id: str) -> TraceStats:
@@ -61,8 +66,7 @@ class TraceTable:
         elif state.in_flight == 0 and state.last_finish is not None:
             gap = max(now - state.last_finish, 0.0)
             state.gaps.append(gap)
-            self._gap_total += gap
-            self._gap_count += 1
+            self._gaps.append(gap)
             self.record(req.trace_id).tool_seconds += gap
         state.in_flight += 1
 
@@ -70,7 +74,12 @@ class TraceTable:
         """A call was admitted with `req.prefix_len` tokens cached: count what its trace recomputes,
         the tokens it had already computed in its previous call but finds no longer cached."""
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
-        if state is None or req.retractions:
+        if state is None:
+            return
+        if not state.admitted:
+            state.admitted, state.shared_tokens = True, req.prefix_len
+        state.path_tokens = max(state.path_tokens, req.fill_len)
+        if req.retractions:
             return
         known = min(common_prefix_len(state.last_path, req.prompt_ids, 0), len(req.prompt_ids) - 1)
         self.record(req.trace_id).recomputed_tokens += max(known - req.prefix_len, 0)
@@ -89,6 +98,7 @@ class TraceTable:
         state.in_flight = max(state.in_flight - 1, 0)
         state.last_finish = self.clock()
         state.last_path = req.fill_ids[: req.kv_len]  # tokens whose KV the call computed (not forced/last ones)
+        state.path_tokens = max(state.path_tokens, len(req.fill_ids))
         self.record(req.trace_id).wall_seconds = state.last_finish - state.started
 
     def end(self, trace_id: str) -> bool:
@@ -96,6 +106,10 @@ class TraceTable:
         state = self.open.pop(trace_id, None)
         if state is None:
             return False
+        if state.admitted:
+            self._final_total += state.path_tokens - state.shared_tokens
+            self._final_shared += state.shared_tokens
+            self._final_count += 1
         record = self.record(trace_id)
         record.ended = True
         record.wall_seconds = self.clock() - state.started
@@ -121,11 +135,34 @@ class TraceTable:
         state = self.open.get(trace_id)
         return (state.started, state.order) if state is not None else None
 
-    def expected_tool_seconds(self, trace_id: str) -> float:
-        """Mean tool time observed for this trace, else over all traces, else a default."""
+    def is_started(self, trace_id: str) -> bool:
+        """True when the trace is open and one of its calls has been admitted."""
         state = self.open.get(trace_id)
-        if state is not None and state.gaps:
-            return sum(state.gaps) / len(state.gaps)
-        if self._gap_count:
-            return self._gap_total / self._gap_count
-        return DEFAULT_TOOL_SECONDS
+        return state is not None and state.admitted
+
+    def started_programs(self) -> int:
+        """Open traces with a call admitted: the programs running (in a call or in a tool)."""
+        return sum(state.admitted for state in self.open.values())
+
+    def expected_working_set(self) -> tuple[float, float]:
+        """A program's expected working set as (own tokens, tokens shared with other programs): its
+        last path, less the prefix its first call found cached, and that prefix; the means over the
+        traces that ended. Before any ended: twice the largest own part of a started trace (it is
+        still growing), and the largest shared prefix. (0, 0) before any program started."""
+        if self._final_count:
+            return self._final_total / self._final_count, self._final_shared / self._final_count
+        started = [s for s in self.open.values() if s.admitted]
+        own = 2.0 * max((s.path_tokens - s.shared_tokens for s in started), default=0)
+        return own, float(max((s.shared_tokens for s in started), default=0))
+
+    def expected_remaining_tool_seconds(self, trace_id: str, away: float) -> float:
+        """How much longer a trace whose tool has run `away` seconds is expected to stay away: the mean
+        residual of the observed tool times (this trace's, else every trace's) that ran longer than
+        `away`; once none did, `away` itself (a tool that ran long is taken to run as long again);
+        before any tool time was observed, a default less `away`."""
+        state = self.open.get(trace_id)
+        gaps = state.gaps if state is not None and state.gaps and max(state.gaps) > away else self._gaps
+        longer = [g - away for g in gaps if g > away]
+        if longer:
+            return sum(longer) / len(longer)
+        return away if self._gaps else max(DEFAULT_TOOL_SECONDS - away, away)
