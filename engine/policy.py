@@ -86,13 +86,13 @@ def program_limit(traces: TraceTable, capacity: int) -> int:
     return max(1, int((capacity - shared) // own)) if own > 0 else sys.maxsize
 
 
-def may_start_program(req: Request, traces: TraceTable, capacity: int) -> bool:
+def may_start_program(req: Request, traces: TraceTable, capacity: int, stale_s: float) -> bool:
     """Program admission: a call may start a new program (the first admitted call of its trace) only
-    while fewer than `program_limit` programs are running. Calls of started programs, and calls
-    without a trace, always may."""
+    while fewer than `program_limit` programs are running (traces away for `stale_s` or longer are not
+    counted). Calls of started programs, and calls without a trace, always may."""
     if req.trace_id is None or traces.is_started(req.trace_id):
         return True
-    return traces.started_programs() < program_limit(traces, capacity)
+    return traces.started_programs(stale_s) < program_limit(traces, capacity)
 
 
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:

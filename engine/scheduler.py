@@ -187,7 +187,7 @@ class Scheduler:
         retention = self.kv.retention
         if self.cfg.policy != "program" or retention is None:
             return True
-        return may_start_program(req, self.traces, retention.capacity)
+        return may_start_program(req, self.traces, retention.capacity, self.cfg.trace_ttl_s)
 
     def _pin_grant(self, req: Request, idle: bool) -> PinGrant:
         """The trace pins admitting `req` may release: under the program policy not those of traces

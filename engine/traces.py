@@ -140,9 +140,13 @@ class TraceTable:
         state = self.open.get(trace_id)
         return state is not None and state.admitted
 
-    def started_programs(self) -> int:
-        """Open traces with a call admitted: the programs running (in a call or in a tool)."""
-        return sum(state.admitted for state in self.open.values())
+    def started_programs(self, stale_s: float) -> int:
+        """Open traces with a call admitted that are running: a call queued or running, or one that
+        finished less than `stale_s` seconds ago (an agent that stays away longer is not counted: it
+        may have gone without ending its trace)."""
+        now = self.clock()
+        return sum(s.admitted and (s.in_flight > 0 or s.last_finish is None or now - s.last_finish < stale_s)
+                   for s in self.open.values())
 
     def expected_working_set(self) -> tuple[float, float]:
         """A program's expected working set as (own tokens, tokens shared with other programs): its
