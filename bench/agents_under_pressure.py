@@ -7,7 +7,8 @@ call's prompt is the previous prompt + the call's output + the tool's observatio
 trace when its last call returns. Systems (same workload, same model, one run):
 
   retention+program  trace pins + the program-level policy (least attained service, then program age;
-                     admission releases only lower-ranked programs' pins unless the engine would idle)
+                     program admission runs only as many agents as the pool holds the working sets
+                     of; admission releases only lower-ranked programs' pins unless the engine would idle)
   retention          trace pins, lpm policy
   lru                no pins, lpm (the engine before trace retention)
   ttl-pins           SGLang-style fixed-TTL pins (released by TTL or, under pressure, oldest first)
@@ -16,9 +17,10 @@ trace when its last call returns. Systems (same workload, same model, one run):
 then `retention+program` and `lru` again on a pool that holds everything (no memory pressure).
 
 `--simulate` runs the same engine (scheduler, radix cache, pins, policy: all real) on a simulated
-model in simulated time: each forward pass advances a virtual clock by a cost model of SmolLM2 on a
-2-core CPU (`SimulatedModel`), and tools advance it too, so the figures do not depend on the machine's
-load. It is a supplement to the real-model run, not a replacement.
+model in simulated time: each forward pass advances a virtual clock by a cost model of the real run's
+engine (SmolLM2 with `q4` decode, 2 threads on a 2-core AMD EPYC: `SimulatedModel`, calibrated to
+bench/results/2026-12-01-agents-under-pressure-q4.json), and tools advance it too, so the figures do
+not depend on the machine's load. It is a supplement to the real-model run, not a replacement.
 
     python -m radixlm.bench.agents_under_pressure --agents 32
     python -m radixlm.bench.agents_under_pressure --agents 32 --simulate
@@ -122,20 +124,23 @@ class SimulatedModel:
     its position, and each pass costs simulated seconds by a cost model of the real run's engine,
     SmolLM2-135M with `q4` decode on a 2-core AMD EPYC (2 threads), calibrated to its measured rates:
 
-    - decode, up to `Q4_MAX_ROWS` rows (q4 weights): `max(Q4_MIN_S, rows * Q4_ROW_S)`, i.e. 209 tok/s
-      at batch 1 (4.8 ms a step) and ~350 tok/s at batches 2-8;
-    - decode above `Q4_MAX_ROWS` rows and every extend (prefill) pass (dense bf16 weights):
-      `DENSE_PASS_S + tokens * DENSE_TOKEN_S` (~950 prefill tok/s; the fixed part makes a 9-row dense
-      pass cost about an 8-row q4 one, where the engine switches);
-    - plus `PAIR_S` per (computed token x context position) attention pair and `STEP_S` of engine
-      work (scheduling, sampling) per pass.
+    - decode of up to `Q4_MAX_ROWS` rows (q4 weights): `max(Q4_MIN_S, rows * Q4_ROW_S)`: 209 tok/s at
+      batch 1 (4.8 ms a step), ~350 tok/s at batches of 2-8;
+    - decode of more rows (dense bf16 weights): `DENSE_PASS_S + rows * DENSE_ROW_S`. `DENSE_PASS_S`
+      is about a bf16 batch-1 decode step (22 tok/s: 45 ms); `DENSE_ROW_S` is fitted so that the
+      no-pressure run (7992 computed prompt tokens, 2048 generated, decode mostly in passes of 9-32
+      rows) takes the real run's 22.4 busy seconds (22.1 here);
+    - extend (prefill, bf16): `DENSE_PASS_S + tokens * PREFILL_TOKEN_S` (~950 tok/s);
+    - plus `PAIR_S` per (computed token x context position) attention pair.
 
-    `STEP_S` is fitted so that the no-pressure run (7992 computed prompt tokens, 2048 generated)
-    takes the real run's 22.4 busy seconds (bench/results/2026-12-01-agents-under-pressure-q4.json)."""
+    Run on the engine of that real run (commit bdc6ea3), it gives busy seconds of 28.6 / 32.1 / 32.8
+    / 32.7 / 36.5 for retention+program / retention / lru / ttl-pins / fcfs against the real 29.9 /
+    41.1 / 37.3 / 29.1 / 33.5 (the real figures carry batch-composition noise), and the same
+    recompute ratio, lru / retention+program, of 1.83x."""
 
     Q4_MAX_ROWS, Q4_MIN_S, Q4_ROW_S = 8, 0.0048, 1 / 350
-    DENSE_PASS_S, PREFILL_TOKEN_S, DENSE_ROW_S = 0.034, 1 / 950, 0.0046
-    PAIR_S, STEP_S = 1 / 4e6, 0.0
+    DENSE_PASS_S, DENSE_ROW_S, PREFILL_TOKEN_S = 0.034, 0.0046, 1 / 950
+    PAIR_S = 1 / 4e6
 
     def __init__(self, clock: VirtualClock) -> None:
         self.cfg, self.dtype, self.device, self.clock = SimulatedConfig(), torch.float32, torch.device("cpu"), clock
@@ -149,7 +154,7 @@ class SimulatedModel:
             compute = max(self.Q4_MIN_S, tokens * self.Q4_ROW_S)
         else:
             compute = self.DENSE_PASS_S + tokens * self.DENSE_ROW_S
-        return self.STEP_S + compute + self.PAIR_S * pairs
+        return compute + self.PAIR_S * pairs
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         ctx = current_context()
@@ -289,12 +294,12 @@ def main() -> None:
           file=sys.stderr)
     runs = []
     for name in args.systems:
-        runs.append(run_system(model, name, workload, pool, args.ttl))
+        runs.append(run_system(model, name, workload, pool, args.ttl) | {"seed": args.seed})
         print(f"  {name}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     if not args.skip_no_pressure:
         big = 2 * workload.working_set
         for name in ("retention+program", "lru"):
-            runs.append(run_system(model, name, workload, big, args.ttl) | {"system": f"{name} (no pressure)"})
+            runs.append(run_system(model, name, workload, big, args.ttl) | {"system": f"{name} (no pressure)", "seed": args.seed})
             print(f"  {runs[-1]['system']}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     report(runs)
     if args.out:

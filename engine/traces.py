@@ -151,13 +151,12 @@ class TraceTable:
     def expected_working_set(self) -> tuple[float, float]:
         """A program's expected working set as (own tokens, tokens shared with other programs): its
         last path, less the prefix its first call found cached, and that prefix; the means over the
-        traces that ended. Before any ended: twice the largest own part of a started trace (it is
-        still growing), and the largest shared prefix. (0, 0) before any program started."""
+        traces that ended. Before any ended: twice the longest path of a started trace, all of it
+        counted as its own (it is still growing, and how much of it other programs share is not
+        known yet). (0, 0) before any program started."""
         if self._final_count:
             return self._final_total / self._final_count, self._final_shared / self._final_count
-        started = [s for s in self.open.values() if s.admitted]
-        own = 2.0 * max((s.path_tokens - s.shared_tokens for s in started), default=0)
-        return own, float(max((s.shared_tokens for s in started), default=0))
+        return 2.0 * max((s.path_tokens for s in self.open.values() if s.admitted), default=0), 0.0
 
     def expected_remaining_tool_seconds(self, trace_id: str, away: float) -> float:
         """How much longer a trace whose tool has run `away` seconds is expected to stay away: the mean

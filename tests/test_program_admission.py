@@ -102,8 +102,8 @@ def test_program_limit_counts_the_shared_prefix_once():
         traces.on_admit(req)
         req.output_ids = tokens(8, 20 + i)
         traces.on_finish(req)
-    # Before any ended: twice the largest own part (t0 computed all 158 of its tokens itself).
-    assert traces.expected_working_set() == (2 * 158, 100)
+    # Before any ended: twice the longest path, all of it counted as the program's own.
+    assert traces.expected_working_set() == (2 * 158, 0)
     traces.end("t0")
     traces.end("t1")
     own = ((158 - 0) + (158 - 100)) / 2
