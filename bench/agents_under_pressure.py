@@ -178,10 +178,11 @@ class Agent:
     outputs: list[list[int]] = field(default_factory=list)
 
 
-def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) -> dict:
+def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float, max_running: int = 128) -> dict:
     """Drive every agent to its end on one engine; returns the figures of the run. `model` is a loaded
-    SmolLM2 (real time) or None (a SimulatedModel in simulated time)."""
-    cfg = dict(SYSTEMS[name])
+    SmolLM2 (real time) or None (a SimulatedModel in simulated time); `max_running` is every system's
+    max_running_requests."""
+    cfg = {"max_running_requests": max_running, **SYSTEMS[name]}
     if name == "ttl-pins":
         cfg["trace_ttl_s"] = ttl_s
     if model is None:
@@ -273,6 +274,8 @@ def main() -> None:
     ap.add_argument("--tool-seconds", type=float, nargs=2, default=(0.2, 3.0))
     ap.add_argument("--pool-share", type=float, default=1 / 3, help="KV pool / combined working set")
     ap.add_argument("--ttl", type=float, default=3.0, help="the fixed TTL of the ttl-pins system")
+    ap.add_argument("--max-running", type=int, default=128,
+                    help="max_running_requests of every system (the engine's default: 128)")
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     ap.add_argument("--skip-no-pressure", action="store_true", help="skip the two runs on a pool that holds everything")
     ap.add_argument("--threads", type=int, default=2)
@@ -294,12 +297,13 @@ def main() -> None:
           file=sys.stderr)
     runs = []
     for name in args.systems:
-        runs.append(run_system(model, name, workload, pool, args.ttl) | {"seed": args.seed})
+        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running) | {"seed": args.seed})
         print(f"  {name}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     if not args.skip_no_pressure:
         big = 2 * workload.working_set
         for name in ("retention+program", "lru"):
-            runs.append(run_system(model, name, workload, big, args.ttl) | {"system": f"{name} (no pressure)", "seed": args.seed})
+            runs.append(run_system(model, name, workload, big, args.ttl, args.max_running)
+                        | {"system": f"{name} (no pressure)", "seed": args.seed})
             print(f"  {runs[-1]['system']}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     report(runs)
     if args.out:
