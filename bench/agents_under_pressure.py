@@ -221,6 +221,8 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float, ma
         if engine.stats.forward_passes == passes and not results:
             clock.wait_until(due[0][0])  # only a ghost pass was left, deferred to ride with the next call
         for result in results:
+            if result.error is not None:
+                raise RuntimeError(f"{name}: a call failed: {result.error}")
             agent = by_rid.pop(result.rid)
             agent.outputs.append(result.output_ids)
             agent.path = agent.path + result.output_ids + workload.observations[agent.index][agent.step]
