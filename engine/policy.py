@@ -11,7 +11,9 @@
   are coarse (2048 tokens, then doublings) so that agents of similar size share a level and run in
   the order they started (program-level FCFS, as Continuum), while a much longer program gives way to
   new ones (as Autellix). With trace retention, this order also decides whose pins admission may
-  release (see trace_retention.py).
+  release (see trace_retention.py), and program admission (`may_start_program`) starts a new program
+  only while fewer run than the KV pool holds the working sets of, so that the programs running keep
+  their paths instead of all thrashing the pool together.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,8 @@ from .stats import TraceStats
 
 # Tool time assumed for a trace before any of its gaps (and any other trace's) was observed.
 DEFAULT_TOOL_SECONDS = 1.0
+# The estimates over every trace (tool times, working sets) use the most recent this many.
+WINDOW = 512
 
 
 @dataclass
@@ -45,10 +48,10 @@ class TraceTable:
         """`stats` returns the engine's current per-trace counters (the engine may replace its stats)."""
         self.stats, self.clock = stats, clock
         self.open: dict[str, TraceState] = {}
-        self._gaps: list[float] = []  # every trace's observed tool times, seconds
-        self._final_total = 0  # the ended traces' own tokens: their last path less its shared prefix
-        self._final_shared = 0  # the ended traces' shared prefixes
-        self._final_count = 0
+        self._gaps: deque[float] = deque(maxlen=WINDOW)  # every trace's observed tool times, seconds
+        # (own, shared) tokens of the ended traces: their last path less the prefix their first call
+        # found cached, and that prefix
+        self._working_sets: deque[tuple[int, int]] = deque(maxlen=WINDOW)
         self._order = itertools.count()
 
     def record(self, trace_id: str) -> TraceStats:
@@ -107,9 +110,7 @@ class TraceTable:
         if state is None:
             return False
         if state.admitted:
-            self._final_total += state.path_tokens - state.shared_tokens
-            self._final_shared += state.shared_tokens
-            self._final_count += 1
+            self._working_sets.append((state.path_tokens - state.shared_tokens, state.shared_tokens))
         record = self.record(trace_id)
         record.ended = True
         record.wall_seconds = self.clock() - state.started
@@ -151,18 +152,20 @@ class TraceTable:
     def expected_working_set(self) -> tuple[float, float]:
         """A program's expected working set as (own tokens, tokens shared with other programs): its
         last path, less the prefix its first call found cached, and that prefix; the means over the
-        traces that ended. Before any ended: twice the longest path of a started trace, all of it
-        counted as its own (it is still growing, and how much of it other programs share is not
-        known yet). (0, 0) before any program started."""
-        if self._final_count:
-            return self._final_total / self._final_count, self._final_shared / self._final_count
+        (last WINDOW) traces that ended. Before any ended: twice the longest path of a started trace,
+        all of it counted as its own (it is still growing, and how much of it other programs share is
+        not known yet). (0, 0) before any program started."""
+        if self._working_sets:
+            n = len(self._working_sets)
+            return sum(o for o, _ in self._working_sets) / n, sum(s for _, s in self._working_sets) / n
         return 2.0 * max((s.path_tokens for s in self.open.values() if s.admitted), default=0), 0.0
 
     def expected_remaining_tool_seconds(self, trace_id: str, away: float) -> float:
         """How much longer a trace whose tool has run `away` seconds is expected to stay away: the mean
-        residual of the observed tool times (this trace's, else every trace's) that ran longer than
-        `away`; once none did, `away` itself (a tool that ran long is taken to run as long again);
-        before any tool time was observed, a default less `away`."""
+        residual of the observed tool times (this trace's, else the last WINDOW of every trace's) that
+        ran longer than `away`; once none did, `away` itself (a tool that ran long is taken to run as
+        long again); before any tool time was observed, DEFAULT_TOOL_SECONDS less `away`, or `away`
+        once that is longer."""
         state = self.open.get(trace_id)
         gaps = state.gaps if state is not None and state.gaps and max(state.gaps) > away else self._gaps
         longer = [g - away for g in gaps if g > away]
