@@ -218,7 +218,7 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float, ma
             continue
         passes = engine.stats.forward_passes
         results = engine.step(allow_ghost_only=not due or due[0][0] > clock.now() + 0.005)
-        if engine.stats.forward_passes == passes and not results:
+        if engine.stats.forward_passes == passes and not results and due:
             clock.wait_until(due[0][0])  # only a ghost pass was left, deferred to ride with the next call
         for result in results:
             if result.error is not None:
