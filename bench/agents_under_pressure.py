@@ -7,7 +7,8 @@ call's prompt is the previous prompt + the call's output + the tool's observatio
 trace when its last call returns. Systems (same workload, same model, one run):
 
   retention+program  trace pins + the program-level policy (least attained service, then program age;
-                     admission releases only lower-ranked programs' pins unless the engine would idle)
+                     program admission runs only as many agents as the pool holds the working sets
+                     of; admission releases only lower-ranked programs' pins unless the engine would idle)
   retention          trace pins, lpm policy
   lru                no pins, lpm (the engine before trace retention)
   ttl-pins           SGLang-style fixed-TTL pins (released by TTL or, under pressure, oldest first)
@@ -16,9 +17,10 @@ trace when its last call returns. Systems (same workload, same model, one run):
 then `retention+program` and `lru` again on a pool that holds everything (no memory pressure).
 
 `--simulate` runs the same engine (scheduler, radix cache, pins, policy: all real) on a simulated
-model in simulated time: each forward pass advances a virtual clock by a cost model of SmolLM2 on a
-2-core CPU (`SimulatedModel`), and tools advance it too, so the figures do not depend on the machine's
-load. It is a supplement to the real-model run, not a replacement.
+model in simulated time: each forward pass advances a virtual clock by a cost model of the real run's
+engine (SmolLM2 with `q4` decode, 2 threads on a 2-core AMD EPYC: `SimulatedModel`, calibrated to
+bench/results/2026-12-01-agents-under-pressure-q4.json), and tools advance it too, so the figures do
+not depend on the machine's load. It is a supplement to the real-model run, not a replacement.
 
     python -m radixlm.bench.agents_under_pressure --agents 32
     python -m radixlm.bench.agents_under_pressure --agents 32 --simulate
@@ -119,22 +121,45 @@ class SimulatedConfig:
 
 class SimulatedModel:
     """The model interface without the model: the next token is a fixed function of the last token and
-    its position, and each pass costs simulated seconds (SmolLM2-135M on a 2-core CPU, roughly: a fixed
-    cost per pass, per computed token, and per (token x context) attention pair)."""
+    its position, and each pass costs simulated seconds by a cost model of the real run's engine,
+    SmolLM2-135M with `q4` decode on a 2-core AMD EPYC (2 threads), calibrated to its measured rates:
 
-    PASS_S, TOKEN_S, PAIR_S, DECODE_TOKEN_S = 0.012, 1 / 1500, 1 / 4e6, 0.0015
+    - decode of up to `Q4_MAX_ROWS` rows (q4 weights): `max(Q4_MIN_S, rows * Q4_ROW_S)`: 209 tok/s at
+      batch 1 (4.8 ms a step), ~350 tok/s at batches of 2-8;
+    - decode of more rows (dense bf16 weights): `DENSE_PASS_S + rows * DENSE_ROW_S`. `DENSE_PASS_S`
+      is about a bf16 batch-1 decode step (22 tok/s: 45 ms); `DENSE_ROW_S` is fitted so that the
+      no-pressure run (7992 computed prompt tokens, 2048 generated, decode mostly in passes of 9-32
+      rows) takes the real run's 22.4 busy seconds (22.1 here);
+    - extend (prefill, bf16): `DENSE_PASS_S + tokens * PREFILL_TOKEN_S` (~950 tok/s);
+    - plus `PAIR_S` per (computed token x context position) attention pair.
+
+    Run on the engine of that real run (commit bdc6ea3), it gives busy seconds of 28.6 / 32.1 / 32.8
+    / 32.7 / 36.5 for retention+program / retention / lru / ttl-pins / fcfs against the real 29.9 /
+    41.1 / 37.3 / 29.1 / 33.5 (the real figures carry batch-composition noise), and the same
+    recompute ratio, lru / retention+program, of 1.83x."""
+
+    Q4_MAX_ROWS, Q4_MIN_S, Q4_ROW_S = 8, 0.0048, 1 / 350
+    DENSE_PASS_S, DENSE_ROW_S, PREFILL_TOKEN_S = 0.034, 0.0046, 1 / 950
+    PAIR_S = 1 / 4e6
 
     def __init__(self, clock: VirtualClock) -> None:
         self.cfg, self.dtype, self.device, self.clock = SimulatedConfig(), torch.float32, torch.device("cpu"), clock
         self.busy_s = 0.0  # simulated seconds spent in passes
 
+    def pass_seconds(self, mode: ForwardMode, tokens: int, pairs: float) -> float:
+        """Simulated cost of one forward pass computing `tokens` positions over `pairs` attention pairs."""
+        if mode is ForwardMode.EXTEND:
+            compute = self.DENSE_PASS_S + tokens * self.PREFILL_TOKEN_S
+        elif tokens <= self.Q4_MAX_ROWS:
+            compute = max(self.Q4_MIN_S, tokens * self.Q4_ROW_S)
+        else:
+            compute = self.DENSE_PASS_S + tokens * self.DENSE_ROW_S
+        return compute + self.PAIR_S * pairs
+
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         ctx = current_context()
         rows = ctx.logit_rows
-        if ctx.mode is ForwardMode.DECODE:
-            cost = self.PASS_S + self.DECODE_TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
-        else:
-            cost = self.PASS_S + self.TOKEN_S * ids.numel() + self.PAIR_S * float(positions.sum())
+        cost = self.pass_seconds(ctx.mode, ids.numel(), float(positions.sum()))
         self.clock.t += cost
         self.busy_s += cost
         nxt = (ids[rows] * 7919 + positions[rows]) % (self.cfg.vocab_size - 100) + 100
@@ -153,10 +178,11 @@ class Agent:
     outputs: list[list[int]] = field(default_factory=list)
 
 
-def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) -> dict:
+def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float, max_running: int = 128) -> dict:
     """Drive every agent to its end on one engine; returns the figures of the run. `model` is a loaded
-    SmolLM2 (real time) or None (a SimulatedModel in simulated time)."""
-    cfg = dict(SYSTEMS[name])
+    SmolLM2 (real time) or None (a SimulatedModel in simulated time); `max_running` is every system's
+    max_running_requests."""
+    cfg = {"max_running_requests": max_running, **SYSTEMS[name]}
     if name == "ttl-pins":
         cfg["trace_ttl_s"] = ttl_s
     if model is None:
@@ -190,7 +216,13 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float) ->
         if not engine.has_work():
             clock.wait_until(due[0][0])
             continue
-        for result in engine.step(allow_ghost_only=not due or due[0][0] > clock.now() + 0.005):
+        passes = engine.stats.forward_passes
+        results = engine.step(allow_ghost_only=not due or due[0][0] > clock.now() + 0.005)
+        if engine.stats.forward_passes == passes and not results and due:
+            clock.wait_until(due[0][0])  # only a ghost pass was left, deferred to ride with the next call
+        for result in results:
+            if result.error is not None:
+                raise RuntimeError(f"{name}: a call failed: {result.error}")
             agent = by_rid.pop(result.rid)
             agent.outputs.append(result.output_ids)
             agent.path = agent.path + result.output_ids + workload.observations[agent.index][agent.step]
@@ -244,6 +276,8 @@ def main() -> None:
     ap.add_argument("--tool-seconds", type=float, nargs=2, default=(0.2, 3.0))
     ap.add_argument("--pool-share", type=float, default=1 / 3, help="KV pool / combined working set")
     ap.add_argument("--ttl", type=float, default=3.0, help="the fixed TTL of the ttl-pins system")
+    ap.add_argument("--max-running", type=int, default=128,
+                    help="max_running_requests of every system (the engine's default: 128)")
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     ap.add_argument("--skip-no-pressure", action="store_true", help="skip the two runs on a pool that holds everything")
     ap.add_argument("--threads", type=int, default=2)
@@ -265,12 +299,13 @@ def main() -> None:
           file=sys.stderr)
     runs = []
     for name in args.systems:
-        runs.append(run_system(model, name, workload, pool, args.ttl))
+        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running) | {"seed": args.seed})
         print(f"  {name}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     if not args.skip_no_pressure:
         big = 2 * workload.working_set
         for name in ("retention+program", "lru"):
-            runs.append(run_system(model, name, workload, big, args.ttl) | {"system": f"{name} (no pressure)"})
+            runs.append(run_system(model, name, workload, big, args.ttl, args.max_running)
+                        | {"system": f"{name} (no pressure)", "seed": args.seed})
             print(f"  {runs[-1]['system']}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     report(runs)
     if args.out:

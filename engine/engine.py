@@ -35,7 +35,7 @@ from .scheduler import Batch, Scheduler
 from .stats import EngineStats
 from .tokenizer import Tokenizer
 from .validation import Limits, check_params, check_prompt
-from .trace_retention import TraceRetention
+from .trace_retention import TraceRetention, pinned_share
 from .traces import TraceTable
 
 
@@ -75,7 +75,8 @@ class EngineConfig:
     trace_retention: bool = _option(True, "keep an agent trace's newest path pinned while it runs a tool "
                                     "(--no-trace-retention: plain LRU)")
     trace_ttl_s: float = _option(30.0, "a pin not resumed, ended or needed within this many seconds goes")
-    max_pinned_share: float = _option(0.5, "most of the KV pool that trace pins may hold")
+    max_pinned_share: float | None = _option(None, "most of the KV pool that trace pins may hold (default 0.5; "
+                                             "1.0 under the program policy, whose program admission bounds it)")
 
     def validate(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
@@ -96,7 +97,7 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.trace_ttl_s > 0:
             raise ValueError(f"trace_ttl_s must be > 0, got {self.trace_ttl_s}")
-        if not 0.0 <= self.max_pinned_share <= 1.0:
+        if self.max_pinned_share is not None and not 0.0 <= self.max_pinned_share <= 1.0:
             raise ValueError(f"max_pinned_share must be in [0, 1], got {self.max_pinned_share}")
 
 
@@ -142,7 +143,8 @@ class Engine:
         if self.config.trace_retention and self.config.radix_cache:
             rank = partial(trace_rank, traces=self.traces) if self.config.policy == "program" else None
             self.kv.retention = TraceRetention(cache, self.traces, pool.allocator.capacity,
-                                               self.config.trace_ttl_s, self.config.max_pinned_share, rank=rank)
+                                               self.config.trace_ttl_s,
+                                               pinned_share(self.config.max_pinned_share, self.config.policy), rank=rank)
         self.scheduler = Scheduler(self.kv, self.config, self.decoding, self.traces)
         self.in_flight: Batch | None = None  # the pass being run, for `recover`
 

@@ -11,7 +11,9 @@
   are coarse (2048 tokens, then doublings) so that agents of similar size share a level and run in
   the order they started (program-level FCFS, as Continuum), while a much longer program gives way to
   new ones (as Autellix). With trace retention, this order also decides whose pins admission may
-  release (see trace_retention.py).
+  release (see trace_retention.py), and program admission (`may_start_program`) starts a new program
+  only while fewer run than the KV pool holds the working sets of, so that the programs running keep
+  their paths instead of all thrashing the pool together.
 """
 
 from __future__ import annotations
@@ -76,6 +78,23 @@ def ranked_at_or_above(req: Request, trace_ids: Iterable[str], traces: TraceTabl
     """The traces among `trace_ids` that the program policy puts at or above `req`'s program (its own included)."""
     rank = program_rank(req, traces)
     return frozenset(t for t in trace_ids if trace_rank(t, traces) <= rank)
+
+
+def program_limit(traces: TraceTable, capacity: int) -> int:
+    """How many programs may run at once on a KV pool of `capacity` tokens: as many as the pool holds
+    the expected working sets of, the shared prefix counted once (at least one); unlimited until a
+    working set is known."""
+    own, shared = traces.expected_working_set()
+    return max(1, int((capacity - shared) // own)) if own > 0 else sys.maxsize
+
+
+def may_start_program(req: Request, traces: TraceTable, capacity: int, stale_s: float) -> bool:
+    """Program admission: a call may start a new program (the first admitted call of its trace) only
+    while fewer than `program_limit` programs are running (traces away for `stale_s` or longer are not
+    counted). Calls of started programs, and calls without a trace, always may."""
+    if req.trace_id is None or traces.is_started(req.trace_id):
+        return True
+    return traces.started_programs(stale_s) < program_limit(traces, capacity)
 
 
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .decoding import Decoding
 from .kv_manager import KVManager
 from .model.context import ForwardMode
-from .policy import order_waiting, ranked_at_or_above
+from .policy import may_start_program, order_waiting, ranked_at_or_above
 from .request import FinishReason, Request, ReqStatus, describe
 from .trace_retention import ANY_PIN, PinGrant
 
@@ -145,6 +145,9 @@ class Scheduler:
                 break
             if len(self.running) + len(reqs) >= self.cfg.max_running_requests or self.kv.rows.available == 0:
                 break
+            idle = not self.running and not reqs
+            if not idle and not self._may_start(req):
+                continue  # a new program waits for room; calls of running programs go on
             self.kv.match_and_lock(req)
             if self._sibling_computes_prefix(req, reqs):
                 self.kv.abandon(req)
@@ -152,7 +155,6 @@ class Scheduler:
             todo = req.fill_len - req.kv_len
             n = min(todo, budget)
             reserve = min(req.remaining_output, self.cfg.reserve_clip)
-            idle = not self.running and not reqs
             if idle:
                 reserve = 0  # alone, it may run on what is left: retraction covers its growth
             grant = self._pin_grant(req, idle)
@@ -179,6 +181,13 @@ class Scheduler:
             return None
         ghosts = self._take_ghosts()
         return Batch(ForwardMode.EXTEND, reqs, lens, ghosts)
+
+    def _may_start(self, req: Request) -> bool:
+        """Program admission (program policy with trace retention): see policy.may_start_program."""
+        retention = self.kv.retention
+        if self.cfg.policy != "program" or retention is None:
+            return True
+        return may_start_program(req, self.traces, retention.capacity, self.cfg.trace_ttl_s)
 
     def _pin_grant(self, req: Request, idle: bool) -> PinGrant:
         """The trace pins admitting `req` may release: under the program policy not those of traces

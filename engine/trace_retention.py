@@ -18,10 +18,12 @@ when the trace ends, when its TTL passes, or when memory is needed:
   in its way end (next call, end of trace, TTL). Pins then go lowest-ranked trace first, not by benefit.
 - Expected benefit of a pin = tokens it saves per slot-second it holds: its exclusive tokens (those
   no request locks) divided by those same slots times the seconds the agent is still expected to be
-  away. The expected remainder is the trace's mean observed tool time minus the time already spent;
-  once a tool has run longer than that, the time spent so far is taken as the remainder.
+  away: the mean residual of the observed tool times longer than the time already spent (the
+  trace's own, else every trace's), so an agent about to return is worth more than one that just
+  left; once no observed tool ran that long, the time spent so far is taken as the remainder.
 - A budget caps the pinned share of the pool: a new pin beyond `max_share` releases the pins worth
-  least (possibly itself).
+  least (possibly itself). Unless configured it is 1.0 under the program policy, whose program
+  admission bounds what the running programs hold, and 0.5 under the others (`pinned_share`).
 - Pins only lock tree nodes, so they never change what is computed, only whether it is recomputed.
 
 The `ttl` mode is the SGLang-style baseline: a fixed-TTL pin per call, released by its TTL or, under
@@ -44,6 +46,17 @@ if TYPE_CHECKING:
 
 MODES = ("benefit", "ttl")
 MIN_REMAINING_S = 0.05
+DEFAULT_PINNED_SHARE = 0.5  # the pin budget when none is configured, under every policy but program
+
+
+def pinned_share(configured: float | None, policy: str) -> float:
+    """The pin budget (share of the pool): the configured one, else 1.0 under the program policy (its
+    program admission already runs only as many programs as the pool holds, see policy.py) and
+    DEFAULT_PINNED_SHARE under the others (where every agent runs at once and pins must leave the
+    running calls room)."""
+    if configured is not None:
+        return configured
+    return 1.0 if policy == "program" else DEFAULT_PINNED_SHARE
 
 
 @dataclass(frozen=True)
@@ -205,7 +218,7 @@ class TraceRetention:
         if held == 0:
             return float("inf")  # costs nothing: the path is locked by a running request anyway
         away = now - pin.since
-        remaining = max(self.traces.expected_tool_seconds(pin.trace_id) - away, away, MIN_REMAINING_S)
+        remaining = max(self.traces.expected_remaining_tool_seconds(pin.trace_id, away), MIN_REMAINING_S)
         return pin.length / (held * remaining)  # the path the next call reuses, per slot-second held
 
     def _refresh_gauge(self, trace_id: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,8 @@ from .stats import TraceStats
 
 # Tool time assumed for a trace before any of its gaps (and any other trace's) was observed.
 DEFAULT_TOOL_SECONDS = 1.0
+# The estimates over every trace (tool times, working sets) use the most recent this many.
+WINDOW = 512
 
 
 @dataclass
@@ -30,6 +33,9 @@ class TraceState:
     order: int  # traces numbered by first arrival: breaks ties between traces started at the same time
     in_flight: int = 0
     attained: int = 0  # tokens computed for this trace (prompt tokens computed + tokens generated)
+    admitted: bool = False  # a call of it was admitted: the program has started running
+    path_tokens: int = 0  # tokens of its newest call's path (prompt on admission, prompt + output after)
+    shared_tokens: int = 0  # its first admitted call's cached prefix: what it shares with earlier programs
     last_finish: float | None = None
     last_path: list[int] = field(default_factory=list)  # ids of the newest finished call whose KV it computed
     gaps: list[float] = field(default_factory=list)  # observed tool times, seconds
@@ -42,8 +48,10 @@ class TraceTable:
         """`stats` returns the engine's current per-trace counters (the engine may replace its stats)."""
         self.stats, self.clock = stats, clock
         self.open: dict[str, TraceState] = {}
-        self._gap_total = 0.0
-        self._gap_count = 0
+        self._gaps: deque[float] = deque(maxlen=WINDOW)  # every trace's observed tool times, seconds
+        # (own, shared) tokens of the ended traces: their last path less the prefix their first call
+        # found cached, and that prefix
+        self._working_sets: deque[tuple[int, int]] = deque(maxlen=WINDOW)
         self._order = itertools.count()
 
     def record(self, trace_id: str) -> TraceStats:
@@ -61,8 +69,7 @@ class TraceTable:
         elif state.in_flight == 0 and state.last_finish is not None:
             gap = max(now - state.last_finish, 0.0)
             state.gaps.append(gap)
-            self._gap_total += gap
-            self._gap_count += 1
+            self._gaps.append(gap)
             self.record(req.trace_id).tool_seconds += gap
         state.in_flight += 1
 
@@ -70,7 +77,12 @@ class TraceTable:
         """A call was admitted with `req.prefix_len` tokens cached: count what its trace recomputes,
         the tokens it had already computed in its previous call but finds no longer cached."""
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
-        if state is None or req.retractions:
+        if state is None:
+            return
+        if not state.admitted:
+            state.admitted, state.shared_tokens = True, req.prefix_len
+        state.path_tokens = max(state.path_tokens, req.fill_len)
+        if req.retractions:
             return
         known = min(common_prefix_len(state.last_path, req.prompt_ids, 0), len(req.prompt_ids) - 1)
         self.record(req.trace_id).recomputed_tokens += max(known - req.prefix_len, 0)
@@ -89,6 +101,7 @@ class TraceTable:
         state.in_flight = max(state.in_flight - 1, 0)
         state.last_finish = self.clock()
         state.last_path = req.fill_ids[: req.kv_len]  # tokens whose KV the call computed (not forced/last ones)
+        state.path_tokens = max(state.path_tokens, len(req.fill_ids))
         self.record(req.trace_id).wall_seconds = state.last_finish - state.started
 
     def end(self, trace_id: str) -> bool:
@@ -96,6 +109,8 @@ class TraceTable:
         state = self.open.pop(trace_id, None)
         if state is None:
             return False
+        if state.admitted:
+            self._working_sets.append((state.path_tokens - state.shared_tokens, state.shared_tokens))
         record = self.record(trace_id)
         record.ended = True
         record.wall_seconds = self.clock() - state.started
@@ -121,11 +136,39 @@ class TraceTable:
         state = self.open.get(trace_id)
         return (state.started, state.order) if state is not None else None
 
-    def expected_tool_seconds(self, trace_id: str) -> float:
-        """Mean tool time observed for this trace, else over all traces, else a default."""
+    def is_started(self, trace_id: str) -> bool:
+        """True when the trace is open and one of its calls has been admitted."""
         state = self.open.get(trace_id)
-        if state is not None and state.gaps:
-            return sum(state.gaps) / len(state.gaps)
-        if self._gap_count:
-            return self._gap_total / self._gap_count
-        return DEFAULT_TOOL_SECONDS
+        return state is not None and state.admitted
+
+    def started_programs(self, stale_s: float) -> int:
+        """Open traces with a call admitted that are running: a call queued or running, or one that
+        finished less than `stale_s` seconds ago (an agent that stays away longer is not counted: it
+        may have gone without ending its trace)."""
+        now = self.clock()
+        return sum(s.admitted and (s.in_flight > 0 or s.last_finish is None or now - s.last_finish < stale_s)
+                   for s in self.open.values())
+
+    def expected_working_set(self) -> tuple[float, float]:
+        """A program's expected working set as (own tokens, tokens shared with other programs): its
+        last path, less the prefix its first call found cached, and that prefix; the means over the
+        (last WINDOW) traces that ended. Before any ended: twice the longest path of a started trace,
+        all of it counted as its own (it is still growing, and how much of it other programs share is
+        not known yet). (0, 0) before any program started."""
+        if self._working_sets:
+            n = len(self._working_sets)
+            return sum(o for o, _ in self._working_sets) / n, sum(s for _, s in self._working_sets) / n
+        return 2.0 * max((s.path_tokens for s in self.open.values() if s.admitted), default=0), 0.0
+
+    def expected_remaining_tool_seconds(self, trace_id: str, away: float) -> float:
+        """How much longer a trace whose tool has run `away` seconds is expected to stay away: the mean
+        residual of the observed tool times (this trace's, else the last WINDOW of every trace's) that
+        ran longer than `away`; once none did, `away` itself (a tool that ran long is taken to run as
+        long again); before any tool time was observed, DEFAULT_TOOL_SECONDS less `away`, or `away`
+        once that is longer."""
+        state = self.open.get(trace_id)
+        gaps = state.gaps if state is not None and state.gaps and max(state.gaps) > away else self._gaps
+        longer = [g - away for g in gaps if g > away]
+        if longer:
+            return sum(longer) / len(longer)
+        return away if self._gaps else max(DEFAULT_TOOL_SECONDS - away, away)
