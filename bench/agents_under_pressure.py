@@ -44,7 +44,7 @@ import torch
 from radixlm.engine.engine import Engine, EngineConfig
 from radixlm.engine.loader import load_model
 from radixlm.engine.model.context import ForwardMode, current_context
-from radixlm.engine.model.decode_step import QUANTIZATIONS
+from radixlm.engine.model.decode_step import NATIVE_LAYERS_BATCH, QUANTIZATIONS
 from radixlm.engine.model.precision import DTYPE_CHOICES
 from radixlm.protocol import SamplingParams
 
@@ -124,21 +124,22 @@ class SimulatedModel:
     its position, and each pass costs simulated seconds by a cost model of the real run's engine,
     SmolLM2-135M with `q4` decode on a 2-core AMD EPYC (2 threads), calibrated to its measured rates:
 
-    - decode of up to `Q4_MAX_ROWS` rows (q4 weights): `max(Q4_MIN_S, rows * Q4_ROW_S)`: 209 tok/s at
-      batch 1 (4.8 ms a step), ~350 tok/s at batches of 2-8;
+    - decode of up to `Q4_MAX_ROWS` rows (q4 weights through the native decoder layers, one pass over
+      the weights per 8 rows): `Q4_MIN_S + (rows - 1) * Q4_ROW_S`: 209 tok/s at batch 1 (4.8 ms a
+      step); measured 526 / 546 / 583 tok/s at 8 / 16 / 32 rows (15.2 / 29.3 / 55 ms a step);
     - decode of more rows (dense bf16 weights): `DENSE_PASS_S + rows * DENSE_ROW_S`. `DENSE_PASS_S`
-      is about a bf16 batch-1 decode step (22 tok/s: 45 ms); `DENSE_ROW_S` is fitted so that the
-      no-pressure run (7992 computed prompt tokens, 2048 generated, decode mostly in passes of 9-32
-      rows) takes the real run's 22.4 busy seconds (22.1 here);
+      is about a bf16 batch-1 decode step (22 tok/s: 45 ms); `DENSE_ROW_S` was fitted so that the
+      no-pressure run of the engine whose q4 decode stopped at 8 rows (7992 computed prompt tokens,
+      2048 generated, decode mostly in passes of 9-32 rows) took that run's 22.4 busy seconds;
     - extend (prefill, bf16): `DENSE_PASS_S + tokens * PREFILL_TOKEN_S` (~950 tok/s);
     - plus `PAIR_S` per (computed token x context position) attention pair.
 
-    Run on the engine of that real run (commit bdc6ea3), it gives busy seconds of 28.6 / 32.1 / 32.8
-    / 32.7 / 36.5 for retention+program / retention / lru / ttl-pins / fcfs against the real 29.9 /
-    41.1 / 37.3 / 29.1 / 33.5 (the real figures carry batch-composition noise), and the same
-    recompute ratio, lru / retention+program, of 1.83x."""
+    Run on the engine of that real run (commit bdc6ea3, q4 decode up to 8 rows), it gave busy seconds
+    of 28.6 / 32.1 / 32.8 / 32.7 / 36.5 for retention+program / retention / lru / ttl-pins / fcfs
+    against the real 29.9 / 41.1 / 37.3 / 29.1 / 33.5 (the real figures carry batch-composition
+    noise), and the same recompute ratio, lru / retention+program, of 1.83x."""
 
-    Q4_MAX_ROWS, Q4_MIN_S, Q4_ROW_S = 8, 0.0048, 1 / 350
+    Q4_MAX_ROWS, Q4_MIN_S, Q4_ROW_S = NATIVE_LAYERS_BATCH, 0.0048, 0.00155
     DENSE_PASS_S, DENSE_ROW_S, PREFILL_TOKEN_S = 0.034, 0.0046, 1 / 950
     PAIR_S = 1 / 4e6
 
@@ -151,7 +152,7 @@ class SimulatedModel:
         if mode is ForwardMode.EXTEND:
             compute = self.DENSE_PASS_S + tokens * self.PREFILL_TOKEN_S
         elif tokens <= self.Q4_MAX_ROWS:
-            compute = max(self.Q4_MIN_S, tokens * self.Q4_ROW_S)
+            compute = self.Q4_MIN_S + (tokens - 1) * self.Q4_ROW_S
         else:
             compute = self.DENSE_PASS_S + tokens * self.DENSE_ROW_S
         return compute + self.PAIR_S * pairs

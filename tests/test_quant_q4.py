@@ -75,7 +75,7 @@ def test_kernel_builds_on_this_cpu() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 9, 20])
 @pytest.mark.parametrize("size", [64, 128, 192, 256, 576])  # 1, 2, 3, 4 and 9 block pairs per row
 def test_kernel_matches_plain_torch(batch: int, size: int) -> None:
     assert block_kernels_available()
@@ -92,13 +92,23 @@ def test_kernel_matches_plain_torch(batch: int, size: int) -> None:
 
 
 @needs_kernel
+def test_kernel_computes_each_row_of_a_batch_as_alone() -> None:
+    """Rows beyond 8 take another pass over the weights (8 rows per pass, in blocks of 32 weight rows):
+    every row's products are the bits it gets alone, so a batch never changes a row's result."""
+    gen = torch.Generator().manual_seed(7)
+    qw = Q4Weight.quantize(torch.randn(70, 576, generator=gen) * 0.1)
+    bw = Q8Weight.quantize(torch.randn(70, 576, generator=gen) * 0.1)
+    x = torch.randn(21, 576, generator=gen)
+    for product in (lambda t: matmul_native(t, qw.packed, qw.d, qw.m), lambda t: q8_matmul_native(t, bw.q, bw.d)):
+        assert torch.equal(product(x), torch.cat([product(x[i: i + 1]) for i in range(len(x))]))
+
+
+@needs_kernel
 def test_kernel_names_a_shape_mismatch() -> None:
     assert block_kernels_available()
     qw = Q4Weight.quantize(torch.randn(8, 128))
     with pytest.raises(RuntimeError, match="x has 64 columns"):
         torch.ops.radixlm.q4_gemv(torch.randn(1, 64), qw.packed, qw.d, qw.m)
-    with pytest.raises(RuntimeError, match="at most 8 rows"):
-        torch.ops.radixlm.q4_gemv(torch.randn(9, 128), qw.packed, qw.d, qw.m)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -172,6 +182,32 @@ def test_native_decode_layers_compute_the_same_bits_on_any_number_of_threads(thr
     for one, many in zip(*results):
         assert torch.equal(one, many)
     assert not torch.equal(results[0][1], pool.k_layers)  # the op wrote the new K
+
+
+@needs_kernel
+def test_native_decode_layers_compute_each_row_of_a_large_batch_as_alone() -> None:
+    """Batches past 8 rows (up to `NATIVE_LAYERS_BATCH`) run through the native layers too: each
+    row's hidden state and K/V are the bits it gets alone."""
+    state, cfg = q4_state("llama3", 3)
+    step = LlamaModel(cfg, state, TorchAttention(), quantization="q4").decode_step
+    assert step.native_layers and step.max_batch == decode_step.NATIVE_LAYERS_BATCH > 8
+    gen = torch.Generator().manual_seed(11)
+    rows, width = 11, 40
+    pool = new_pool(cfg, num_slots=rows * width)
+    pool.k_layers.copy_(torch.randn(pool.k_layers.shape, generator=gen))
+    pool.v_layers.copy_(torch.randn(pool.v_layers.shape, generator=gen))
+    kv_index = torch.arange(rows * width).view(rows, width)  # each row's own slots
+    lens = torch.randint(1, width + 1, (rows,), generator=gen)
+    h = torch.randn(rows, cfg.hidden_size, generator=gen)
+    cos, sin = torch.randn(2, rows, 1, cfg.head_dim, generator=gen)
+    k_before, v_before = pool.k_layers.clone(), pool.v_layers.clone()
+    together = step._native_layers(h, cos, sin, kv_index, lens, pool)
+    k_together, v_together = pool.k_layers.clone(), pool.v_layers.clone()
+    pool.k_layers.copy_(k_before), pool.v_layers.copy_(v_before)
+    alone = torch.cat([step._native_layers(h[r: r + 1], cos[r: r + 1], sin[r: r + 1], kv_index[r: r + 1],
+                                           lens[r: r + 1], pool) for r in range(rows)])
+    assert torch.equal(together, alone)
+    assert torch.equal(k_together, pool.k_layers) and torch.equal(v_together, pool.v_layers)
 
 
 @needs_kernel

@@ -34,9 +34,13 @@ QUANTIZATIONS = ("none", "int8", "q4")
 # A dense decode pass only exists for a decode dtype apart from the extend dtype (batch 1). Compiled,
 # the pass runs a batch row by row (the compiled int8 reduction over a [rows, out, in] product loses
 # its vectorization: 264 ms at batch 2); the limit is where that stops beating the dense batched
-# matmuls (see bench/model_speed.py's batch rows). q4: the native kernels' limit (8 rows read each
-# weight byte once).
+# matmuls (see bench/model_speed.py's batch rows). q4: 8 rows read each weight byte once in the native
+# GEMVs; through the native decoder layers, more rows take one pass over the weights per 8 rows, which
+# beats the dense extend weights up to NATIVE_LAYERS_BATCH rows (SmolLM2 on a 2-core AMD EPYC, dense bf16
+# -> native q4: 9 rows 164 -> 523 tok/s, 16 rows 281 -> 546; with 3x longer prompts 32 rows 267 -> 381,
+# 64 rows 331 -> 362).
 BATCH_LIMITS = {"none": 1, "int8": 4, "q4": 8}
+NATIVE_LAYERS_BATCH = 32
 
 COMPILE_OPTIONS = {
     # Inductor inlines an elementwise producer into each consumer; inlined into a GEMV's reduction
@@ -236,6 +240,8 @@ class DecodeStep:
         self.shape = LayerShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
         kernels = Kernels(compiled, quantization == "q4" and block_kernels_available())
         self.native_layers = native_layers_apply(cfg, dtype, kernels)
+        if self.native_layers:
+            self.max_batch = NATIVE_LAYERS_BATCH
         self.compiled = compiled and not self.native_layers
         block_fn, head_fn = make_block_fn(make_layer_fn(self.shape, kernels)), make_head_fn(self.shape, kernels)
         if self.compiled:

@@ -1,4 +1,4 @@
-// Block-quantized dot products shared by the native decode kernels: x [B, in] float32 (B <= 8)
+// Block-quantized dot products shared by the native decode kernels: x [B, in] float32
 // quantized per block of 32 to int8, times weights stored in blocks of 32 consecutive weights of one
 // output row, each with a float16 scale d (and, for Q4_1, a float16 offset m).
 //
@@ -9,7 +9,7 @@
 //
 // Like llama.cpp's products with Q8 activations, x is quantized per block of 32 to int8 (scale dx =
 // max|x| / 127) and each block's dot is an integer dot: sum_j w[j] x[j] ~= d * dx * sum_j q[j] xq[j]
-// (+ m * dx * sum_j xq[j] for Q4_1). Every weight byte is read once for all B rows of x.
+// (+ m * dx * sum_j xq[j] for Q4_1). Every weight byte is read once per kRowsPerPass rows of x.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -28,7 +28,7 @@ namespace radixlm::kernels {
 
 
 constexpr int64_t kBlock = 32;
-constexpr int64_t kMaxBatch = 8;
+constexpr int64_t kRowsPerPass = 8;  // rows of x that one pass over a weight serves (more rows: more passes)
 constexpr int64_t kMaxGroup = 8;  // blocks whose integer dots are summed and scaled in one vector
 constexpr int64_t kPrefetchRows = 8;
 
@@ -147,8 +147,8 @@ struct Q8 {
 // Output rows [begin, end) against the B rows of x, N blocks (N / 2 pairs) at a time: the N integer
 // dots are summed lane-wise into one vector and scaled by d * dx per block in one multiply.
 template <class Format, int B, int N>
-void rows_dot(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, const uint16_t* m, int64_t out,
-              int64_t begin, int64_t end, float* y) {
+void rows_dot(const QuantizedX& x, int64_t first_row, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
+              int64_t out, int64_t begin, int64_t end, float* y) {
   const int64_t blocks = x.blocks;
   const int64_t row_bytes = blocks * Format::kBytesPerBlock;
   for (int64_t r = begin; r < end; ++r) {
@@ -163,50 +163,67 @@ void rows_dot(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, co
       for (int p = 0; p < N / 2; ++p) Format::load_pair(row + (k0 + 2 * p) * Format::kBytesPerBlock, w[2 * p], w[2 * p + 1]);
       const __m256 d8 = load_halves<N>(d + r * blocks + k0);
       for (int b = 0; b < B; ++b) {
-        const int8_t* xq = x.xq.data() + b * x.in + k0 * kBlock;
+        const int8_t* xq = x.xq.data() + (first_row + b) * x.in + k0 * kBlock;
         __m256i dots[N];
         for (int j = 0; j < N; ++j)
           dots[j] = Format::dot(w[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * kBlock)));
-        const __m256 dx8 = _mm256_loadu_ps(x.dx.data() + b * blocks + k0);
+        const __m256 dx8 = _mm256_loadu_ps(x.dx.data() + (first_row + b) * blocks + k0);
         acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_each<N>(dots)), _mm256_mul_ps(d8, dx8), acc[b]);
         if constexpr (Format::kOffset) {
-          const __m256 xsum8 = _mm256_loadu_ps(x.xsum.data() + b * blocks + k0);
+          const __m256 xsum8 = _mm256_loadu_ps(x.xsum.data() + (first_row + b) * blocks + k0);
           offset[b] = _mm256_fmadd_ps(load_halves<N>(m + r * blocks + k0), xsum8, offset[b]);
         }
       }
     }
-    for (int b = 0; b < B; ++b) y[b * out + r] = reduce(_mm256_add_ps(acc[b], offset[b]));
+    for (int b = 0; b < B; ++b) y[(first_row + b) * out + r] = reduce(_mm256_add_ps(acc[b], offset[b]));
   }
 }
 
 template <class Format, int B>
-void rows_of(const QuantizedX& x, const uint8_t* weights, const uint16_t* d, const uint16_t* m, int64_t out,
-             int64_t begin, int64_t end, float* y) {
+void rows_of(const QuantizedX& x, int64_t first_row, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
+             int64_t out, int64_t begin, int64_t end, float* y) {
   // the largest group dividing the row's (even) block count
   switch (x.blocks % 8 == 0 ? 8 : x.blocks % 6 == 0 ? 6 : x.blocks % 4 == 0 ? 4 : 2) {
-    case 8: rows_dot<Format, B, 8>(x, weights, d, m, out, begin, end, y); break;
-    case 6: rows_dot<Format, B, 6>(x, weights, d, m, out, begin, end, y); break;
-    case 4: rows_dot<Format, B, 4>(x, weights, d, m, out, begin, end, y); break;
-    default: rows_dot<Format, B, 2>(x, weights, d, m, out, begin, end, y); break;
+    case 8: rows_dot<Format, B, 8>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 6: rows_dot<Format, B, 6>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 4: rows_dot<Format, B, 4>(x, first_row, weights, d, m, out, begin, end, y); break;
+    default: rows_dot<Format, B, 2>(x, first_row, weights, d, m, out, begin, end, y); break;
   }
 }
 
-// Output rows [begin, end) of y [batch, out] = x times the weight, for the batch (<= kMaxBatch) rows of
-// the quantized x, on the calling thread.
+// x's rows [first_row, first_row + rows) (rows <= kRowsPerPass) against output rows [begin, end).
+template <class Format>
+void rows_of_batch(const QuantizedX& x, int64_t first_row, int64_t rows, const uint8_t* weights, const uint16_t* d,
+                   const uint16_t* m, int64_t out, int64_t begin, int64_t end, float* y) {
+  switch (rows) {
+    case 1: rows_of<Format, 1>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 2: rows_of<Format, 2>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 3: rows_of<Format, 3>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 4: rows_of<Format, 4>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 5: rows_of<Format, 5>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 6: rows_of<Format, 6>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 7: rows_of<Format, 7>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 8: rows_of<Format, 8>(x, first_row, weights, d, m, out, begin, end, y); break;
+    default: break;  // no rows: nothing to compute
+  }
+}
+
+// Output rows of a block of weights read for every batch of kRowsPerPass rows of x while they are in L1.
+constexpr int64_t kRowsPerBlock = 32;
+
+// Output rows [begin, end) of y [batch, out] = x times the weight, for the batch rows of the quantized
+// x, on the calling thread: kRowsPerPass rows of x at a time, each weight byte read once per kRowsPerPass rows.
 template <class Format>
 void gemv_rows(const QuantizedX& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
                int64_t out, int64_t begin, int64_t end, float* y) {
-  switch (batch) {
-    case 1: rows_of<Format, 1>(x, weights, d, m, out, begin, end, y); break;
-    case 2: rows_of<Format, 2>(x, weights, d, m, out, begin, end, y); break;
-    case 3: rows_of<Format, 3>(x, weights, d, m, out, begin, end, y); break;
-    case 4: rows_of<Format, 4>(x, weights, d, m, out, begin, end, y); break;
-    case 5: rows_of<Format, 5>(x, weights, d, m, out, begin, end, y); break;
-    case 6: rows_of<Format, 6>(x, weights, d, m, out, begin, end, y); break;
-    case 7: rows_of<Format, 7>(x, weights, d, m, out, begin, end, y); break;
-    case 8: rows_of<Format, 8>(x, weights, d, m, out, begin, end, y); break;
-    default: break;  // batch 0: nothing to compute
+  if (batch <= kRowsPerPass) {
+    rows_of_batch<Format>(x, 0, batch, weights, d, m, out, begin, end, y);
+    return;
   }
+  for (int64_t r = begin; r < end; r += kRowsPerBlock)
+    for (int64_t first = 0; first < batch; first += kRowsPerPass)
+      rows_of_batch<Format>(x, first, std::min(kRowsPerPass, batch - first), weights, d, m, out, r,
+                            std::min(r + kRowsPerBlock, end), y);
 }
 
 // All of y, the rows split over torch's threads.

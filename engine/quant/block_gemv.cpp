@@ -1,4 +1,4 @@
-// The ops radixlm::q4_gemv(x, packed, d, m) and radixlm::q8_gemv(x, q, d): x [B <= 8, in] float32 times
+// The ops radixlm::q4_gemv(x, packed, d, m) and radixlm::q8_gemv(x, q, d): x [B, in] float32 times
 // a 4-bit (Q4_1) or 8-bit (Q8_0) block-quantized weight [out, in] -> [B, out] float32 (see block_dot.h).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -20,7 +20,6 @@ at::Tensor block_gemv(const char* op, const at::Tensor& x, const at::Tensor& wei
   TORCH_CHECK(in % (2 * kBlock) == 0, op, ": in must be a multiple of ", 2 * kBlock, ", got ", in);
   TORCH_CHECK(weights.size(1) * kBlock == in * Format::kBytesPerBlock && d.size(0) == out && d.size(1) * kBlock == in,
               op, ": x has ", in, " columns; the codes ", weights.sizes(), " and scales ", d.sizes(), " do not match");
-  TORCH_CHECK(batch <= kMaxBatch, op, ": at most ", kMaxBatch, " rows, got ", batch);
   const at::Tensor xc = x.contiguous(), wc = weights.contiguous(), dc = d.contiguous();
   const at::Tensor mc = m != nullptr ? m->contiguous() : at::Tensor();
   at::Tensor y = at::empty({batch, out}, xc.options());

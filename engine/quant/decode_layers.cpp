@@ -1,4 +1,4 @@
-// The op radixlm::q4_decode_layers: consecutive Llama-family decoder layers for B <= 8 new tokens, with
+// The op radixlm::q4_decode_layers: consecutive Llama-family decoder layers for B new tokens, with
 // 4-bit block (Q4_1) matrices, float32 activations and a float32 paged KV pool, in one call.
 //
 // A batch-1 decode step reads every weight once; what it does besides is a few thousand multiply-adds
@@ -344,7 +344,6 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
               "q4_decode_layers: kv_index must be contiguous int64 [B, N] and kv_lens int64 [B]");
   const int64_t batch = h.size(0), hidden = h.size(1);
   Shape s{batch, hidden, heads, kv_heads, dim, 0, kv_index.size(1), k_layers.size(1), eps};
-  TORCH_CHECK(batch <= kMaxBatch, "q4_decode_layers: at most ", kMaxBatch, " rows, got ", batch);
   TORCH_CHECK(kv_index.size(0) == batch && kv_lens.size(0) == batch, "q4_decode_layers: kv_index and kv_lens need one row per token");
   TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous() &&
                   cos.sizes() == at::IntArrayRef({batch, dim}) && sin.sizes() == cos.sizes(),

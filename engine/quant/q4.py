@@ -65,6 +65,6 @@ def matmul_dequant(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: to
 
 
 def matmul_native(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """x [rows <= 8, in] times the 4-bit weight -> [rows, out] in x's dtype, through the native kernel
+    """x [rows, in] times the 4-bit weight -> [rows, out] in x's dtype, through the native kernel
     (`native.block_kernels_available()` must be true)."""
     return torch.ops.radixlm.q4_gemv(x.float(), packed, d, m).to(x.dtype)

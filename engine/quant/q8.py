@@ -47,6 +47,6 @@ def matmul_dequant(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.T
 
 
 def matmul_native(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """x [rows <= 8, in] times the 8-bit block weight -> [rows, out] in x's dtype, through the native
+    """x [rows, in] times the 8-bit block weight -> [rows, out] in x's dtype, through the native
     kernel (`native.block_kernels_available()` must be true)."""
     return torch.ops.radixlm.q8_gemv(x.float(), q, d).to(x.dtype)
