@@ -50,8 +50,10 @@ class TraceTable:
         self.open: dict[str, TraceState] = {}
         self._gaps: deque[float] = deque(maxlen=WINDOW)  # every trace's observed tool times, seconds
         # (own, shared) tokens of the ended traces: their last path less the prefix their first call
-        # found cached, and that prefix
+        # found cached, and that prefix; with their sums, which program admission reads for every
+        # waiting new program each scheduling round
         self._working_sets: deque[tuple[int, int]] = deque(maxlen=WINDOW)
+        self._working_set_sums = [0, 0]
         self._order = itertools.count()
 
     def record(self, trace_id: str) -> TraceStats:
@@ -110,7 +112,7 @@ class TraceTable:
         if state is None:
             return False
         if state.admitted:
-            self._working_sets.append((state.path_tokens - state.shared_tokens, state.shared_tokens))
+            self._add_working_set(state.path_tokens - state.shared_tokens, state.shared_tokens)
         record = self.record(trace_id)
         record.ended = True
         record.wall_seconds = self.clock() - state.started
@@ -157,8 +159,17 @@ class TraceTable:
         not known yet). (0, 0) before any program started."""
         if self._working_sets:
             n = len(self._working_sets)
-            return sum(o for o, _ in self._working_sets) / n, sum(s for _, s in self._working_sets) / n
+            return self._working_set_sums[0] / n, self._working_set_sums[1] / n
         return 2.0 * max((s.path_tokens for s in self.open.values() if s.admitted), default=0), 0.0
+
+    def _add_working_set(self, own: int, shared: int) -> None:
+        if len(self._working_sets) == WINDOW:  # the oldest leaves the window
+            old_own, old_shared = self._working_sets[0]
+            self._working_set_sums[0] -= old_own
+            self._working_set_sums[1] -= old_shared
+        self._working_sets.append((own, shared))
+        self._working_set_sums[0] += own
+        self._working_set_sums[1] += shared
 
     def expected_remaining_tool_seconds(self, trace_id: str, away: float) -> float:
         """How much longer a trace whose tool has run `away` seconds is expected to stay away: the mean

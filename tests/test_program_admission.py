@@ -111,6 +111,29 @@ def test_program_limit_counts_the_shared_prefix_once():
     assert program_limit(traces, 1000) == int((1000 - 50) // own)
 
 
+def test_the_working_set_estimate_follows_the_last_window_of_ended_traces():
+    """The estimate keeps running sums of the window: once traces leave it, the means are still those
+    of the newest WINDOW ended traces."""
+    from radixlm.engine.traces import WINDOW
+
+    stats: dict[str, TraceStats] = {}
+    traces = TraceTable(lambda: stats, clock=lambda: 0.0)
+    rng = random.Random(5)
+    ended = []
+    for i in range(WINDOW + 37):
+        own, shared = rng.randint(1, 40), rng.randint(0, 20)
+        req = Request(tokens(shared + own, i % 50), PARAMS, trace_id=f"t{i}")
+        traces.on_arrival(req)
+        req.prefix_len = shared
+        traces.on_admit(req)
+        traces.on_finish(req)
+        traces.end(f"t{i}")
+        ended.append((len(req.fill_ids) - shared, shared))
+    window = ended[-WINDOW:]
+    assert traces.expected_working_set() == pytest.approx(
+        (sum(o for o, _ in window) / WINDOW, sum(s for _, s in window) / WINDOW))
+
+
 def test_outputs_and_integrity_hold_under_program_admission_on_a_tiny_pool():
     """Many interleaved agents on a pool that holds two of them: admission holds programs back, pins
     come and go, and every output still equals the model's own greedy continuation."""

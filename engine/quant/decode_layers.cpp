@@ -37,7 +37,12 @@ struct Q4Matrix {
   const uint8_t* packed;
   const uint16_t* d;
   const uint16_t* m;
-  int64_t out, in;
+  int64_t out;
+
+  // Output rows [begin, end) of y [batch, out] = x times this matrix, on the calling thread.
+  void rows(const QuantizedX& x, int64_t batch, int64_t begin, int64_t end, float* y) const {
+    gemv_rows<Q4>(x, batch, packed, d, m, out, begin, end, y);
+  }
 };
 
 // The stacked parts (packed, d, m) of one matrix name, checked against the expected [layers, out, in].
@@ -62,7 +67,7 @@ struct Q4Stack {
   Q4Matrix layer(int64_t l) const {
     return {static_cast<const uint8_t*>(packed.data_ptr()) + l * out * (in / 2),
             reinterpret_cast<const uint16_t*>(d.data_ptr<at::Half>()) + l * out * (in / kBlock),
-            reinterpret_cast<const uint16_t*>(m.data_ptr<at::Half>()) + l * out * (in / kBlock), out, in};
+            reinterpret_cast<const uint16_t*>(m.data_ptr<at::Half>()) + l * out * (in / kBlock), out};
   }
 };
 
@@ -421,8 +426,7 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
       norm_rows(in_norm_p + l * hidden);
       quantize_x(mine.x.data(), batch, hidden, mine.qx);
       const auto [u0, u1] = team.share(units, first, last);
-      gemv_rows<Q4>(mine.qx, batch, w_qkv.layer(l).packed, w_qkv.layer(l).d, w_qkv.layer(l).m, qkv_out, u0 * dim, u1 * dim,
-                    qkv_y.data());
+      w_qkv.layer(l).rows(mine.qx, batch, u0 * dim, u1 * dim, qkv_y.data());
       for (int64_t b = 0; b < batch; ++b) {
         float* row = qkv_y.data() + b * qkv_out;
         const int64_t slot = index[b * s.kv_width + lens[b] - 1];
@@ -449,16 +453,15 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
       merge(s, part, mine.x.data());
       quantize_x(mine.x.data(), batch, s.q_size(), mine.qx);
       const auto [o0, o1] = team.share(hidden, first, last);
-      gemv_rows<Q4>(mine.qx, batch, w_o.layer(l).packed, w_o.layer(l).d, w_o.layer(l).m, hidden, o0, o1, y_o.data());
+      w_o.layer(l).rows(mine.qx, batch, o0, o1, y_o.data());
       team.wait(members, passed);
       // the MLP's gate and up rows of the same channels per member, then silu(gate) * up for them
       residual(y_o.data());
       norm_rows(post_norm_p + l * hidden);
       quantize_x(mine.x.data(), batch, hidden, mine.qx);
       const auto [c0, c1] = team.share(s.inter, first, last);
-      const Q4Matrix gate_up = w_gate_up.layer(l);
-      gemv_rows<Q4>(mine.qx, batch, gate_up.packed, gate_up.d, gate_up.m, 2 * s.inter, c0, c1, gu.data());
-      gemv_rows<Q4>(mine.qx, batch, gate_up.packed, gate_up.d, gate_up.m, 2 * s.inter, s.inter + c0, s.inter + c1, gu.data());
+      w_gate_up.layer(l).rows(mine.qx, batch, c0, c1, gu.data());
+      w_gate_up.layer(l).rows(mine.qx, batch, s.inter + c0, s.inter + c1, gu.data());
       for (int64_t b = 0; b < batch; ++b) {
         const float* gate = gu.data() + b * 2 * s.inter;
         silu_times(gate + c0, gate + s.inter + c0, c1 - c0, act.data() + b * s.inter + c0);
@@ -467,8 +470,7 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
       // down
       quantize_x(act.data(), batch, s.inter, mine.qx);
       const auto [d0, d1] = team.share(hidden, first, last);
-      gemv_rows<Q4>(mine.qx, batch, w_down.layer(l).packed, w_down.layer(l).d, w_down.layer(l).m, hidden, d0, d1,
-                    y_down.data());
+      w_down.layer(l).rows(mine.qx, batch, d0, d1, y_down.data());
       team.wait(members, passed);
     }
     const float* last_h = h_buffers.data() + cur * batch * hidden;
