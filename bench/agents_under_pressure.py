@@ -179,7 +179,8 @@ class Agent:
     outputs: list[list[int]] = field(default_factory=list)
 
 
-def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float, max_running: int = 128) -> dict:
+def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
+               max_running: int = EngineConfig.max_running_requests) -> dict:
     """Drive every agent to its end on one engine; returns the figures of the run. `model` is a loaded
     SmolLM2 (real time) or None (a SimulatedModel in simulated time); `max_running` is every system's
     max_running_requests."""
@@ -277,8 +278,8 @@ def main() -> None:
     ap.add_argument("--tool-seconds", type=float, nargs=2, default=(0.2, 3.0))
     ap.add_argument("--pool-share", type=float, default=1 / 3, help="KV pool / combined working set")
     ap.add_argument("--ttl", type=float, default=3.0, help="the fixed TTL of the ttl-pins system")
-    ap.add_argument("--max-running", type=int, default=128,
-                    help="max_running_requests of every system (the engine's default: 128)")
+    ap.add_argument("--max-running", type=int, default=EngineConfig.max_running_requests,
+                    help="max_running_requests of every system (default: the engine's)")
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     ap.add_argument("--skip-no-pressure", action="store_true", help="skip the two runs on a pool that holds everything")
     ap.add_argument("--threads", type=int, default=2)
