@@ -50,8 +50,8 @@ def _option(default, help: str, choices=None):  # noqa: A002 - `help` as argpars
 @dataclass(frozen=True)
 class EngineConfig:
     """User-facing engine options: the single source of the `radixlm serve` flags and of
-    `radixlm.connect(**engine_options)` (see radixlm.config_flags). `dtype`, `device`, `quantization` and
-    `compile_decode` shape the model, so `Engine.from_model` applies them; `Engine(model, config)`
+    `radixlm.connect(**engine_options)` (see radixlm.config_flags). `dtype`, `device`, `quantization`,
+    `compile_decode` and `exact_blocks` shape the model, so `Engine.from_model` applies them; `Engine(model, config)`
     runs the model as it was built."""
 
     kv_cache_tokens: int = _option(32768, "KV pool size in tokens")
@@ -72,6 +72,9 @@ class EngineConfig:
                                 "(4-bit blocks of 32 with a scale and an offset, GGUF's Q4_1: a Q4_1 GGUF keeps "
                                 "its own weights; the head in 8-bit blocks, GGUF's Q8_0)", QUANTIZATIONS)
     compile_decode: bool = _option(False, "torch.compile the batch-1 decode pass (costs compile time at start)")
+    exact_blocks: bool = _option(True, "decode float32 weights that are exactly 4-bit blocks (a Q4_1 GGUF's, with "
+                                 "an 8-bit-block head) from those blocks, in float32 math: the same products, about "
+                                 "a fifth of the bytes per token (--no-exact-blocks: from the dense weights)")
     trace_retention: bool = _option(True, "keep an agent trace's newest path pinned while it runs a tool "
                                     "(--no-trace-retention: plain LRU)")
     trace_ttl_s: float = _option(30.0, "a pin not resumed, ended or needed within this many seconds goes")
@@ -153,7 +156,8 @@ class Engine:
         """Load a model by alias or path and build an engine on it."""
         config.validate()
         loaded: LoadedModel = load_model(name, device=config.device, dtype=config.dtype,
-                                         quantization=config.quantization, compile_decode=config.compile_decode)
+                                         quantization=config.quantization, compile_decode=config.compile_decode,
+                                         exact_blocks=config.exact_blocks)
         return cls(loaded.model, config, loaded.eos_token_ids, loaded.tokenizer)
 
     def prompt_ids(self, text: str | None = None, input_ids: Sequence[int] | None = None,

@@ -33,16 +33,17 @@ class LoadedModel:
 
 
 def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
-               quantization: str = "none", compile_decode: bool = False) -> LoadedModel:
+               quantization: str = "none", compile_decode: bool = False, exact_blocks: bool = True) -> LoadedModel:
     """Resolve `name` (alias, .gguf or HF folder), load weights and tokenizer, and build the model
     with the attention backend for `device` (torch on CPU, triton on CUDA). `dtype` is a torch dtype
     or a name ("float32", "bfloat16", "auto": see `model.precision`); `quantization` ("none", "int8", "q4")
-    and `compile_decode` choose the decode pass's weights and whether it is compiled."""
+    and `compile_decode` choose the decode pass's weights and whether it is compiled; `exact_blocks`: see
+    `LlamaModel`."""
     start = time.perf_counter()
     precision = resolve_precision(dtype, device)
     folder = resolve_model(name)
     config = ModelConfig.from_folder(folder)
     model = LlamaModel(config, load_weights(folder), make_attention("auto", device), device=device, dtype=precision,
-                       quantization=quantization, compile_decode=compile_decode)
+                       quantization=quantization, compile_decode=compile_decode, exact_blocks=exact_blocks)
     tokenizer = Tokenizer(folder)
     return LoadedModel(name, folder, config, model, tokenizer, time.perf_counter() - start)

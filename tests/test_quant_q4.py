@@ -125,7 +125,7 @@ def test_plain_torch_q4_decode_matches_fp32_on_the_same_weights(kind: str, monke
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_q4_decode_stays_close_to_fp32(kind: str) -> None:
     state, cfg = q4_state(kind, KINDS.index(kind))
-    ref = LlamaModel(cfg, state, TorchAttention())
+    ref = LlamaModel(cfg, state, TorchAttention(), exact_blocks=False)
     q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
     _, ref_logits = greedy_decode(ref, new_pool(cfg), PROMPTS, steps=1)
     _, logits = greedy_decode(q4, new_pool(cfg), PROMPTS, steps=1)
@@ -151,14 +151,22 @@ def test_native_decode_layers_match_the_layer_by_op_pass(kind: str) -> None:
         assert_same_greedy_decode(native, by_op, cfg, prompts, steps=4)
 
 
+def native_step(state: dict, cfg, exact: bool) -> decode_step.DecodeStep:
+    """The native decode layers on 4-bit blocks: integer dots (q4) or exact float32 products."""
+    step = LlamaModel(cfg, state, TorchAttention(), quantization="none" if exact else "q4").decode_step
+    assert step is not None and step.native_layers and step.exact == exact
+    return step
+
+
 @needs_kernel
+@pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_native_decode_layers_compute_the_same_bits_on_any_number_of_threads(threads: int) -> None:
+def test_native_decode_layers_compute_the_same_bits_on_any_number_of_threads(threads: int, exact: bool) -> None:
     """The op splits each phase of a layer over torch's threads, with barriers between phases: a team
     of 2, or of 3 on this machine's cores, computes exactly what one thread does (hidden rows and the
     K/V it writes), for rows with different KV lengths over scattered slots."""
     state, cfg = q4_state("qwen2", 1)
-    step = LlamaModel(cfg, state, TorchAttention(), quantization="q4").decode_step
+    step = native_step(state, cfg, exact)
     gen = torch.Generator().manual_seed(threads)
     pool = new_pool(cfg, num_slots=400)
     pool.k_layers.copy_(torch.randn(pool.k_layers.shape, generator=gen))
@@ -185,12 +193,13 @@ def test_native_decode_layers_compute_the_same_bits_on_any_number_of_threads(thr
 
 
 @needs_kernel
-def test_native_decode_layers_compute_each_row_of_a_large_batch_as_alone() -> None:
+@pytest.mark.parametrize("exact", [False, True])
+def test_native_decode_layers_compute_each_row_of_a_large_batch_as_alone(exact: bool) -> None:
     """Batches past 8 rows (up to `NATIVE_LAYERS_BATCH`) run through the native layers too: each
     row's hidden state and K/V are the bits it gets alone."""
     state, cfg = q4_state("llama3", 3)
-    step = LlamaModel(cfg, state, TorchAttention(), quantization="q4").decode_step
-    assert step.native_layers and step.max_batch == decode_step.NATIVE_LAYERS_BATCH > 8
+    step = native_step(state, cfg, exact)
+    assert step.max_batch == decode_step.NATIVE_LAYERS_BATCH > 8
     gen = torch.Generator().manual_seed(11)
     rows, width = 11, 40
     pool = new_pool(cfg, num_slots=rows * width)

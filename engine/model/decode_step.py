@@ -13,6 +13,11 @@ dequantize + GEMM eagerly, a fused int8 GEMV when compiled) or 4-bit (`Q4Weight`
 `Q8Weight` head, as a Q4_1 GGUF stores them: the native kernels where they build, else plain torch).
 Where the native kernels build, float32 4-bit layers skip all of the above: each block of layers is one
 call of the native op `radixlm::q4_decode_layers` (decode_layers.cpp) for the whole batch.
+
+Exact blocks: float32 weights that are exactly 4-bit blocks (and a head exactly 8-bit blocks), as a
+Q4_1 GGUF's dequantized weights are, decode from those blocks with `exact` kernels: x stays float32
+and multiplies the blocks' own float32 weights, so the pass computes the float32 model's products
+(in another summation order) while reading about a fifth of the bytes.
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ COMPILE_OPTIONS = {
 # graph 113 (but 50 s of compile instead of 20 at start).
 BLOCK_LAYERS = 6
 
+class InexactBlocks(ValueError):
+    """A weight that its 4-/8-bit blocks do not give back exactly (exact blocks do not apply)."""
+
+
 # (w [in, out],) dense; (q [out, in] int8, scale [out] float32) int8 per channel; (q [out, in] int8,
 # d [out, in / 32] float16) 8-bit blocks (`Q8Weight`); (packed, d, m) 4-bit blocks (`Q4Weight`)
 Matrix = tuple[torch.Tensor, ...]
@@ -65,20 +74,22 @@ Matrix = tuple[torch.Tensor, ...]
 
 @dataclass(frozen=True)
 class Kernels:
-    """How this pass multiplies: `compiled` (the fused int8 GEMV, else dequantize + GEMM) and
-    `native_blocks` (the native block-quantized kernels, else plain torch)."""
+    """How this pass multiplies: `compiled` (the fused int8 GEMV, else dequantize + GEMM),
+    `native_blocks` (the native block-quantized kernels, else plain torch) and `exact` (the native
+    kernels' float32 products with the blocks' own weights, else x quantized per block)."""
 
     compiled: bool
     native_blocks: bool
+    exact: bool = False
 
     def linear(self, x: torch.Tensor, w: Matrix) -> torch.Tensor:
         """x [rows, in] times a dense, int8, 8-bit block or 4-bit block matrix -> [rows, out]."""
         if len(w) == 1:
             return x @ w[0]
         if len(w) == 3:
-            return q4.matmul_native(x, *w) if self.native_blocks else q4.matmul_dequant(x, *w)
+            return q4.matmul_native(x, *w, exact=self.exact) if self.native_blocks else q4.matmul_dequant(x, *w)
         if w[1].dtype == torch.float16:
-            return q8.matmul_native(x, *w) if self.native_blocks else q8.matmul_dequant(x, *w)
+            return q8.matmul_native(x, *w, exact=self.exact) if self.native_blocks else q8.matmul_dequant(x, *w)
         return int8.matmul_reduce(x, *w) if self.compiled else int8.matmul_dequant(x, *w)
 
 
@@ -175,6 +186,13 @@ def make_head_fn(s: LayerShape, kernels: Kernels) -> Callable[..., torch.Tensor]
     return head
 
 
+def exact_blocks_apply(cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a float32 decode pass on `device` could decode from exact blocks (the native layers
+    build and apply); whether the weights are blocks is known only once they are split into them."""
+    return (dtype == torch.float32 and device.type == "cpu" and cfg.head_dim % 8 == 0
+            and block_kernels_available())
+
+
 def native_layers_apply(cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels) -> bool:
     """Whether the layers run as native decoder layers (decode_layers.cpp): 4-bit blocks through the
     native kernels, float32 activations and heads of a multiple of 8 values. Then a batch runs at once
@@ -190,13 +208,17 @@ class DecodeStep:
 
     def __init__(self, cfg: ModelConfig, dense: Callable[[str], torch.Tensor], dtype: torch.dtype,
                  quantization: str, compiled: bool, reuse: list[dict] | None = None,
-                 reuse_head: torch.Tensor | None = None) -> None:
+                 reuse_head: torch.Tensor | None = None, exact: bool = False) -> None:
         """`dense(name)` returns a HF-named [out, in] weight in `dtype` on the model's device; `reuse`
         are the model's own per-layer dense matrices when this pass can share them: they are stacked
-        per block here, and the model's entries are replaced by views of the stacks (one copy)."""
+        per block here, and the model's entries are replaced by views of the stacks (one copy).
+        `exact` (with "q4", where `exact_blocks_apply`): the weights must be exactly their blocks
+        (`InexactBlocks` otherwise), and the pass multiplies by them in float32."""
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-        self.dtype, self.quantization = dtype, quantization
+        if exact and quantization != "q4":
+            raise ValueError(f"exact blocks are 4-bit blocks, not {quantization!r}")
+        self.dtype, self.quantization, self.exact = dtype, quantization, exact
         self.max_batch = BATCH_LIMITS[quantization]
         self.vocab_size = cfg.vocab_size
 
@@ -204,9 +226,13 @@ class DecodeStep:
             w = torch.cat([dense(n) for n in names])
             if fmt == "q4":
                 qw = q4.Q4Weight.quantize(w)
+                if exact and not torch.equal(qw.dequantize(), w):
+                    raise InexactBlocks(f"{names[0]} is not exactly 4-bit blocks")
                 return (qw.packed, qw.d, qw.m)
             if fmt == "q8":
                 bw = q8.Q8Weight.quantize(w)
+                if exact and not torch.equal(bw.dequantize(), w):
+                    raise InexactBlocks(f"{names[0]} is not exactly 8-bit blocks")
                 return (bw.q, bw.d)
             if fmt == "int8":
                 iw = int8.Int8Weight.quantize(w)
@@ -238,7 +264,7 @@ class DecodeStep:
         self.lm_head = (reuse_head,) if reuse_head is not None else matrix(head_name, fmt=head_format)
         self.norm = dense("model.norm.weight")
         self.shape = LayerShape(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
-        kernels = Kernels(compiled, quantization == "q4" and block_kernels_available())
+        kernels = Kernels(compiled, quantization == "q4" and block_kernels_available(), exact)
         self.native_layers = native_layers_apply(cfg, dtype, kernels)
         if self.native_layers:
             self.max_batch = NATIVE_LAYERS_BATCH
@@ -307,7 +333,8 @@ class DecodeStep:
             in_norm, post_norm, qkv, o, gate_up, down, qkv_bias, q_norm, k_norm = stacked
             h = torch.ops.radixlm.q4_decode_layers(
                 h, cos, sin, kv_index, kv_lens, pool.k_layers[a:b], pool.v_layers[a:b], in_norm, post_norm,
-                list(qkv), list(o), list(gate_up), list(down), qkv_bias, q_norm, k_norm, s.heads, s.kv_heads, s.eps)
+                list(qkv), list(o), list(gate_up), list(down), qkv_bias, q_norm, k_norm, s.heads, s.kv_heads, s.eps,
+                self.exact)
         return h
 
     def _head_rows(self, h: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ another dtype, eager or compiled); the KV pool is in the decode dtype.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Mapping
 
@@ -21,8 +22,10 @@ import torch.nn.functional as F
 from ..attention.backend import AttentionBackend
 from .config import ModelConfig
 from .context import ForwardMode, current_context
-from .decode_step import DecodeStep, rotate
+from .decode_step import DecodeStep, InexactBlocks, exact_blocks_apply, rotate
 from .precision import Precision
+
+log = logging.getLogger("radixlm.engine")
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -70,9 +73,12 @@ class LlamaModel:
         dtype: torch.dtype | Precision = torch.float32,
         quantization: str = "none",
         compile_decode: bool = False,
+        exact_blocks: bool = True,
     ) -> None:
         """`dtype`: one dtype for every pass, or a `Precision` (extend and decode dtypes);
-        `quantization`: "none", "int8" or "q4" (decode weights); `compile_decode`: torch.compile the decode pass."""
+        `quantization`: "none", "int8" or "q4" (decode weights); `compile_decode`: torch.compile the decode pass;
+        `exact_blocks`: with no quantization and float32 decode, decode from the weights' 4-/8-bit
+        blocks where the weights are exactly those blocks (`decode_step`'s exact blocks)."""
         precision = dtype if isinstance(dtype, Precision) else Precision(dtype, dtype)
         self.cfg, self.attention = cfg, attention
         # dtype: the decode pass's and the KV pool's; extend_dtype: the extend pass's weights and activations
@@ -108,11 +114,18 @@ class LlamaModel:
             self.layers.append(layer)
         self.rotary = Rotary(cfg, self.device, precision.extend)
         self.decode_step: DecodeStep | None = None
-        if quantization != "none" or compile_decode or precision.split:
+        if quantization == "none" and exact_blocks and exact_blocks_apply(cfg, precision.decode, self.device):
+            try:
+                self.decode_step = DecodeStep(cfg, lambda name: w(name, precision.decode), precision.decode, "q4",
+                                              False, exact=True)
+            except InexactBlocks as exc:
+                log.info("decoding from the dense float32 weights: %s", exc)
+        if self.decode_step is None and (quantization != "none" or compile_decode or precision.split):
             shared = not precision.split and quantization == "none"
             self.decode_step = DecodeStep(
                 cfg, lambda name: w(name, precision.decode), precision.decode, quantization, compile_decode,
                 reuse=self.layers if shared else None, reuse_head=self.lm_head if shared else None)
+        if self.decode_step is not None:
             self.decode_rotary = Rotary(cfg, self.device, precision.decode) if precision.split else self.rotary
         self._q_size = cfg.num_heads * cfg.head_dim
         self._kv_size = cfg.num_kv_heads * cfg.head_dim

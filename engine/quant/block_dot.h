@@ -10,6 +10,10 @@
 // Like llama.cpp's products with Q8 activations, x is quantized per block of 32 to int8 (scale dx =
 // max|x| / 127) and each block's dot is an integer dot: sum_j w[j] x[j] ~= d * dx * sum_j q[j] xq[j]
 // (+ m * dx * sum_j xq[j] for Q4_1). Every weight byte is read once per kRowsPerPass rows of x.
+//
+// The exact products (`FloatX`) keep x in float32 and multiply it by the blocks' own weights in
+// float32: w = d * q + m rounded once (q * d is exact in float32), the very values of the matrix the
+// blocks dequantize to, so they compute the float32 product of that matrix, in another summation order.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -82,6 +86,7 @@ inline __m256 load_halves(const uint16_t* p) {
 // rounded x, dx * sum(xq) (for the m term). dx and xsum carry kMaxGroup zeros past the last row, so a group's 8-lane load
 // never reads past them.
 struct QuantizedX {
+  static constexpr int64_t kRowsPerPass = radixlm::kernels::kRowsPerPass;
   int64_t in = 0, blocks = 0;
   std::vector<int8_t> xq;
   std::vector<float> dx, xsum;
@@ -131,6 +136,12 @@ struct Q4 {
     second = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
   }
   static __m256i dot(__m256i w, __m256i xq) { return dot_u8_s8(w, xq); }
+  // weights 8 j .. 8 j + 7 of the pair's first block (a) and second block (b) as float32
+  static void weights8(const uint8_t* pair, int j, __m256 da, __m256 ma, __m256 db, __m256 mb, __m256& a, __m256& b) {
+    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pair + 8 * j)));
+    a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F))), da, ma);
+    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4)), db, mb);
+  }
 };
 
 struct Q8 {
@@ -142,6 +153,11 @@ struct Q8 {
   }
   // |xq| * (w with xq's sign) = w * xq, in the unsigned x signed form the instructions take
   static __m256i dot(__m256i w, __m256i xq) { return dot_u8_s8(_mm256_abs_epi8(xq), _mm256_sign_epi8(w, xq)); }
+  static void weights8(const uint8_t* pair, int j, __m256 da, __m256, __m256 db, __m256, __m256& a, __m256& b) {
+    auto load8 = [&](const uint8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))); };
+    a = _mm256_mul_ps(load8(pair + 8 * j), da);
+    b = _mm256_mul_ps(load8(pair + kBlock + 8 * j), db);
+  }
 };
 
 // Output rows [begin, end) against the B rows of x, N blocks (N / 2 pairs) at a time: the N integer
@@ -191,6 +207,64 @@ void rows_of(const QuantizedX& x, int64_t first_row, const uint8_t* weights, con
   }
 }
 
+// x in float32, for the exact products: rows [B, in].
+struct FloatX {
+  static constexpr int64_t kRowsPerPass = 2;  // four accumulators per row fill the 16 registers of AVX2
+  const float* x;
+  int64_t in;
+};
+
+inline __m256 half_at(const uint16_t* p) { return _mm256_set1_ps(_cvtsh_ss(*p)); }
+
+// The exact product of output rows [begin, end) with the B rows of float32 x: per pair of blocks, eight
+// weights at a time become floats and multiply-add into four accumulators per row (one per eighth of a
+// block), summed in the same order whatever B is.
+template <class Format, int B>
+void rows_dot_exact(const FloatX& x, int64_t first_row, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
+                    int64_t out, int64_t begin, int64_t end, float* y) {
+  const int64_t blocks = x.in / kBlock;
+  const int64_t row_bytes = blocks * Format::kBytesPerBlock;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t r = begin; r < end; ++r) {
+    const uint8_t* row = weights + r * row_bytes;
+    if (r + kPrefetchRows < end) {
+      for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * row_bytes + off), _MM_HINT_T0);
+    }
+    __m256 acc[B][4];
+    for (int b = 0; b < B; ++b)
+      for (int j = 0; j < 4; ++j) acc[b][j] = zero;
+    for (int64_t k = 0; k < blocks; k += 2) {
+      const uint8_t* pair = row + k * Format::kBytesPerBlock;
+      const uint16_t* dk = d + r * blocks + k;
+      const __m256 da = half_at(dk), db = half_at(dk + 1);
+      __m256 ma = zero, mb = zero;
+      if constexpr (Format::kOffset) ma = half_at(m + r * blocks + k), mb = half_at(m + r * blocks + k + 1);
+      for (int j = 0; j < 4; ++j) {
+        __m256 wa, wb;
+        Format::weights8(pair, j, da, ma, db, mb, wa, wb);
+        for (int b = 0; b < B; ++b) {
+          const float* xk = x.x + (first_row + b) * x.in + k * kBlock + 8 * j;
+          acc[b][j] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(xk), acc[b][j]);
+          acc[b][j] = _mm256_fmadd_ps(wb, _mm256_loadu_ps(xk + kBlock), acc[b][j]);
+        }
+      }
+    }
+    for (int b = 0; b < B; ++b)
+      y[(first_row + b) * out + r] = reduce(_mm256_add_ps(_mm256_add_ps(acc[b][0], acc[b][1]), _mm256_add_ps(acc[b][2], acc[b][3])));
+  }
+}
+
+// x's rows [first_row, first_row + rows) (rows <= FloatX::kRowsPerPass) against output rows [begin, end).
+template <class Format>
+void rows_of_batch(const FloatX& x, int64_t first_row, int64_t rows, const uint8_t* weights, const uint16_t* d,
+                   const uint16_t* m, int64_t out, int64_t begin, int64_t end, float* y) {
+  switch (rows) {
+    case 1: rows_dot_exact<Format, 1>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 2: rows_dot_exact<Format, 2>(x, first_row, weights, d, m, out, begin, end, y); break;
+    default: break;  // no rows: nothing to compute
+  }
+}
+
 // x's rows [first_row, first_row + rows) (rows <= kRowsPerPass) against output rows [begin, end).
 template <class Format>
 void rows_of_batch(const QuantizedX& x, int64_t first_row, int64_t rows, const uint8_t* weights, const uint16_t* d,
@@ -211,24 +285,25 @@ void rows_of_batch(const QuantizedX& x, int64_t first_row, int64_t rows, const u
 // Output rows of a block of weights read for every batch of kRowsPerPass rows of x while they are in L1.
 constexpr int64_t kRowsPerBlock = 32;
 
-// Output rows [begin, end) of y [batch, out] = x times the weight, for the batch rows of the quantized
-// x, on the calling thread: kRowsPerPass rows of x at a time, each weight byte read once per kRowsPerPass rows.
-template <class Format>
-void gemv_rows(const QuantizedX& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
+// Output rows [begin, end) of y [batch, out] = x times the weight, for the batch rows of x (quantized
+// or float32), on the calling thread: X::kRowsPerPass rows of x at a time, each weight byte read once per
+// X::kRowsPerPass rows.
+template <class Format, class X>
+void gemv_rows(const X& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
                int64_t out, int64_t begin, int64_t end, float* y) {
-  if (batch <= kRowsPerPass) {
+  if (batch <= X::kRowsPerPass) {
     rows_of_batch<Format>(x, 0, batch, weights, d, m, out, begin, end, y);
     return;
   }
   for (int64_t r = begin; r < end; r += kRowsPerBlock)
-    for (int64_t first = 0; first < batch; first += kRowsPerPass)
-      rows_of_batch<Format>(x, first, std::min(kRowsPerPass, batch - first), weights, d, m, out, r,
+    for (int64_t first = 0; first < batch; first += X::kRowsPerPass)
+      rows_of_batch<Format>(x, first, std::min(X::kRowsPerPass, batch - first), weights, d, m, out, r,
                             std::min(r + kRowsPerBlock, end), y);
 }
 
 // All of y, the rows split over torch's threads.
-template <class Format>
-void gemv(const QuantizedX& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
+template <class Format, class X>
+void gemv(const X& x, int64_t batch, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
           int64_t out, float* y) {
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) { gemv_rows<Format>(x, batch, weights, d, m, out, begin, end, y); });
 }

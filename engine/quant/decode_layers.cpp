@@ -1,5 +1,7 @@
 // The op radixlm::q4_decode_layers: consecutive Llama-family decoder layers for B new tokens, with
-// 4-bit block (Q4_1) matrices, float32 activations and a float32 paged KV pool, in one call.
+// 4-bit block (Q4_1) matrices, float32 activations and a float32 paged KV pool, in one call. The
+// matrices multiply x quantized per block (integer dots, as llama.cpp does) or, `exact`, x in float32
+// by the blocks' own float32 weights (block_dot.h).
 //
 // A batch-1 decode step reads every weight once; what it does besides is a few thousand multiply-adds
 // per layer (norms, RoPE, attention over the row's cached positions, residuals). Done here in plain
@@ -32,6 +34,22 @@ namespace {
 
 using namespace radixlm::kernels;
 
+// A phase's input rows as the GEMVs take them: quantized per block, or float32 for the exact products.
+struct Activations {
+  bool exact = false;
+  QuantizedX q;
+  FloatX f{nullptr, 0};
+
+  // x [batch, in] stays where it is until the phase's GEMV has read it
+  void set(const float* x, int64_t batch, int64_t in) {
+    if (exact) {
+      f = {x, in};
+    } else {
+      quantize_x(x, batch, in, q);
+    }
+  }
+};
+
 // One layer's Q4_1 matrix [out, in] inside the stacked [layers, out, ...] tensors.
 struct Q4Matrix {
   const uint8_t* packed;
@@ -40,8 +58,12 @@ struct Q4Matrix {
   int64_t out;
 
   // Output rows [begin, end) of y [batch, out] = x times this matrix, on the calling thread.
-  void rows(const QuantizedX& x, int64_t batch, int64_t begin, int64_t end, float* y) const {
-    gemv_rows<Q4>(x, batch, packed, d, m, out, begin, end, y);
+  void rows(const Activations& x, int64_t batch, int64_t begin, int64_t end, float* y) const {
+    if (x.exact) {
+      gemv_rows<Q4>(x.f, batch, packed, d, m, out, begin, end, y);
+    } else {
+      gemv_rows<Q4>(x.q, batch, packed, d, m, out, begin, end, y);
+    }
   }
 };
 
@@ -309,18 +331,19 @@ class Team {
   std::condition_variable woken_;
 };
 
-// What each thread of the team keeps for itself: its copy of the activations it quantizes.
+// What each thread of the team keeps for itself: its copy of the activations, as its GEMVs take them.
 struct Scratch {
   std::vector<float> h, x, scores;
-  QuantizedX qx;
+  Activations in;
 
-  Scratch(const Shape& s, int64_t group) : h(s.batch * s.hidden), x(s.batch * std::max({s.hidden, s.inter, s.q_size()})),
-                                           scores(group * kChunk) {
+  Scratch(const Shape& s, int64_t group, bool exact)
+      : h(s.batch * s.hidden), x(s.batch * std::max({s.hidden, s.inter, s.q_size()})), scores(group * kChunk) {
     // sized once here: nothing allocates inside the team's region, where a throw would leave the
     // other members waiting at a barrier
-    qx.xq.reserve(x.size());
-    qx.dx.reserve(x.size() / kBlock + kMaxGroup);
-    qx.xsum.reserve(x.size() / kBlock + kMaxGroup);
+    in.exact = exact;
+    in.q.xq.reserve(x.size());
+    in.q.dx.reserve(x.size() / kBlock + kMaxGroup);
+    in.q.xsum.reserve(x.size() / kBlock + kMaxGroup);
   }
 };
 
@@ -336,7 +359,7 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
                             const at::Tensor& post_norm, at::TensorList qkv, at::TensorList o, at::TensorList gate_up,
                             at::TensorList down, const std::optional<at::Tensor>& qkv_bias,
                             const std::optional<at::Tensor>& q_norm, const std::optional<at::Tensor>& k_norm,
-                            int64_t heads, int64_t kv_heads, double eps) {
+                            int64_t heads, int64_t kv_heads, double eps, bool exact) {
   TORCH_CHECK(h.dim() == 2 && h.scalar_type() == at::kFloat, "q4_decode_layers: h must be float32 [B, hidden]");
   TORCH_CHECK(k_layers.dim() == 4 && k_layers.scalar_type() == at::kFloat && k_layers.is_contiguous() &&
                   v_layers.sizes() == k_layers.sizes() && v_layers.scalar_type() == at::kFloat && v_layers.is_contiguous(),
@@ -385,7 +408,7 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
 #endif
   Team team(team_size);
   Partials part(s);
-  std::vector<Scratch> scratch(team_size, Scratch(s, group));
+  std::vector<Scratch> scratch(team_size, Scratch(s, group, exact));
   // shared: h in two buffers (a residual reads one and writes the other), and each phase's output
   std::vector<float> h_buffers(2 * batch * hidden), qkv_y(batch * qkv_out), y_o(batch * hidden), gu(batch * 2 * s.inter),
       act(batch * s.inter), y_down(batch * hidden);
@@ -424,9 +447,9 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
       // QKV, whole heads per member: bias, Qwen3's head norms, RoPE, and the new K/V into the pool
       if (l > 0) residual(y_down.data());
       norm_rows(in_norm_p + l * hidden);
-      quantize_x(mine.x.data(), batch, hidden, mine.qx);
+      mine.in.set(mine.x.data(), batch, hidden);
       const auto [u0, u1] = team.share(units, first, last);
-      w_qkv.layer(l).rows(mine.qx, batch, u0 * dim, u1 * dim, qkv_y.data());
+      w_qkv.layer(l).rows(mine.in, batch, u0 * dim, u1 * dim, qkv_y.data());
       for (int64_t b = 0; b < batch; ++b) {
         float* row = qkv_y.data() + b * qkv_out;
         const int64_t slot = index[b * s.kv_width + lens[b] - 1];
@@ -451,26 +474,26 @@ at::Tensor q4_decode_layers(const at::Tensor& h, const at::Tensor& cos, const at
       team.wait(members, passed);
       // O
       merge(s, part, mine.x.data());
-      quantize_x(mine.x.data(), batch, s.q_size(), mine.qx);
+      mine.in.set(mine.x.data(), batch, s.q_size());
       const auto [o0, o1] = team.share(hidden, first, last);
-      w_o.layer(l).rows(mine.qx, batch, o0, o1, y_o.data());
+      w_o.layer(l).rows(mine.in, batch, o0, o1, y_o.data());
       team.wait(members, passed);
       // the MLP's gate and up rows of the same channels per member, then silu(gate) * up for them
       residual(y_o.data());
       norm_rows(post_norm_p + l * hidden);
-      quantize_x(mine.x.data(), batch, hidden, mine.qx);
+      mine.in.set(mine.x.data(), batch, hidden);
       const auto [c0, c1] = team.share(s.inter, first, last);
-      w_gate_up.layer(l).rows(mine.qx, batch, c0, c1, gu.data());
-      w_gate_up.layer(l).rows(mine.qx, batch, s.inter + c0, s.inter + c1, gu.data());
+      w_gate_up.layer(l).rows(mine.in, batch, c0, c1, gu.data());
+      w_gate_up.layer(l).rows(mine.in, batch, s.inter + c0, s.inter + c1, gu.data());
       for (int64_t b = 0; b < batch; ++b) {
         const float* gate = gu.data() + b * 2 * s.inter;
         silu_times(gate + c0, gate + s.inter + c0, c1 - c0, act.data() + b * s.inter + c0);
       }
       team.wait(members, passed);
       // down
-      quantize_x(act.data(), batch, s.inter, mine.qx);
+      mine.in.set(act.data(), batch, s.inter);
       const auto [d0, d1] = team.share(hidden, first, last);
-      w_down.layer(l).rows(mine.qx, batch, d0, d1, y_down.data());
+      w_down.layer(l).rows(mine.in, batch, d0, d1, y_down.data());
       team.wait(members, passed);
     }
     const float* last_h = h_buffers.data() + cur * batch * hidden;
@@ -486,7 +509,7 @@ TORCH_LIBRARY_FRAGMENT(radixlm, m) {
   m.def(
       "q4_decode_layers(Tensor h, Tensor cos, Tensor sin, Tensor kv_index, Tensor kv_lens, Tensor(a!) k_layers, "
       "Tensor(b!) v_layers, Tensor in_norm, Tensor post_norm, Tensor[] qkv, Tensor[] o, Tensor[] gate_up, "
-      "Tensor[] down, Tensor? qkv_bias, Tensor? q_norm, Tensor? k_norm, int heads, int kv_heads, float eps) -> Tensor");
+      "Tensor[] down, Tensor? qkv_bias, Tensor? q_norm, Tensor? k_norm, int heads, int kv_heads, float eps, bool exact=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(radixlm, CPU, m) { m.impl("q4_decode_layers", &q4_decode_layers); }

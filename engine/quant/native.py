@@ -56,8 +56,9 @@ def block_kernels_available() -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("block-quantized kernels unavailable on this CPU (%s); those weights use plain torch", first)
         return False
-    torch.library.register_fake("radixlm::q4_gemv")(_q4_gemv_shape)
-    torch.library.register_fake("radixlm::q8_gemv")(_q8_gemv_shape)
+    for exact in ("", "_exact"):
+        torch.library.register_fake(f"radixlm::q4_gemv{exact}")(_q4_gemv_shape)
+        torch.library.register_fake(f"radixlm::q8_gemv{exact}")(_q8_gemv_shape)
     return True
 
 

@@ -64,7 +64,10 @@ def matmul_dequant(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: to
     return x @ Q4Weight(packed, d, m).dequantize().t().to(x.dtype)
 
 
-def matmul_native(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def matmul_native(x: torch.Tensor, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
+                  exact: bool = False) -> torch.Tensor:
     """x [rows, in] times the 4-bit weight -> [rows, out] in x's dtype, through the native kernel
-    (`native.block_kernels_available()` must be true)."""
-    return torch.ops.radixlm.q4_gemv(x.float(), packed, d, m).to(x.dtype)
+    (`native.block_kernels_available()` must be true); `exact`: x stays float32 and multiplies the
+    blocks' own float32 weights (the product with `dequantize()`, in another summation order)."""
+    op = torch.ops.radixlm.q4_gemv_exact if exact else torch.ops.radixlm.q4_gemv
+    return op(x.float(), packed, d, m).to(x.dtype)

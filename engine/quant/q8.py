@@ -46,7 +46,8 @@ def matmul_dequant(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.T
     return x @ Q8Weight(q, d).dequantize().t().to(x.dtype)
 
 
-def matmul_native(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def matmul_native(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """x [rows, in] times the 8-bit block weight -> [rows, out] in x's dtype, through the native
-    kernel (`native.block_kernels_available()` must be true)."""
-    return torch.ops.radixlm.q8_gemv(x.float(), q, d).to(x.dtype)
+    kernel (`native.block_kernels_available()` must be true); `exact` as in `q4.matmul_native`."""
+    op = torch.ops.radixlm.q8_gemv_exact if exact else torch.ops.radixlm.q8_gemv
+    return op(x.float(), q, d).to(x.dtype)
