@@ -149,18 +149,26 @@ inline __m256 exp_nonpositive(__m256 x) {
 }
 
 // y[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] for i < n, with e^-|gate| from
-// exp_nonpositive: sigmoid(g) = 1 / (1 + e^-g) for g >= 0, e^g / (1 + e^g) below.
+// exp_nonpositive: sigmoid(g) = 1 / (1 + e^-g) for g >= 0, e^g / (1 + e^g) below. Every element takes
+// the same vector path (the last few padded), so y[i] does not depend on where a member's share starts.
 void silu_times(const float* gate, const float* up, int64_t n, float* y) {
   const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_loadu_ps(gate + i);
+  auto eight = [&](const float* g8, const float* u8, float* y8) {
+    const __m256 g = _mm256_loadu_ps(g8);
     const __m256 e = exp_nonpositive(_mm256_or_ps(g, sign));  // e^-|g|
     const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
     const __m256 sigmoid = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), g);  // g's sign bit picks e / (1 + e)
-    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), _mm256_loadu_ps(up + i)));
+    _mm256_storeu_ps(y8, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), _mm256_loadu_ps(u8)));
+  };
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) eight(gate + i, up + i, y + i);
+  if (i < n) {
+    float g8[8] = {}, u8[8] = {}, y8[8];
+    std::copy(gate + i, gate + n, g8);
+    std::copy(up + i, up + n, u8);
+    eight(g8, u8, y8);
+    std::copy_n(y8, n - i, y + i);
   }
-  for (; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 // p[i] <- e^(p[i] - max p) for i < len; returns (max p, the sum of the new p)
