@@ -136,12 +136,6 @@ struct Q4 {
     second = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
   }
   static __m256i dot(__m256i w, __m256i xq) { return dot_u8_s8(w, xq); }
-  // weights 8 j .. 8 j + 7 of the pair's first block (a) and second block (b) as float32
-  static void weights8(const uint8_t* pair, int j, __m256 da, __m256 ma, __m256 db, __m256 mb, __m256& a, __m256& b) {
-    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pair + 8 * j)));
-    a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F))), da, ma);
-    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4)), db, mb);
-  }
 };
 
 struct Q8 {
@@ -153,11 +147,6 @@ struct Q8 {
   }
   // |xq| * (w with xq's sign) = w * xq, in the unsigned x signed form the instructions take
   static __m256i dot(__m256i w, __m256i xq) { return dot_u8_s8(_mm256_abs_epi8(xq), _mm256_sign_epi8(w, xq)); }
-  static void weights8(const uint8_t* pair, int j, __m256 da, __m256, __m256 db, __m256, __m256& a, __m256& b) {
-    auto load8 = [&](const uint8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))); };
-    a = _mm256_mul_ps(load8(pair + 8 * j), da);
-    b = _mm256_mul_ps(load8(pair + kBlock + 8 * j), db);
-  }
 };
 
 // Output rows [begin, end) against the B rows of x, N blocks (N / 2 pairs) at a time: the N integer
@@ -207,50 +196,117 @@ void rows_of(const QuantizedX& x, int64_t first_row, const uint8_t* weights, con
   }
 }
 
+// The exact products' vectors: 16 floats with AVX-512, 8 with AVX2.
+#if defined(__AVX512F__)
+using Vec = __m512;
+constexpr int kLanes = 16;
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
+inline Vec vset(const float* p) { return _mm512_set1_ps(*p); }
+#else
+using Vec = __m256;
+constexpr int kLanes = 8;
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline float vsum(Vec v) { return reduce(v); }
+inline Vec vset(const float* p) { return _mm256_set1_ps(*p); }
+#endif
+constexpr int kPairVectors = 2 * kBlock / kLanes;  // a pair of blocks' weights in vectors
+
+// A pair of blocks' 64 weights as float32 vectors, the first block's 32 then the second's, each exactly
+// d * q + m (Q4_1) or d * q (Q8_0): one rounding of q * d + m, where q * d is exact in float32. d and m:
+// the two blocks' scales and offsets as float32.
+template <class Format>
+void exact_pair(const uint8_t* pair, const float* d, const float* m, Vec* w);
+
+template <>
+inline void exact_pair<Q4>(const uint8_t* pair, const float* d, const float* m, Vec* w) {
+#if defined(__AVX512F__)
+  // a block's 16 possible weights in one vector, picked by code (the low 4 bits of each lane)
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 first = _mm512_fmadd_ps(codes, vset(d), vset(m)), second = _mm512_fmadd_ps(codes, vset(d + 1), vset(m + 1));
+  const __m512i low = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair)));
+  const __m512i high = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair + 16)));
+  w[0] = _mm512_permutexvar_ps(low, first);
+  w[1] = _mm512_permutexvar_ps(high, first);
+  w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(low, 4), second);
+  w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(high, 4), second);
+#else
+  const __m256 da = vset(d), ma = vset(m), db = vset(d + 1), mb = vset(m + 1);
+  for (int j = 0; j < 4; ++j) {
+    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pair + 8 * j)));
+    w[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F))), da, ma);
+    w[4 + j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4)), db, mb);
+  }
+#endif
+}
+
+template <>
+inline void exact_pair<Q8>(const uint8_t* pair, const float* d, const float*, Vec* w) {
+  for (int i = 0; i < kPairVectors; ++i) {
+    const auto* p = reinterpret_cast<const __m128i*>(pair + i * kLanes);
+    const Vec scale = vset(d + i / (kPairVectors / 2));
+#if defined(__AVX512F__)
+    w[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))), scale);
+#else
+    w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p))), scale);
+#endif
+  }
+}
+
 // x in float32, for the exact products: rows [B, in].
 struct FloatX {
-  static constexpr int64_t kRowsPerPass = 2;  // four accumulators per row fill the 16 registers of AVX2
+  static constexpr int64_t kRowsPerPass = kLanes == 16 ? 4 : 2;  // four accumulators per row: the registers
   const float* x;
   int64_t in;
 };
 
-inline __m256 half_at(const uint16_t* p) { return _mm256_set1_ps(_cvtsh_ss(*p)); }
+// n (<= kSpan) float16 values -> float32 in `to`
+inline void halves_to_floats(const uint16_t* from, int64_t n, float* to) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(to + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(from + i))));
+  for (; i < n; ++i) to[i] = _cvtsh_ss(from[i]);
+}
 
-// The exact product of output rows [begin, end) with the B rows of float32 x: per pair of blocks, eight
-// weights at a time become floats and multiply-add into four accumulators per row (one per eighth of a
-// block), summed in the same order whatever B is.
+// Blocks of a row whose scales and offsets are converted to float32 at once.
+constexpr int64_t kSpan = 64;
+
+// The exact product of output rows [begin, end) with the B rows of float32 x: per pair of blocks, the
+// 64 weights become floats once and multiply-add into four accumulators per row, summed in the same
+// order whatever B is.
 template <class Format, int B>
 void rows_dot_exact(const FloatX& x, int64_t first_row, const uint8_t* weights, const uint16_t* d, const uint16_t* m,
                     int64_t out, int64_t begin, int64_t end, float* y) {
   const int64_t blocks = x.in / kBlock;
   const int64_t row_bytes = blocks * Format::kBytesPerBlock;
-  const __m256 zero = _mm256_setzero_ps();
   for (int64_t r = begin; r < end; ++r) {
     const uint8_t* row = weights + r * row_bytes;
     if (r + kPrefetchRows < end) {
       for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * row_bytes + off), _MM_HINT_T0);
     }
-    __m256 acc[B][4];
+    Vec acc[B][4];
     for (int b = 0; b < B; ++b)
-      for (int j = 0; j < 4; ++j) acc[b][j] = zero;
-    for (int64_t k = 0; k < blocks; k += 2) {
-      const uint8_t* pair = row + k * Format::kBytesPerBlock;
-      const uint16_t* dk = d + r * blocks + k;
-      const __m256 da = half_at(dk), db = half_at(dk + 1);
-      __m256 ma = zero, mb = zero;
-      if constexpr (Format::kOffset) ma = half_at(m + r * blocks + k), mb = half_at(m + r * blocks + k + 1);
-      for (int j = 0; j < 4; ++j) {
-        __m256 wa, wb;
-        Format::weights8(pair, j, da, ma, db, mb, wa, wb);
+      for (int i = 0; i < 4; ++i) acc[b][i] = vzero();
+    float ds[kSpan], ms[kSpan];
+    for (int64_t span = 0; span < blocks; span += kSpan) {
+      const int64_t n = std::min(kSpan, blocks - span);
+      halves_to_floats(d + r * blocks + span, n, ds);
+      if constexpr (Format::kOffset) halves_to_floats(m + r * blocks + span, n, ms);
+      for (int64_t k = span; k < span + n; k += 2) {
+        Vec w[kPairVectors];
+        exact_pair<Format>(row + k * Format::kBytesPerBlock, ds + (k - span), ms + (k - span), w);
         for (int b = 0; b < B; ++b) {
-          const float* xk = x.x + (first_row + b) * x.in + k * kBlock + 8 * j;
-          acc[b][j] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(xk), acc[b][j]);
-          acc[b][j] = _mm256_fmadd_ps(wb, _mm256_loadu_ps(xk + kBlock), acc[b][j]);
+          const float* xk = x.x + (first_row + b) * x.in + k * kBlock;  // the pair's 64 values of x
+          for (int i = 0; i < kPairVectors; ++i) acc[b][i % 4] = vfma(w[i], vload(xk + i * kLanes), acc[b][i % 4]);
         }
       }
     }
-    for (int b = 0; b < B; ++b)
-      y[(first_row + b) * out + r] = reduce(_mm256_add_ps(_mm256_add_ps(acc[b][0], acc[b][1]), _mm256_add_ps(acc[b][2], acc[b][3])));
+    for (int b = 0; b < B; ++b) y[(first_row + b) * out + r] = vsum(vadd(vadd(acc[b][0], acc[b][1]), vadd(acc[b][2], acc[b][3])));
   }
 }
 
@@ -261,6 +317,8 @@ void rows_of_batch(const FloatX& x, int64_t first_row, int64_t rows, const uint8
   switch (rows) {
     case 1: rows_dot_exact<Format, 1>(x, first_row, weights, d, m, out, begin, end, y); break;
     case 2: rows_dot_exact<Format, 2>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 3: if constexpr (FloatX::kRowsPerPass >= 3) rows_dot_exact<Format, 3>(x, first_row, weights, d, m, out, begin, end, y); break;
+    case 4: if constexpr (FloatX::kRowsPerPass >= 4) rows_dot_exact<Format, 4>(x, first_row, weights, d, m, out, begin, end, y); break;
     default: break;  // no rows: nothing to compute
   }
 }
