@@ -3,7 +3,7 @@
 SmolLM2-135M (the embedded Q4_1 GGUF), one run, the same thread count for every system. Measures:
   * this CPU's ceilings, measured in the run: read bandwidth (sum over a 512 MB buffer), copy
     bandwidth (bytes read + written per second), fp32 and bf16 matmul peak (SmolLM2's MLP shape, M=1024);
-  * per radixlm format (`dtype`, `quantization`, `compile_decode`): batch-1 decode tok/s (median
+  * per radixlm format (`dtype`, `quantization`, `compile_decode`, `exact_blocks`): batch-1 decode tok/s (median
     Engine.step() of the decode steps: scheduling, forward, sampling), the bandwidth it implies
     (decode-pass weight bytes x tok/s) against the read bandwidth, decode tok/s of batches of 2 and 4
     sequences (several agents at once), 1,024-token prefill tok/s against
@@ -41,14 +41,17 @@ from radixlm.protocol import SamplingParams
 
 PREFILL_TOKENS = 1024
 BATCHES = (2, 4)  # decode batch sizes measured besides batch 1 (several agents at once)
+# "fp32" decodes from the dense float32 weights, as HF transformers does: the reference of the quality
+# columns. The default (float32 from exact blocks) and `auto` decode from the GGUF's own blocks in float32.
 FORMATS: dict[str, dict[str, Any]] = {
-    "fp32": dict(dtype="float32"),
+    "fp32": dict(dtype="float32", exact_blocks=False),
+    "fp32, exact blocks": dict(dtype="float32"),
     "bf16": dict(dtype="bfloat16"),
-    "auto, compiled": dict(dtype="auto", compile_decode=True),
+    "auto": dict(dtype="auto"),
     "auto, int8, compiled": dict(dtype="auto", quantization="int8", compile_decode=True),
     "auto, q4": dict(dtype="auto", quantization="q4"),
 }
-QUICK_FORMATS = ("fp32", "bf16", "auto, q4")
+QUICK_FORMATS = ("fp32", "fp32, exact blocks", "bf16", "auto, q4")
 AGREEMENT_PROMPTS = [
     "Tell me a long story about a dragon and a knight.",
     "Explain how a radix tree stores strings.",
