@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_harness import KINDS, assert_same_greedy_decode, build, greedy_decode, hf_logits, new_pool
+from model_harness import KINDS, assert_same_greedy_decode, build, extend, greedy_decode, hf_logits, new_pool, prefill
 from test_quant_q4 import PROMPTS, needs_kernel, q4_state
 
 from radixlm.engine.attention.torch_backend import TorchAttention
@@ -17,6 +17,8 @@ from radixlm.engine.quant.q4 import Q4Weight
 from radixlm.engine.quant.q4 import matmul_native as q4_matmul_native
 from radixlm.engine.quant.q8 import Q8Weight
 from radixlm.engine.quant.q8 import matmul_native as q8_matmul_native
+
+LONG = [(7 * i) % 97 + 3 for i in range(150)]  # keys in three chunks of the native layers' attention
 
 
 @needs_kernel
@@ -52,8 +54,7 @@ def test_weights_that_are_exact_blocks_decode_from_them_as_the_dense_float32_pas
     assert exact.decode_step is not None and exact.decode_step.exact and exact.decode_step.native_layers
     assert exact.decode_step.matrix(0, "down")[0].dtype == torch.uint8
     assert dense.decode_step is None
-    long = [(7 * i) % 97 + 3 for i in range(150)]
-    for prompts in (PROMPTS[:1], PROMPTS, [long, PROMPTS[1]]):
+    for prompts in (PROMPTS[:1], PROMPTS, [LONG, PROMPTS[1]]):
         assert_same_greedy_decode(exact, dense, cfg, prompts, steps=5, atol=1e-5)
 
 
@@ -73,9 +74,10 @@ def test_exact_blocks_decode_agrees_with_hf() -> None:
 
 @needs_kernel
 def test_bf16_extend_with_exact_blocks_decode() -> None:
+    """Prompts longer than the exact pass's batch limit, so that both prefill in bf16."""
     exact, dense, cfg = exact_and_dense("qwen2", Precision(torch.bfloat16, torch.float32))
     assert exact.decode_step is not None and exact.decode_step.exact
-    for prompt in PROMPTS:  # one at a time: the dense float32 decode pass takes batches of 1
+    for prompt in (LONG[:40], LONG[60:]):  # one at a time: the dense float32 decode pass takes batches of 1
         assert_same_greedy_decode(exact, dense, cfg, [prompt], steps=4, atol=1e-5)
 
 
@@ -96,3 +98,41 @@ def test_a_head_that_is_not_8_bit_blocks_keeps_the_dense_pass() -> None:
     with pytest.raises(decode_step.InexactBlocks, match="8-bit blocks"):
         decode_step.DecodeStep(cfg, lambda n: state[n].float(), torch.float32, "q4", False, exact=True)
     assert LlamaModel(cfg, state, TorchAttention()).decode_step is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+def test_short_extends_run_as_rows_of_the_exact_pass(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extend of at most `max_batch` new tokens runs through the exact-blocks pass, one row per token
+    with causal attention over its sequence: the same logits and K/V as the dense float32 extend pass,
+    for sequences with and without a cached prefix."""
+    exact, dense, cfg = exact_and_dense(kind)
+    rows = []
+    real = decode_step.DecodeStep.__call__
+    monkeypatch.setattr(decode_step.DecodeStep, "__call__", lambda self, h, *a: (rows.append(len(h)), real(self, h, *a))[1])
+    results = []
+    for model in (exact, dense):
+        pool = new_pool(cfg)
+        first, slots = extend(model, pool, [(torch.empty(0, dtype=torch.int64), PROMPTS[2])])
+        both, _ = extend(model, pool, [(slots[0], [5, 6, 7]), (torch.empty(0, dtype=torch.int64), PROMPTS[0])])
+        results.append((first, both, pool.k_layers.clone(), pool.v_layers.clone()))
+    assert rows == [len(PROMPTS[2]), 3 + len(PROMPTS[0])]  # both extends of `exact`, none of `dense`
+    (first, both, k, v), (first_ref, both_ref, k_ref, v_ref) = results
+    for ours, ref in zip([*first, *both], [*first_ref, *both_ref]):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, k_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v, v_ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_long_extends_keep_the_dense_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    exact, dense, cfg = exact_and_dense("llama3")
+    prompt = LONG[: exact.decode_step.max_batch + 1]
+    ref, _ = prefill(dense, new_pool(cfg), prompt)
+
+    def refuse(*_):
+        raise AssertionError("a long extend went through the exact pass")
+
+    monkeypatch.setattr(decode_step.DecodeStep, "__call__", refuse)
+    logits, _ = prefill(exact, new_pool(cfg), prompt)
+    assert torch.equal(logits, ref)

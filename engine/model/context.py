@@ -70,6 +70,22 @@ class ForwardContext:
             ctx.single_rows = ends[singles]
         return ctx
 
+    def token_rows(self) -> "ForwardContext":
+        """This extend batch as a decode batch of one row per new token, in the flat batch's order:
+        token j of sequence i attends over the sequence's first prefix_lens[i] + j + 1 slots (its own
+        slot last, which receives its K/V), so the rows compute the extend's causal attention."""
+        assert self.mode is ForwardMode.EXTEND and self.seq_slots is not None
+        lens = torch.tensor([p + j + 1 for p, n in zip(self.prefix_lens, self.extend_lens) for j in range(n)])
+        index = torch.zeros(len(lens), int(lens.max()), dtype=torch.long, device=self.out_slots.device)
+        row = 0
+        for slots, p, n in zip(self.seq_slots, self.prefix_lens, self.extend_lens):
+            for j in range(n):
+                index[row, : p + j + 1] = slots[: p + j + 1]
+                row += 1
+        rows = self.for_decode(self.pool, index, lens)
+        rows.logit_rows = self.logit_rows
+        return rows
+
     @classmethod
     def for_decode(cls, pool: KVPool, kv_index: torch.Tensor, kv_lens: torch.Tensor) -> "ForwardContext":
         """Context for a decode batch; the last valid slot of each row receives the new token's K/V."""

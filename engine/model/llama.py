@@ -136,10 +136,13 @@ class LlamaModel:
         for the R rows named by the current context's `logit_rows`."""
         ctx = current_context()
         ids, positions = ids.to(self.device), positions.to(self.device)
-        if self.decode_step is not None and ctx.mode is ForwardMode.DECODE and ids.shape[0] <= self.decode_step.max_batch:
-            rotary = self.decode_rotary
-            cos, sin = rotary.cos[positions].unsqueeze(1), rotary.sin[positions].unsqueeze(1)
-            return self.decode_step(self.embed[ids], cos, sin, ctx)
+        step = self.decode_step
+        if step is not None and ids.shape[0] <= step.max_batch and (ctx.mode is ForwardMode.DECODE or step.exact):
+            # decode batches, and with exact blocks short extends too, one row per new token (the same
+            # float32 products as the extend pass; at most max_batch rows beat the dense weights)
+            rows = ctx if ctx.mode is ForwardMode.DECODE else ctx.token_rows()
+            cos, sin = self.decode_rotary.cos[positions].unsqueeze(1), self.decode_rotary.sin[positions].unsqueeze(1)
+            return step(self.embed[ids], cos, sin, rows)
         cfg = self.cfg
         eps = cfg.rms_norm_eps
         cos = self.rotary.cos[positions].unsqueeze(1)
