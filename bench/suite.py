@@ -1,5 +1,6 @@
 """The benchmark suite behind `radixlm bench`: every chosen workload on every chosen system, the same
-programs with the same inputs everywhere, each system in its own child process, then one results file
+programs with the same inputs everywhere, workload by workload with each system in its own child process
+(every system runs a workload before the next one starts), then one results file
 bench/results/<date>-<cpu>[-quick].json (report.py turns it into the README table and chart).
 
     radixlm bench [--quick] [--workloads mmlu react ...] [--systems lpm hf ...] [--threads N] [--programs N] [--model-speed]
@@ -126,22 +127,31 @@ def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str 
     data["config"]["systems"] += [s for s in systems if s not in data["config"]["systems"]]
     wall, earlier = time.perf_counter(), data["wall_s"]
 
-    def stored(name: str, last: bool) -> Callable[[str, dict], None]:
+    def stored(name: str) -> Callable[[str, dict], None]:
         def on_result(workload: str, result: dict) -> None:
             data["results"][workload][name] = result
             add_agreement(data["results"], REFERENCE)
-            done = last and all(name in data["results"][w] for w in workloads)
+            done = all(s in data["results"][w] for w in workloads for s in systems)
             data.update(complete=done, wall_s=earlier + time.perf_counter() - wall,
                         load_average_after=list(os.getloadavg()))
             if checkpoint is not None:
                 checkpoint(data)
         return on_result
 
-    for i, name in enumerate(systems):
-        print(f"{name}:", flush=True)
-        run_system(name, workloads, quick, model, threads, timeout_s, opener, registry_ref,
-                   show=lambda line: print(line, flush=True), programs=programs,
-                   on_result=stored(name, i == len(systems) - 1))
+    # Workload by workload, every system in turn (a fresh process each): the systems' figures of one
+    # workload are minutes apart, not the length of the run, on a machine whose speed drifts.
+    cannot_start: dict[str, str] = {}
+    for workload in workloads:
+        print(f"{workload}:", flush=True)
+        for name in systems:
+            if name in cannot_start:
+                stored(name)(workload, {"error": cannot_start[name]})
+                continue
+            result = run_system(name, [workload], quick, model, threads, timeout_s, opener, registry_ref,
+                                show=lambda line, name=name: print(f"  {name}: {line.strip()}", flush=True),
+                                programs=programs, on_result=stored(name))[workload]
+            if result.get("error", "").startswith("failed to start"):
+                cannot_start[name] = result["error"]
     return data
 
 

@@ -94,7 +94,21 @@ def test_a_crash_after_the_last_workload_keeps_the_results_and_the_suite_goes_on
     for system in ("segfaults on close", "radixlm lpm"):
         assert data["results"]["fake"][system]["programs"] == 2 and "error" not in data["results"]["fake"][system]
         assert data["results"]["one-fails"][system]["failed"] == 1
-    assert "  after its last workload: crashed (SIGSEGV)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  segfaults on close: after its last workload: crashed (SIGSEGV)" in out
+    # workload by workload: both systems run `fake` before either runs `one-fails`
+    order = [out.index(line) for line in ("\nfake:", "  segfaults on close: fake:", "  radixlm lpm: fake:",
+                                          "\none-fails:", "  segfaults on close: one-fails:", "  radixlm lpm: one-fails:")]
+    assert order == sorted(order)
+
+
+def test_a_system_that_cannot_start_is_tried_once(fakes_importable, capsys):
+    data = suite.run_suite(["fake", "one-fails"], ["cannot import", "radixlm lpm"], quick=True, threads=1,
+                           bandwidth=False, **FAKES)
+    assert data["complete"]
+    reasons = {data["results"][w]["cannot import"]["error"] for w in ("fake", "one-fails")}
+    assert len(reasons) == 1 and reasons.pop().startswith("failed to start: exited with status 1")
+    assert capsys.readouterr().out.count("cannot import: n/a:") == 1
 
 
 def test_an_import_failure_is_the_reason_given(fakes_importable):
