@@ -63,6 +63,7 @@ COMPILE_OPTIONS = {
 # graph 113 (but 50 s of compile instead of 20 at start).
 BLOCK_LAYERS = 6
 
+
 class InexactBlocks(ValueError):
     """A weight that its 4-/8-bit blocks do not give back exactly (exact blocks do not apply)."""
 
