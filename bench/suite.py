@@ -31,6 +31,7 @@ from .workloads import registry
 SYSTEM_KEYS = {"lpm": "radixlm lpm", "fcfs": "radixlm fcfs", "cache-off": "radixlm cache off",
                "int8": "radixlm int8", "q4": QUANTIZED, "hf": HF, "llama-cpp": LLAMACPP}
 REFERENCE = "radixlm lpm"  # the system every other one's outputs are compared with
+FAILED_TO_START = "failed to start"  # how a row of a system that never started begins
 
 
 def run_system(system: str, workloads: list[str], quick: bool, model: str, threads: int, timeout_s: float,
@@ -51,7 +52,7 @@ def run_system(system: str, workloads: list[str], quick: bool, model: str, threa
                 if not started:
                     show(f"  n/a: {item.reason}")
                     for w in remaining:
-                        results[w] = {"error": f"failed to start: {item.reason}"}
+                        results[w] = {"error": f"{FAILED_TO_START}: {item.reason}"}
                     return dict(results)
                 current = next((w for w in remaining if w not in results), None)
                 if current is None:  # every workload had reported (e.g. a crash in close()): nothing lost
@@ -150,7 +151,7 @@ def run_suite(workloads: list[str], systems: list[str], quick: bool, model: str 
             result = run_system(name, [workload], quick, model, threads, timeout_s, opener, registry_ref,
                                 show=lambda line, name=name: print(f"  {name}: {line.strip()}", flush=True),
                                 programs=programs, on_result=stored(name))[workload]
-            if result.get("error", "").startswith("failed to start"):
+            if result.get("error", "").startswith(FAILED_TO_START):
                 cannot_start[name] = result["error"]
     return data
 

@@ -2,14 +2,19 @@
 
 `build(kind)` makes a tiny random-weight HF model and our LlamaModel sharing its weights;
 `prefill`, `extend` and `decode_batch` drive our model through ForwardContext over a KVPool;
-`hf_logits` is the reference: one HF forward over a whole sequence.
+`hf_logits` is the reference: one HF forward over a whole sequence. `q4_state` gives a tiny model
+weights that are exactly 4-/8-bit blocks (the q4 and exact-blocks passes), `needs_kernel` marks tests
+of the native block kernels.
 """
 
 from __future__ import annotations
 
+import platform
+import shutil
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import pytest
 import torch
 
 from radixlm.engine.attention.torch_backend import TorchAttention
@@ -17,6 +22,8 @@ from radixlm.engine.kv_pool import KVPool
 from radixlm.engine.model.config import ModelConfig
 from radixlm.engine.model.context import ForwardContext, use_context
 from radixlm.engine.model.llama import LlamaModel
+from radixlm.engine.quant.q4 import Q4Weight
+from radixlm.engine.quant.q8 import Q8Weight
 
 KINDS = ("llama3", "qwen2", "qwen3")
 VOCAB = 128
@@ -168,3 +175,22 @@ def assert_close(ours: torch.Tensor, ref: torch.Tensor, atol: float) -> float:
     mismatch = (ours.argmax(-1) != ref.argmax(-1)).nonzero().flatten().tolist()
     assert not mismatch, f"argmax differs at rows {mismatch} (max abs diff {diff:.3g})"
     return diff
+
+
+PROMPTS = [[3, 17, 42, 9, 88, 5], [7, 7, 1], [100, 2, 64, 31, 12, 9, 5, 77, 1, 2]]
+CAN_BUILD = platform.machine() in ("x86_64", "AMD64") and shutil.which("c++") is not None
+needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="the native 4-bit kernel builds on x86 with a C++ compiler")
+
+
+def q4_state(kind: str, seed: int) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """A tiny model's weights with every layer matrix replaced by its 4-bit round trip and the head
+    by its 8-bit block one: an fp32 model on them holds exactly the weights of the q4 decode pass."""
+    pair = build(kind, seed)
+    head = "model.embed_tokens.weight" if pair.cfg.tie_word_embeddings else "lm_head.weight"
+
+    def round_trip(name: str, t: torch.Tensor) -> torch.Tensor:
+        if name == head:
+            return Q8Weight.quantize(t).dequantize()
+        return Q4Weight.quantize(t).dequantize() if name.startswith("model.layers.") and t.dim() == 2 else t
+
+    return {n: round_trip(n, t) for n, t in pair.hf.state_dict().items()}, pair.cfg

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_harness import KINDS, assert_same_greedy_decode, build, extend, greedy_decode, hf_logits, new_pool, prefill
-from test_quant_q4 import PROMPTS, needs_kernel, q4_state
+from model_harness import (KINDS, PROMPTS, assert_same_greedy_decode, build, extend, greedy_decode, hf_logits,
+                           needs_kernel, new_pool, prefill, q4_state)
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.model import decode_step

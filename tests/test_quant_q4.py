@@ -4,15 +4,14 @@ Llama3/Qwen2/Qwen3 models."""
 
 from __future__ import annotations
 
-import platform
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_harness import KINDS, assert_same_greedy_decode, build, greedy_decode, new_pool
+from model_harness import (CAN_BUILD, KINDS, PROMPTS, assert_same_greedy_decode, greedy_decode, needs_kernel, new_pool,
+                           q4_state)
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.model import decode_step
@@ -23,23 +22,6 @@ from radixlm.engine.quant.q8 import Q8Weight
 from radixlm.engine.quant.q8 import matmul_dequant as q8_matmul_dequant
 from radixlm.engine.quant.q8 import matmul_native as q8_matmul_native
 
-PROMPTS = [[3, 17, 42, 9, 88, 5], [7, 7, 1], [100, 2, 64, 31, 12, 9, 5, 77, 1, 2]]
-CAN_BUILD = platform.machine() in ("x86_64", "AMD64") and shutil.which("c++") is not None
-needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="the native 4-bit kernel builds on x86 with a C++ compiler")
-
-
-def q4_state(kind: str, seed: int) -> tuple[dict[str, torch.Tensor], object]:
-    """A tiny model's weights with every layer matrix replaced by its 4-bit round trip and the head
-    by its 8-bit block one: an fp32 model on them holds exactly the weights of the q4 decode pass."""
-    pair = build(kind, seed)
-    head = "model.embed_tokens.weight" if pair.cfg.tie_word_embeddings else "lm_head.weight"
-
-    def round_trip(name: str, t: torch.Tensor) -> torch.Tensor:
-        if name == head:
-            return Q8Weight.quantize(t).dequantize()
-        return Q4Weight.quantize(t).dequantize() if name.startswith("model.layers.") and t.dim() == 2 else t
-
-    return {n: round_trip(n, t) for n, t in pair.hf.state_dict().items()}, pair.cfg
 
 
 @settings(max_examples=25, deadline=None)

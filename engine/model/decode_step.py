@@ -187,18 +187,17 @@ def make_head_fn(s: LayerShape, kernels: Kernels) -> Callable[..., torch.Tensor]
     return head
 
 
-def exact_blocks_apply(cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether a float32 decode pass on `device` could decode from exact blocks (the native layers
-    build and apply); whether the weights are blocks is known only once they are split into them."""
-    return (dtype == torch.float32 and device.type == "cpu" and cfg.head_dim % 8 == 0
-            and block_kernels_available())
-
-
 def native_layers_apply(cfg: ModelConfig, dtype: torch.dtype, kernels: Kernels) -> bool:
     """Whether the layers run as native decoder layers (decode_layers.cpp): 4-bit blocks through the
     native kernels, float32 activations and heads of a multiple of 8 values. Then a batch runs at once
     and nothing is left to compile."""
     return kernels.native_blocks and dtype == torch.float32 and cfg.head_dim % 8 == 0
+
+
+def exact_blocks_apply(cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a decode pass in `dtype` on `device` could decode from exact blocks: where the native
+    layers would run it. Whether the weights are blocks is known only once they are split into them."""
+    return device.type == "cpu" and native_layers_apply(cfg, dtype, Kernels(False, block_kernels_available(), True))
 
 
 class DecodeStep:

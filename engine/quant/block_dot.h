@@ -266,15 +266,15 @@ struct FloatX {
   int64_t in;
 };
 
+// Blocks of a row whose scales and offsets are converted to float32 at once.
+constexpr int64_t kSpan = 64;
+
 // n (<= kSpan) float16 values -> float32 in `to`
 inline void halves_to_floats(const uint16_t* from, int64_t n, float* to) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(to + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(from + i))));
   for (; i < n; ++i) to[i] = _cvtsh_ss(from[i]);
 }
-
-// Blocks of a row whose scales and offsets are converted to float32 at once.
-constexpr int64_t kSpan = 64;
 
 // The exact product of output rows [begin, end) with the B rows of float32 x: per pair of blocks, the
 // 64 weights become floats once and multiply-add into four accumulators per row, summed in the same
