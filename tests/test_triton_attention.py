@@ -104,8 +104,8 @@ def case_extend_cached_prefix(device: str) -> float:
 
 
 def case_extend_ragged_batch(device: str) -> float:
-    """Fresh, cached-prefix and one-token sequences in one call (the torch side takes its `singles`
-    decode path for the one-token ones)."""
+    """Fresh, cached-prefix and one-token sequences in one call (the torch side groups the short
+    ones)."""
     return _extend_diff(device, 4, 2, 16, [0, 20, 8, 0, 50, 3], [23, 15, 1, 1, 33, 64], seed=3)
 
 

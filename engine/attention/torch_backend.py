@@ -6,10 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.context import ForwardContext, ForwardMode
-
-
-# Below this many slots shared by every row, one gather per row costs less than the split.
-CASCADE_MIN_SHARED = 32
+from ..model.extend_groups import CASCADE_MIN_SHARED, SHORT_EXTEND_MAX
 
 
 class TorchAttention:
@@ -23,64 +20,65 @@ class TorchAttention:
     ) -> torch.Tensor:
         """q: [T, heads, dim]; k, v: [T, kv_heads, dim] for the T new tokens. Returns [T, heads, dim]."""
         ctx.pool.write(layer, ctx.out_slots, k, v)
-        if ctx.mode is ForwardMode.DECODE:
-            return self._decode(layer, q, ctx)
-        return self._extend(layer, q, k, v, ctx)
-
-    def _extend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        out = torch.empty_like(q)
-        start = 0
         kbuf, vbuf = ctx.pool.k[layer], ctx.pool.v[layer]
-        batched_singles = ctx.singles is not None
+        if ctx.mode is ForwardMode.DECODE:
+            return attend_rows(kbuf, vbuf, q.unsqueeze(1), ctx.kv_index, ctx.kv_mask, ctx.shared_len).squeeze(1)
+        out = torch.empty_like(q)
+        for g in ctx.groups:
+            o = attend_rows(kbuf, vbuf, q[g.rows], g.kv_index, g.mask, g.shared_len)
+            out[g.kept_rows] = o.flatten(0, 1)[g.kept]
+        start = 0
         for slots, prefix, n in zip(ctx.seq_slots, ctx.prefix_lens, ctx.extend_lens):
-            if n == 1 and batched_singles:
-                start += 1
-                continue
-            qi = q[start : start + n].transpose(0, 1)[None]
-            if prefix == 0:
-                ki, vi = k[start : start + n], v[start : start + n]
-                mask, causal = None, True
-            else:
-                ki, vi = kbuf[slots], vbuf[slots]
-                cols = torch.arange(prefix + n, device=q.device)
-                rows = torch.arange(n, device=q.device) + prefix
-                mask, causal = cols[None, :] <= rows[:, None], False
-            # 4-D inputs: the CPU flash kernel; 3-D ones fall back to the slow math path.
-            o = F.scaled_dot_product_attention(
-                qi, ki.transpose(0, 1)[None], vi.transpose(0, 1)[None], attn_mask=mask, is_causal=causal, enable_gqa=True
-            )
-            out[start : start + n] = o[0].transpose(0, 1)
+            if n > SHORT_EXTEND_MAX:
+                out[start : start + n] = self._long_extend(kbuf, vbuf, q[start : start + n], k[start : start + n],
+                                                           v[start : start + n], slots, prefix)
             start += n
-        if batched_singles:
-            out[ctx.single_rows] = self._decode(layer, q[ctx.single_rows], ctx.singles)
         return out
 
-    def _decode(self, layer: int, q: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        if ctx.shared_len >= CASCADE_MIN_SHARED:
-            return self._decode_shared_prefix(layer, q, ctx)
-        k = ctx.pool.k[layer][ctx.kv_index].transpose(1, 2)
-        v = ctx.pool.v[layer][ctx.kv_index].transpose(1, 2)
-        o = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=ctx.kv_mask, enable_gqa=True)
-        return o.squeeze(2)
+    @staticmethod
+    def _long_extend(kbuf: torch.Tensor, vbuf: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     slots: torch.Tensor, prefix: int) -> torch.Tensor:
+        """One sequence's n new tokens (q, k, v: [n, heads, dim]) over its `slots`, causal."""
+        n = q.shape[0]
+        if prefix == 0:
+            mask, causal = None, True
+        else:
+            k, v = kbuf[slots], vbuf[slots]
+            cols = torch.arange(prefix + n, device=q.device)
+            rows = torch.arange(n, device=q.device) + prefix
+            mask, causal = cols[None, :] <= rows[:, None], False
+        # 4-D inputs: the CPU flash kernel; 3-D ones fall back to the slow math path.
+        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                           attn_mask=mask, is_causal=causal, enable_gqa=True)
+        return o[0].transpose(0, 1)
 
-    def _decode_shared_prefix(self, layer: int, q: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """Decode attention when every row starts with the same `shared_len` slots: the shared K/V are
-        read once for the whole batch instead of once per row; only the suffixes are gathered."""
-        shared = ctx.shared_len
-        kbuf, vbuf = ctx.pool.k[layer], ctx.pool.v[layer]
-        kp, vp = kbuf[ctx.kv_index[0, :shared]], vbuf[ctx.kv_index[0, :shared]]
-        suffix = ctx.kv_index[:, shared:]
-        ks, vs = kbuf[suffix], vbuf[suffix]
-        batch, heads, dim = q.shape
-        kv_heads = kp.shape[1]
-        qg = q.view(batch, kv_heads, heads // kv_heads, dim) * dim**-0.5
-        s_prefix = torch.einsum("bkgd,pkd->bkgp", qg, kp)
-        s_suffix = torch.einsum("bkgd,bskd->bkgs", qg, ks)
-        if ctx.kv_mask is not None:
-            s_suffix = s_suffix.masked_fill(~ctx.kv_mask[..., shared:], float("-inf"))
-        probs = torch.softmax(torch.cat([s_prefix, s_suffix], dim=-1), dim=-1)
-        o = torch.einsum("bkgp,pkd->bkgd", probs[..., :shared], vp)
-        o = o + torch.einsum("bkgs,bskd->bkgd", probs[..., shared:], vs)
-        return o.reshape(batch, heads, dim)
+
+def attend_rows(kbuf: torch.Tensor, vbuf: torch.Tensor, q: torch.Tensor, kv_index: torch.Tensor,
+                mask: torch.Tensor | None, shared_len: int) -> torch.Tensor:
+    """q: [B, n, heads, dim], row b's queries over the pool slots `kv_index[b]` under `mask`
+    ([B, 1, n, L]; None: every slot). The first `shared_len` slots are the same in every row.
+    Returns [B, n, heads, dim]."""
+    if shared_len >= CASCADE_MIN_SHARED:
+        return _attend_rows_shared_prefix(kbuf, vbuf, q, kv_index, mask, shared_len)
+    k, v = kbuf[kv_index].transpose(1, 2), vbuf[kv_index].transpose(1, 2)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+
+
+def _attend_rows_shared_prefix(kbuf: torch.Tensor, vbuf: torch.Tensor, q: torch.Tensor, kv_index: torch.Tensor,
+                               mask: torch.Tensor | None, shared: int) -> torch.Tensor:
+    """`attend_rows` when every row starts with the same `shared` slots: their K/V are read once for
+    the whole batch instead of once per row; only the suffixes are gathered."""
+    kp, vp = kbuf[kv_index[0, :shared]], vbuf[kv_index[0, :shared]]
+    suffix = kv_index[:, shared:]
+    ks, vs = kbuf[suffix], vbuf[suffix]
+    batch, n, heads, dim = q.shape
+    kv_heads = kp.shape[1]
+    qg = q.reshape(batch, n, kv_heads, heads // kv_heads, dim) * dim**-0.5
+    s_prefix = torch.einsum("bnkgd,pkd->bkgnp", qg, kp)
+    s_suffix = torch.einsum("bnkgd,bskd->bkgns", qg, ks)
+    if mask is not None:
+        s_suffix = s_suffix.masked_fill(~mask[:, :, None, :, shared:], float("-inf"))
+    probs = torch.softmax(torch.cat([s_prefix, s_suffix], dim=-1), dim=-1)
+    o = torch.einsum("bkgnp,pkd->bnkgd", probs[..., :shared], vp)
+    o = o + torch.einsum("bkgns,bskd->bnkgd", probs[..., shared:], vs)
+    return o.reshape(batch, n, heads, dim)

@@ -7,13 +7,14 @@ backend reads it through `current_context()`, so `model.forward(ids, positions)`
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterator
 
 import torch
 
 from ..kv_pool import KVPool
+from .extend_groups import ExtendGroup, group_short_extends, shared_prefix_len
 
 
 class ForwardMode(Enum):
@@ -28,8 +29,8 @@ class ForwardContext:
     EXTEND: sequence i contributes `extend_lens[i]` new tokens (contiguous in the flat batch) on top of
     `prefix_lens[i]` tokens already in the pool; `seq_slots[i]` holds the kv slots of all its
     `prefix_lens[i] + extend_lens[i]` tokens.
-    One-token sequences of an extend batch are also described as a decode batch in `singles`, whose
-    rows are `single_rows` of the flat batch.
+    Sequences with few new tokens are also described in `groups`, each attended in one padded call
+    (extend_groups.py); the others are attended one by one.
     DECODE: one new token per sequence; `kv_index[b, :kv_lens[b]]` are its kv slots (padded with the
     scratch slot 0) and `kv_mask` masks the padding (None when no row is padded). The first
     `shared_len` slots are the same in every row (a prefix all sequences share in the radix tree).
@@ -46,8 +47,7 @@ class ForwardContext:
     kv_lens: torch.Tensor | None = None
     kv_mask: torch.Tensor | None = None
     shared_len: int = 0
-    singles: "ForwardContext | None" = None
-    single_rows: torch.Tensor | None = None
+    groups: list[ExtendGroup] = field(default_factory=list)
 
     @classmethod
     def for_extend(
@@ -56,19 +56,8 @@ class ForwardContext:
         """Context for an extend batch; new tokens' slots are the tail of each sequence's slots."""
         extend_lens = [len(s) - p for s, p in zip(seq_slots, prefix_lens)]
         out_slots = torch.cat([s[p:] for s, p in zip(seq_slots, prefix_lens)])
-        ctx = cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens)
-        singles = [i for i, n in enumerate(extend_lens) if n == 1]
-        if len(singles) >= 2:
-            # One-token extends (the next call of an agent, a finished request's last-token pass)
-            # attend like decode rows: one batched call instead of one call each.
-            lens = torch.tensor([len(seq_slots[i]) for i in singles])
-            index = torch.zeros(len(singles), int(lens.max()), dtype=torch.long, device=out_slots.device)
-            for row, i in enumerate(singles):
-                index[row, : lens[row]] = seq_slots[i]
-            ends = torch.tensor(extend_lens).cumsum(0) - 1
-            ctx.singles = cls.for_decode(pool, index, lens)
-            ctx.single_rows = ends[singles]
-        return ctx
+        return cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens,
+                   groups=group_short_extends(seq_slots, prefix_lens, extend_lens))
 
     def token_rows(self) -> "ForwardContext":
         """This extend batch as a decode batch of one row per new token, in the flat batch's order:
@@ -96,13 +85,8 @@ class ForwardContext:
         if bool((kv_lens != kv_index.shape[1]).any()):
             cols = torch.arange(kv_index.shape[1], device=kv_index.device)
             mask = (cols[None, :] < kv_lens.to(kv_index.device)[:, None])[:, None, None, :]
-        shared = 0
-        if batch > 1:
-            limit = int(kv_lens.min()) - 1
-            differs = (kv_index[:, :limit] != kv_index[:1, :limit]).any(dim=0).nonzero()
-            shared = int(differs[0]) if differs.numel() else limit
         return cls(ForwardMode.DECODE, pool, out_slots, rows, kv_index=kv_index, kv_lens=kv_lens, kv_mask=mask,
-                   shared_len=shared)
+                   shared_len=shared_prefix_len(kv_index, int(kv_lens.min()) - 1))
 
 
 _current: ForwardContext | None = None
