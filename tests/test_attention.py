@@ -10,7 +10,7 @@ import torch
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.kv_pool import KVPool
-from radixlm.engine.model.extend_groups import CASCADE_MIN_SHARED
+from radixlm.engine.model.extend_groups import CASCADE_MIN_SHARED, group_width
 from radixlm.engine.model.context import ForwardContext
 
 
@@ -56,7 +56,7 @@ def _one_call_each(q, ctx):
 @pytest.mark.parametrize("shared", [0, CASCADE_MIN_SHARED + 5])
 def test_grouped_short_extends_equal_one_call_each(shared):
     """Sequences of 1, 3, 4, 7, 9, 64 and 65 new tokens, fresh and over cached prefixes, with and
-    without a prefix every sequence shares: grouped by width, each group one padded call."""
+    without a prefix every sequence shares: grouped by padded width, each group one call."""
     torch.manual_seed(1)
     pool = KVPool(1024, num_layers=1, kv_heads=2, head_dim=8)
     pool.k[0].normal_()
@@ -72,6 +72,7 @@ def test_grouped_short_extends_equal_one_call_each(shared):
     ends = torch.tensor(extend_lens).cumsum(0) - 1
     ctx = ForwardContext.for_extend(pool, seq_slots, prefix_lens, ends)
     assert sorted(g.rows.shape[1] for g in ctx.groups) == [1, 4, 8, 16, 64]
+    assert [group_width(n) for n in (1, 2, 3, 5, 8, 9, 17, 33, 64)] == [1, 2, 4, 8, 8, 16, 24, 40, 64]
     assert all(g.shared_len == (shared if g.rows.shape[0] > 1 else 0) for g in ctx.groups)
     total = sum(extend_lens)
     q = torch.randn(total, 4, 8)

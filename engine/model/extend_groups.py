@@ -3,8 +3,8 @@
 An extend batch often holds many sequences with a few new tokens each: the questions of a
 `run_batch` over a cached few-shot prefix, the choices of `select`s, agents' next turns. One
 attention call per sequence and layer costs more than the attention itself there, so sequences with
-at most `SHORT_EXTEND_MAX` new tokens are grouped by their count rounded up to a power of two
-(padding at most doubles a group's queries), then by the cached prefix they share (the few-shot
+at most `SHORT_EXTEND_MAX` new tokens are grouped by their count rounded up (`group_width`: padding
+adds at most 7 queries to a row), then by the cached prefix they share (the few-shot
 examples of one subject, one agent's trajectory): each group is one padded call, which reads a
 shared prefix's K/V once for all its sequences.
 """
@@ -44,6 +44,11 @@ def shared_prefix_len(kv_index: torch.Tensor, limit: int) -> int:
     return int(differs[0]) if differs.numel() else limit
 
 
+def group_width(n: int) -> int:
+    """The padded query count of a sequence of n new tokens: 1, 2, 4, 8, then multiples of 8."""
+    return 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+
+
 def group_short_extends(seq_slots: list[torch.Tensor], prefix_lens: list[int],
                         extend_lens: list[int]) -> list[ExtendGroup]:
     """The groups of the batch's sequences with at most SHORT_EXTEND_MAX new tokens (longer ones
@@ -54,7 +59,7 @@ def group_short_extends(seq_slots: list[torch.Tensor], prefix_lens: list[int],
     by_width: dict[int, list[int]] = {}
     for i, n in enumerate(extend_lens):
         if n <= SHORT_EXTEND_MAX:
-            by_width.setdefault(1 << (n - 1).bit_length(), []).append(i)
+            by_width.setdefault(group_width(n), []).append(i)
     groups = []
     for width, members in sorted(by_width.items()):
         for cluster in _prefix_clusters(members, seq_slots, prefix_lens):
