@@ -224,13 +224,16 @@ inline void weigh_values(const float* p, int64_t len, const Row& row, const floa
 // Attention tasks [begin, end) of q (row b's heads * dim values start at q + b * q_stride) over each
 // row's first kv_lens[b] slots of the layer's pool. A task serves its KV head's group of query heads,
 // so each K/V row comes from memory once; keys are scored eight at a time (independent FMA chains, one
-// lane sum). `scores` holds group * kChunk floats.
+// lane sum). Tasks are handed out KV head fastest, so a thread reads a chunk's slots whole (a slot's
+// heads are adjacent in the pool) instead of one head's part of every slot. `scores` holds
+// group * kChunk floats.
 void attend(const Shape& s, const float* q, int64_t q_stride, const int64_t* kv_index, const int64_t* kv_lens,
             const float* k_pool, const float* v_pool, int64_t begin, int64_t end, float* scores, Partials& part) {
   const int64_t group = part.group, dim = s.dim, chunks = part.chunks;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t c = task % chunks, b = task / chunks / s.kv_heads, g = task / chunks % s.kv_heads;
+  for (int64_t handed = begin; handed < end; ++handed) {
+    const int64_t g = handed % s.kv_heads, c = handed / s.kv_heads % chunks, b = handed / s.kv_heads / chunks;
+    const int64_t task = (b * s.kv_heads + g) * chunks + c;  // the partials' (row, KV head, chunk) order
     const int64_t first = c * kChunk, len = std::min(kv_lens[b], first + kChunk) - first;
     for (int64_t j = 0; j < group; ++j) part.total[task * group + j] = 0.0f;
     if (len <= 0) continue;  // past this row's keys: its totals stay 0
