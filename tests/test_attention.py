@@ -10,8 +10,8 @@ import torch
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.kv_pool import KVPool
-from radixlm.engine.model.extend_groups import CASCADE_MIN_SHARED, group_width
 from radixlm.engine.model.context import ForwardContext
+from radixlm.engine.model.extend_groups import CASCADE_MIN_SHARED, group_width
 
 
 def test_shared_prefix_decode_equals_per_row_decode():

@@ -5,8 +5,8 @@ An extend batch often holds many sequences with a few new tokens each: the quest
 attention call per sequence and layer costs more than the attention itself there, so sequences with
 at most `SHORT_EXTEND_MAX` new tokens are grouped by their count rounded up (`group_width`: padding
 adds at most 7 queries to a row), then by the cached prefix they share (the few-shot
-examples of one subject, one agent's trajectory): each group is one padded call, which reads a
-shared prefix's K/V once for all its sequences.
+examples of one subject, one agent's trajectory): each group is one padded call, and one that can
+read the shared prefix's K/V once for all its sequences.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 SHORT_EXTEND_MAX = 64
-# Sequences sharing fewer leading slots than this are not worth a group of their own.
+# Below this many leading slots shared by every row, reading them once for all rows (the split)
+# saves less than it costs: such sequences get no group of their own, and rows gather their slots.
 CASCADE_MIN_SHARED = 32
 
 
