@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
+from radixlm.engine.attention.extend_groups import CASCADE_MIN_SHARED, group_short_extends, group_width
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.kv_pool import KVPool
 from radixlm.engine.model.context import ForwardContext
-from radixlm.engine.model.extend_groups import CASCADE_MIN_SHARED, group_width
 
 
 def test_shared_prefix_decode_equals_per_row_decode():
@@ -71,9 +71,9 @@ def test_grouped_short_extends_equal_one_call_each(shared):
     prefix_lens = [shared + p for p in own_prefix]
     ends = torch.tensor(extend_lens).cumsum(0) - 1
     ctx = ForwardContext.for_extend(pool, seq_slots, prefix_lens, ends)
-    assert sorted(g.rows.shape[1] for g in ctx.groups) == [1, 4, 8, 16, 64]
+    assert sorted(g.rows.shape[1] for g in group_short_extends(seq_slots, prefix_lens, extend_lens)) == [1, 4, 8, 16, 64]
     assert [group_width(n) for n in (1, 2, 3, 5, 8, 9, 17, 33, 64)] == [1, 2, 4, 8, 8, 16, 24, 40, 64]
-    assert all(g.shared_len == (shared if g.rows.shape[0] > 1 else 0) for g in ctx.groups)
+    assert all(g.shared_len == (shared if g.rows.shape[0] > 1 else 0) for g in group_short_extends(seq_slots, prefix_lens, extend_lens))
     total = sum(extend_lens)
     q = torch.randn(total, 4, 8)
     k_new, v_new = pool.k[0][ctx.out_slots].clone(), pool.v[0][ctx.out_slots].clone()
@@ -101,7 +101,7 @@ def test_short_extends_group_by_shared_prefix():
     extend_lens.append(4)
     ends = torch.tensor(extend_lens).cumsum(0) - 1
     ctx = ForwardContext.for_extend(pool, seq_slots, prefix_lens, ends)
-    assert sorted((g.rows.shape[0], g.shared_len) for g in ctx.groups) == [(1, 0), (1, 0), (2, 60), (3, 40)]
+    assert sorted((g.rows.shape[0], g.shared_len) for g in group_short_extends(seq_slots, prefix_lens, extend_lens)) == [(1, 0), (1, 0), (2, 60), (3, 40)]
     q = torch.randn(sum(extend_lens), 4, 8)
     k_new, v_new = pool.k[0][ctx.out_slots].clone(), pool.v[0][ctx.out_slots].clone()
     grouped = TorchAttention()(0, q, k_new, v_new, ctx)

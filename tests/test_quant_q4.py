@@ -23,7 +23,6 @@ from radixlm.engine.quant.q8 import matmul_dequant as q8_matmul_dequant
 from radixlm.engine.quant.q8 import matmul_native as q8_matmul_native
 
 
-
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 5), pairs=st.integers(1, 4), seed=st.integers(0, 2**16), scale=st.floats(1e-3, 10))
 def test_blocks_round_trip_exactly_and_stay_within_half_a_step(rows: int, pairs: int, seed: int, scale: float) -> None:

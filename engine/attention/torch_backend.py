@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.context import ForwardContext, ForwardMode
-from ..model.extend_groups import CASCADE_MIN_SHARED, SHORT_EXTEND_MAX
+from .extend_groups import CASCADE_MIN_SHARED, SHORT_EXTEND_MAX, ExtendGroup, group_short_extends
 
 # Rows of more queries than this attend faster by SDPA over gathered slots than by the split
 # (measured on a 2-core AMD EPYC at 30 rows x 240 shared slots: 5.8 / 6.7 ms at 16, 16.7 / 10.9 at 32).
@@ -15,9 +15,14 @@ CASCADE_MAX_WIDTH = 16
 
 class TorchAttention:
     """An `AttentionBackend`: writes new tokens' K/V into the pool, then attends over each sequence's
-    slots with SDPA."""
+    slots with SDPA (an extend's short sequences in groups, built on the first layer of a step and
+    reused by the others)."""
 
     name = "torch"
+
+    def __init__(self) -> None:
+        self._ctx: ForwardContext | None = None
+        self._groups: list[ExtendGroup] = []
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext
@@ -28,7 +33,9 @@ class TorchAttention:
         if ctx.mode is ForwardMode.DECODE:
             return attend_rows(kbuf, vbuf, q.unsqueeze(1), ctx.kv_index, ctx.kv_mask, ctx.shared_len).squeeze(1)
         out = torch.empty_like(q)
-        for g in ctx.groups:
+        if ctx is not self._ctx:
+            self._ctx, self._groups = ctx, group_short_extends(ctx.seq_slots, ctx.prefix_lens, ctx.extend_lens)
+        for g in self._groups:
             o = attend_rows(kbuf, vbuf, q[g.rows], g.kv_index, g.mask, g.shared_len)
             out[g.kept_rows] = o.flatten(0, 1)[g.kept]
         start = 0

@@ -5,8 +5,8 @@ pool, then runs the extend kernel (cached prefix through the slot index + causal
 or the split-K decode kernel. The index tensors a step needs are built once per ForwardContext and
 reused by every layer.
 
-Every sequence of an extend batch goes through the extend kernel, short ones included, so the
-context's `groups` are not needed here; decode rows each read their own slots, so the
+Every sequence of an extend batch goes through the extend kernel, short ones included (the torch
+backend's extend groups are not needed here); decode rows each read their own slots, so the
 cascade `shared_len` (a bandwidth saving of the torch path) is not used either.
 """
 

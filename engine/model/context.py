@@ -7,14 +7,13 @@ backend reads it through `current_context()`, so `model.forward(ids, positions)`
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Iterator
 
 import torch
 
 from ..kv_pool import KVPool
-from .extend_groups import ExtendGroup, group_short_extends, shared_prefix_len
 
 
 class ForwardMode(Enum):
@@ -29,8 +28,6 @@ class ForwardContext:
     EXTEND: sequence i contributes `extend_lens[i]` new tokens (contiguous in the flat batch) on top of
     `prefix_lens[i]` tokens already in the pool; `seq_slots[i]` holds the kv slots of all its
     `prefix_lens[i] + extend_lens[i]` tokens.
-    Sequences with few new tokens are also described in `groups`, each attended in one padded call
-    (extend_groups.py); the others are attended one by one.
     DECODE: one new token per sequence; `kv_index[b, :kv_lens[b]]` are its kv slots (padded with the
     scratch slot 0) and `kv_mask` masks the padding (None when no row is padded). The first
     `shared_len` slots are the same in every row (a prefix all sequences share in the radix tree).
@@ -47,7 +44,6 @@ class ForwardContext:
     kv_lens: torch.Tensor | None = None
     kv_mask: torch.Tensor | None = None
     shared_len: int = 0
-    groups: list[ExtendGroup] = field(default_factory=list)
 
     @classmethod
     def for_extend(
@@ -56,8 +52,7 @@ class ForwardContext:
         """Context for an extend batch; new tokens' slots are the tail of each sequence's slots."""
         extend_lens = [len(s) - p for s, p in zip(seq_slots, prefix_lens)]
         out_slots = torch.cat([s[p:] for s, p in zip(seq_slots, prefix_lens)])
-        return cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens,
-                   groups=group_short_extends(seq_slots, prefix_lens, extend_lens))
+        return cls(ForwardMode.EXTEND, pool, out_slots, logit_rows, seq_slots, prefix_lens, extend_lens)
 
     def token_rows(self) -> "ForwardContext":
         """This extend batch as a decode batch of one row per new token, in the flat batch's order:
@@ -87,6 +82,14 @@ class ForwardContext:
             mask = (cols[None, :] < kv_lens.to(kv_index.device)[:, None])[:, None, None, :]
         return cls(ForwardMode.DECODE, pool, out_slots, rows, kv_index=kv_index, kv_lens=kv_lens, kv_mask=mask,
                    shared_len=shared_prefix_len(kv_index, int(kv_lens.min()) - 1))
+
+
+def shared_prefix_len(kv_index: torch.Tensor, limit: int) -> int:
+    """How many of the first `limit` slots are the same in every row of `kv_index` ([B, L])."""
+    if kv_index.shape[0] < 2:
+        return 0
+    differs = (kv_index[:, :limit] != kv_index[:1, :limit]).any(dim=0).nonzero()
+    return int(differs[0]) if differs.numel() else limit
 
 
 _current: ForwardContext | None = None

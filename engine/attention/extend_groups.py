@@ -1,4 +1,4 @@
-"""Short extends of a batch, attended together instead of one call each.
+"""Short extends of a batch, attended together instead of one call each (the torch backend).
 
 An extend batch often holds many sequences with a few new tokens each: the questions of a
 `run_batch` over a cached few-shot prefix, the choices of `select`s, agents' next turns. One
@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ..model.context import shared_prefix_len
 
 SHORT_EXTEND_MAX = 64
 # Below this many leading slots shared by every row, reading them once for all rows (the split)
@@ -35,14 +37,6 @@ class ExtendGroup:
     kv_index: torch.Tensor
     mask: torch.Tensor
     shared_len: int
-
-
-def shared_prefix_len(kv_index: torch.Tensor, limit: int) -> int:
-    """How many of the first `limit` slots are the same in every row of `kv_index` ([B, L])."""
-    if kv_index.shape[0] < 2:
-        return 0
-    differs = (kv_index[:, :limit] != kv_index[:1, :limit]).any(dim=0).nonzero()
-    return int(differs[0]) if differs.numel() else limit
 
 
 def group_width(n: int) -> int:
@@ -72,19 +66,15 @@ def _prefix_clusters(members: list[int], seq_slots: list[torch.Tensor], prefix_l
     """`members` split by their first CASCADE_MIN_SHARED cached slots (sequences that share them
     share a radix-tree path, so perhaps much more); sequences that share them with no other member
     form one last cluster together."""
-    by_start: dict[tuple[int, ...], list[int]] = {}
-    alone = []
-    for i in members:
-        if prefix_lens[i] < CASCADE_MIN_SHARED:
-            alone.append(i)
-        else:
-            by_start.setdefault(tuple(seq_slots[i][:CASCADE_MIN_SHARED].tolist()), []).append(i)
-    clusters = []
-    for cluster in by_start.values():
-        if len(cluster) > 1:
-            clusters.append(cluster)
-        else:
-            alone += cluster
+    alone = [i for i in members if prefix_lens[i] < CASCADE_MIN_SHARED]
+    keyed = [i for i in members if prefix_lens[i] >= CASCADE_MIN_SHARED]
+    by_start: dict[int, list[int]] = {}
+    if keyed:
+        starts = torch.stack([seq_slots[i][:CASCADE_MIN_SHARED] for i in keyed])
+        for i, key in zip(keyed, torch.unique(starts, dim=0, return_inverse=True)[1].tolist()):
+            by_start.setdefault(key, []).append(i)
+    clusters = [c for c in by_start.values() if len(c) > 1]
+    alone += [c[0] for c in by_start.values() if len(c) == 1]
     return clusters + ([sorted(alone)] if alone else [])
 
 
