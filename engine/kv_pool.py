@@ -83,9 +83,9 @@ class KVPool:
         return self.allocator.num_slots
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store new tokens' K/V ([n, kv_heads, head_dim]) at `slots` ([n])."""
-        self.k[layer][slots] = k
-        self.v[layer][slots] = v
+        """Store new tokens' K/V ([n, kv_heads, head_dim], any float dtype: converted to the pool's) at `slots` ([n])."""
+        self.k[layer][slots] = k.to(self.k[layer].dtype)
+        self.v[layer][slots] = v.to(self.v[layer].dtype)
 
     def bytes_per_token(self) -> int:
         """KV bytes one token takes across all layers."""

@@ -106,3 +106,56 @@ def test_short_extends_group_by_shared_prefix():
     k_new, v_new = pool.k[0][ctx.out_slots].clone(), pool.v[0][ctx.out_slots].clone()
     grouped = TorchAttention()(0, q, k_new, v_new, ctx)
     torch.testing.assert_close(grouped, _one_call_each(q, ctx), atol=1e-5, rtol=1e-5)
+
+
+def _causal_bf16_kernel():
+    from radixlm.engine.attention.torch_backend import _causal_bf16_built
+
+    if not _causal_bf16_built():
+        pytest.skip("the native bf16 attention kernel is built on CPUs with AVX-512 BF16 and no AMX only")
+    return torch.ops.radixlm.causal_attention_bf16
+
+
+def _causal_reference(q, k, v, prefix):
+    """SDPA in float32 over the same bf16 values, new token i attending keys 0 .. prefix + i."""
+    mask = torch.arange(k.shape[0])[None, :] <= torch.arange(prefix, prefix + q.shape[0])[:, None]
+    q4, k4, v4 = (t.float().transpose(0, 1)[None] for t in (q, k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize(("n", "prefix", "heads", "kv_heads", "dim"), [
+    (1, 0, 9, 3, 64), (7, 0, 9, 3, 64), (65, 0, 9, 3, 64), (130, 61, 9, 3, 64), (200, 700, 9, 3, 64),
+    (70, 3, 32, 8, 128), (33, 100, 4, 4, 64), (9, 0, 2, 1, 256)])
+def test_native_causal_bf16_equals_sdpa(n, prefix, heads, kv_heads, dim):
+    """The native kernel is as close to float32 attention as SDPA's own bf16 kernel: block edges of
+    64 keys, rows past a task's 24 query vectors, GQA groups of 1-4 heads, dims 64-256."""
+    kernel = _causal_bf16_kernel()
+    torch.manual_seed(n + prefix)
+    q = torch.randn(n, heads, dim).bfloat16()
+    k, v = torch.randn(prefix + n, kv_heads, dim).bfloat16(), torch.randn(prefix + n, kv_heads, dim).bfloat16()
+    ref = _causal_reference(q, k, v, prefix)
+    mask = torch.arange(prefix + n)[None, :] <= torch.arange(prefix, prefix + n)[:, None]
+    sdpa_bf16 = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask,
+        enable_gqa=True)[0].transpose(0, 1)
+    ours = kernel(q, k, v, prefix, dim ** -0.5)
+    assert ours.dtype == torch.bfloat16 and ours.shape == q.shape
+    assert (ours.float() - ref).abs().max() <= 1.5 * (sdpa_bf16.float() - ref).abs().max() + 1e-3
+
+
+def test_bf16_long_extend_over_float32_pool_attends_in_the_kernel():
+    """A bf16 extend of 100 new tokens over 40 cached ones in a float32 pool: the backend writes the
+    new K/V in float32 and attends in the native kernel over the pool's K/V rounded to bf16."""
+    kernel = _causal_bf16_kernel()
+    torch.manual_seed(3)
+    pool = KVPool(256, num_layers=1, kv_heads=3, head_dim=64)
+    pool.k[0].normal_()
+    pool.v[0].normal_()
+    slots = torch.arange(10, 150)
+    ctx = ForwardContext.for_extend(pool, [slots], [40], torch.tensor([99]))
+    q = torch.randn(100, 9, 64).bfloat16()
+    k_new, v_new = torch.randn(100, 3, 64).bfloat16(), torch.randn(100, 3, 64).bfloat16()
+    out = TorchAttention()(0, q, k_new, v_new, ctx)
+    assert torch.equal(pool.k[0][slots[40:]], k_new.float())
+    k, v = pool.k[0][slots].bfloat16(), pool.v[0][slots].bfloat16()
+    assert torch.equal(out, kernel(q, k, v, 40, 0.125))

@@ -21,4 +21,5 @@ class AttentionBackend(Protocol):
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
-        """q: [T, heads, dim]; k, v: [T, kv_heads, dim] for the T new tokens. Returns [T, heads, dim]."""
+        """q: [T, heads, dim]; k, v: [T, kv_heads, dim] for the T new tokens, in the pass's dtype (an
+        extend's may differ from the pool's: bf16 extends over a float32 pool). Returns [T, heads, dim]."""

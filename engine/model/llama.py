@@ -162,8 +162,6 @@ class LlamaModel:
                 q = F.rms_norm(q, (cfg.head_dim,), layer["q_norm"], eps)
                 k = F.rms_norm(k, (cfg.head_dim,), layer["k_norm"], eps)
             q, k = self.rotary(q, cos, sin), self.rotary(k, cos, sin)
-            if self.dtype != self.extend_dtype:
-                q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
             o = self.attention(i, q, k, v, ctx).to(self.extend_dtype)
             h = h + o.reshape(t, self._q_size) @ layer["o"]
             x = F.rms_norm(h, (cfg.hidden_size,), layer["post_norm"], eps)

@@ -24,7 +24,8 @@ import torch
 from ..model_source import cache_root
 
 log = logging.getLogger("radixlm.engine")
-SOURCES = [Path(__file__).with_name(name) for name in ("block_gemv.cpp", "decode_layers.cpp")]
+SOURCES = [*(Path(__file__).with_name(name) for name in ("block_gemv.cpp", "decode_layers.cpp")),
+           Path(__file__).parent.parent / "attention" / "causal_bf16.cpp"]
 
 
 def cpu_key() -> str:
