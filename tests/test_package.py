@@ -42,3 +42,11 @@ def test_cli_info_describes_smollm2(capsys):
     out = capsys.readouterr().out
     for words in ("llama", "30 layers", "134.5 M", "8192 tokens", "load time"):
         assert words in out
+
+
+def test_the_native_kernels_sources_are_installed():
+    """Every source the native kernels build from ships with the installed package (package-data)."""
+    from radixlm.engine.quant.native import SOURCES
+
+    missing = [str(p) for p in SOURCES if not p.is_file()]
+    assert not missing, f"not installed: {missing}"
