@@ -1,6 +1,7 @@
-"""The native block-quantized kernels, compiled for this CPU at first use: the GEMVs (`block_gemv.cpp`:
-4-bit Q4_1 and 8-bit Q8_0 blocks) and whole 4-bit decoder layers (`decode_layers.cpp`), both on the
-block dot products of `block_dot.h`.
+"""The native kernels, compiled for this CPU at first use: the GEMVs (`block_gemv.cpp`: 4-bit Q4_1 and
+8-bit Q8_0 blocks) and whole 4-bit decoder layers (`decode_layers.cpp`), both on the block dot products
+of `block_dot.h`, and the bf16 causal attention of long extends (`../attention/causal_bf16.cpp`, on
+CPUs with AVX-512 BF16 and no AMX).
 
 The kernel is built with `torch.utils.cpp_extension` (a C++ compiler and ninja) with `-march=native`,
 once per CPU kind: the build folder lives in radixlm's cache under a key of the CPU's model and flags,
