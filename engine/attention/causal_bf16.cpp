@@ -102,11 +102,6 @@ void block_values(const uint16_t* p, const uint16_t* vp, int64_t dim, const floa
   }
 }
 
-template <int NQ>
-void micro(const uint16_t* const* q, const uint16_t* kp, const uint16_t* vp, int64_t dim, float* s,
-           uint16_t* p, float* corr, float* o, float* top, float* total, const int64_t* last_key,
-           int64_t first_key, float scale);
-
 // One query vector's online-softmax step over a block's scores: masks keys past `last_key`, updates
 // its running max and sum, leaves the rounded probabilities in p and the old sums' factor in corr.
 inline void softmax_step(float* s, uint16_t* p, float& corr, float& top, float& total, int64_t last_key,
@@ -138,6 +133,7 @@ inline void softmax_step(float* s, uint16_t* p, float& corr, float& top, float& 
   _mm512_storeu_si512(p + 32, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v[3], v[2])));
 }
 
+// One block of 64 keys for NQ query vectors: scores, the online-softmax step, the values' product.
 template <int NQ>
 void micro(const uint16_t* const* q, const uint16_t* kp, const uint16_t* vp, int64_t dim, float* s,
            uint16_t* p, float* corr, float* o, float* top, float* total, const int64_t* last_key,
