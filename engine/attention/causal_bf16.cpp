@@ -31,26 +31,20 @@
 #include <limits>
 #include <vector>
 
+#include "../quant/exp_nonpositive.h"
+
 namespace {
 
 constexpr int64_t kKeys = 64;           // keys per block: 4 vectors of 16
 constexpr int kVectors = 6;             // query vectors per micro-kernel: 6 x 4 accumulators
 constexpr int64_t kTaskVectors = 24;    // query vectors per task (rows x the group's query heads)
 
-// e^x for x <= 0 (x = n ln2 + r, degree-6 Taylor polynomial of e^r, 2^n through the exponent bits);
-// x below -87 (and -inf) gives 0.
+// e^x for x <= 0, 16 lanes: the 8-lane exp of the other native kernels on each half.
 inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 low = _mm512_set1_ps(-87.0f);
-  const __mmask16 underflow = _mm512_cmp_ps_mask(x, low, _CMP_LT_OQ);
-  x = _mm512_max_ps(x, low);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 poly = _mm512_set1_ps(1.0f / 720);
-  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
-  const __m512i pow2n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~underflow), poly, _mm512_castsi512_ps(pow2n));
+  using radixlm::kernels::exp_nonpositive;
+  const __m256 low = exp_nonpositive(_mm512_castps512_ps256(x));
+  const __m256 high = exp_nonpositive(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(low)), _mm256_castps_pd(high), 1));
 }
 
 inline __m512bh pair_of(const uint16_t* p) {
