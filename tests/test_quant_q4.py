@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_harness import (CAN_BUILD, KINDS, PROMPTS, assert_same_greedy_decode, greedy_decode, needs_kernel, new_pool,
-                           decode_batch, prefill, q4_state)
+                           q4_state)
 
 from radixlm.engine.attention.torch_backend import TorchAttention
 from radixlm.engine.model import decode_step
@@ -105,9 +105,6 @@ def test_plain_torch_q4_decode_matches_fp32_on_the_same_weights(kind: str, monke
 @needs_kernel
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_q4_decode_stays_close_to_fp32(kind: str) -> None:
-    """The prompts' pass and a decode step, both on the 4-bit blocks (prompts of at most `max_batch`
-    tokens run as rows of the decode layers), stay within 5% of the float32 logits: int8-rounded x and
-    4-bit weights in every pass, as llama.cpp's Q4_1 (1.8-2.9% with a float32 prompt pass)."""
     state, cfg = q4_state(kind, KINDS.index(kind))
     ref = LlamaModel(cfg, state, TorchAttention(), exact_blocks=False)
     q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
@@ -115,7 +112,7 @@ def test_native_q4_decode_stays_close_to_fp32(kind: str) -> None:
     _, logits = greedy_decode(q4, new_pool(cfg), PROMPTS, steps=1)
     for ours, theirs in zip(logits, ref_logits):
         ours, theirs = torch.stack(ours), torch.stack(theirs)
-        assert float((ours - theirs).norm() / theirs.norm()) < 0.05
+        assert float((ours - theirs).norm() / theirs.norm()) < 0.03
 
 
 @needs_kernel
@@ -131,8 +128,7 @@ def test_native_decode_layers_match_the_layer_by_op_pass(kind: str) -> None:
     by_op = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
     by_op.decode_step.native_layers = False
     long = [(7 * i) % 97 + 3 for i in range(150)]  # keys in three chunks of the op's split attention
-    # prompts longer than the op's rows: both models prefill them in the same dense extend pass
-    for prompts in ([long[:33]], [long[:33], long[4:44], long[9:50]], [long, long[2:40]]):
+    for prompts in (PROMPTS[:1], PROMPTS, [long, PROMPTS[1]]):
         assert_same_greedy_decode(native, by_op, cfg, prompts, steps=4)
 
 
@@ -302,26 +298,3 @@ def test_the_avx2_path_without_avx512_matches_plain_torch(tmp_path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     worst, worst_exact = map(float, out.stdout.strip().splitlines()[-1].split())
     assert worst < 0.02 and worst_exact < 1e-6
-
-
-@needs_kernel
-def test_q4_short_extends_run_as_rows_of_the_native_layers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With q4's native layers, an extend of at most `max_batch` new tokens runs as one row per token
-    through them (as a decode batch would: no pass over the dense weights); a longer one keeps the
-    dense extend pass."""
-    state, cfg = q4_state("llama3", 0)
-    q4 = LlamaModel(cfg, state, TorchAttention(), quantization="q4")
-    assert q4.decode_step is not None and q4.decode_step.native_layers
-    short = PROMPTS[2]
-    pool = new_pool(cfg)
-    logits, slots = prefill(q4, pool, short[:1])
-    for token in short[1:]:  # the same tokens one decode step at a time
-        logits, (slots,) = decode_batch(q4, pool, [slots], [token])
-    rows = []
-    real = decode_step.DecodeStep.__call__
-    monkeypatch.setattr(decode_step.DecodeStep, "__call__", lambda self, h, *a: (rows.append(len(h)), real(self, h, *a))[1])
-    as_rows, _ = prefill(q4, new_pool(cfg), short)
-    prefill(q4, new_pool(cfg), [(7 * i) % 97 + 3 for i in range(q4.decode_step.max_batch + 1)])
-    assert rows == [len(short)]  # the long prompt did not go through the decode layers
-    assert torch.equal(as_rows[-1], logits[0])  # each row computes the bits it computes alone
-

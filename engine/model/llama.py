@@ -137,11 +137,9 @@ class LlamaModel:
         ctx = current_context()
         ids, positions = ids.to(self.device), positions.to(self.device)
         step = self.decode_step
-        if step is not None and ids.shape[0] <= step.max_batch and (
-                ctx.mode is ForwardMode.DECODE or step.exact or step.native_layers):
-            # decode batches, and with exact blocks or q4's native layers short extends too, one row per
-            # new token (exact: the same float32 products as the extend pass; at most max_batch rows beat
-            # the dense weights)
+        if step is not None and ids.shape[0] <= step.max_batch and (ctx.mode is ForwardMode.DECODE or step.exact):
+            # decode batches, and with exact blocks short extends too, one row per new token (the same
+            # float32 products as the extend pass; at most max_batch rows beat the dense weights)
             rows = ctx if ctx.mode is ForwardMode.DECODE else ctx.token_rows()
             cos, sin = self.decode_rotary.cos[positions].unsqueeze(1), self.decode_rotary.sin[positions].unsqueeze(1)
             return step(self.embed[ids], cos, sin, rows)
