@@ -71,9 +71,10 @@ def test_grouped_short_extends_equal_one_call_each(shared):
     prefix_lens = [shared + p for p in own_prefix]
     ends = torch.tensor(extend_lens).cumsum(0) - 1
     ctx = ForwardContext.for_extend(pool, seq_slots, prefix_lens, ends)
-    assert sorted(g.rows.shape[1] for g in group_short_extends(seq_slots, prefix_lens, extend_lens)) == [1, 4, 8, 16, 64]
+    groups = group_short_extends(seq_slots, prefix_lens, extend_lens)
+    assert sorted(g.rows.shape[1] for g in groups) == [1, 4, 8, 16, 64]
     assert [group_width(n) for n in (1, 2, 3, 5, 8, 9, 17, 33, 64)] == [1, 2, 4, 8, 8, 16, 24, 40, 64]
-    assert all(g.shared_len == (shared if g.rows.shape[0] > 1 else 0) for g in group_short_extends(seq_slots, prefix_lens, extend_lens))
+    assert all(g.shared_len == (shared if g.rows.shape[0] > 1 else 0) for g in groups)
     total = sum(extend_lens)
     q = torch.randn(total, 4, 8)
     k_new, v_new = pool.k[0][ctx.out_slots].clone(), pool.v[0][ctx.out_slots].clone()
@@ -101,7 +102,8 @@ def test_short_extends_group_by_shared_prefix():
     extend_lens.append(4)
     ends = torch.tensor(extend_lens).cumsum(0) - 1
     ctx = ForwardContext.for_extend(pool, seq_slots, prefix_lens, ends)
-    assert sorted((g.rows.shape[0], g.shared_len) for g in group_short_extends(seq_slots, prefix_lens, extend_lens)) == [(1, 0), (1, 0), (2, 60), (3, 40)]
+    groups = group_short_extends(seq_slots, prefix_lens, extend_lens)
+    assert sorted((g.rows.shape[0], g.shared_len) for g in groups) == [(1, 0), (1, 0), (2, 60), (3, 40)]
     q = torch.randn(sum(extend_lens), 4, 8)
     k_new, v_new = pool.k[0][ctx.out_slots].clone(), pool.v[0][ctx.out_slots].clone()
     grouped = TorchAttention()(0, q, k_new, v_new, ctx)
@@ -116,10 +118,10 @@ def _causal_bf16_kernel():
     return torch.ops.radixlm.causal_attention_bf16
 
 
-def _causal_reference(q, k, v, prefix):
-    """SDPA in float32 over the same bf16 values, new token i attending keys 0 .. prefix + i."""
+def _causal_sdpa(q, k, v, prefix, dtype):
+    """SDPA in `dtype` over the same bf16 values, new token i attending keys 0 .. prefix + i."""
     mask = torch.arange(k.shape[0])[None, :] <= torch.arange(prefix, prefix + q.shape[0])[:, None]
-    q4, k4, v4 = (t.float().transpose(0, 1)[None] for t in (q, k, v))
+    q4, k4, v4 = (t.to(dtype).transpose(0, 1)[None] for t in (q, k, v))
     return torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1)
 
 
@@ -133,11 +135,8 @@ def test_native_causal_bf16_equals_sdpa(n, prefix, heads, kv_heads, dim):
     torch.manual_seed(n + prefix)
     q = torch.randn(n, heads, dim).bfloat16()
     k, v = torch.randn(prefix + n, kv_heads, dim).bfloat16(), torch.randn(prefix + n, kv_heads, dim).bfloat16()
-    ref = _causal_reference(q, k, v, prefix)
-    mask = torch.arange(prefix + n)[None, :] <= torch.arange(prefix, prefix + n)[:, None]
-    sdpa_bf16 = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], attn_mask=mask,
-        enable_gqa=True)[0].transpose(0, 1)
+    ref = _causal_sdpa(q, k, v, prefix, torch.float32)
+    sdpa_bf16 = _causal_sdpa(q, k, v, prefix, torch.bfloat16)
     ours = kernel(q, k, v, prefix, dim ** -0.5)
     assert ours.dtype == torch.bfloat16 and ours.shape == q.shape
     assert (ours.float() - ref).abs().max() <= 1.5 * (sdpa_bf16.float() - ref).abs().max() + 1e-3

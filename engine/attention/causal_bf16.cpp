@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../quant/exp_nonpositive.h"
@@ -159,17 +160,22 @@ at::Tensor causal_attention_bf16(const at::Tensor& q, const at::Tensor& k, const
   TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1 && v.stride(2) == 1, op, ": the last dim must be contiguous");
   const int64_t group = heads / kv_heads, pairs = dim / 2;
   const int64_t blocks = (keys + kKeys - 1) / kKeys, padded = blocks * kKeys;
-  std::vector<uint16_t> kpack(kv_heads * padded * dim, 0), vpack(kv_heads * padded * dim, 0);
+  // uninitialized: every chunk of 16 keys is written whole below (past the last key, with zeros)
+  std::unique_ptr<uint16_t[]> kpack(new uint16_t[kv_heads * padded * dim]), vpack(new uint16_t[kv_heads * padded * dim]);
   const uint16_t *qb = bits(q), *kb = bits(k), *vb = bits(v);
   at::parallel_for(0, kv_heads * (padded / 16), 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t g = job / (padded / 16), key0 = job % (padded / 16) * 16;
-      uint16_t* kdst = kpack.data() + (g * padded + key0) * dim;  // [pairs][16 keys][2]
+      uint16_t* kdst = kpack.get() + (g * padded + key0) * dim;  // [pairs][16 keys][2]
+      uint16_t* vdst = vpack.get() + (g * padded + key0) * dim;  // per key pair [dim][2]
+      if (key0 + 16 > keys) {
+        std::fill_n(kdst, 16 * dim, uint16_t{0});
+        std::fill_n(vdst, 16 * dim, uint16_t{0});
+      }
       for (int64_t kk = 0; kk < 16 && key0 + kk < keys; ++kk) {
         const uint16_t* src = kb + (key0 + kk) * k.stride(0) + g * k.stride(1);
         for (int64_t pr = 0; pr < pairs; ++pr) std::memcpy(kdst + (pr * 16 + kk) * 2, src + 2 * pr, 4);
       }
-      uint16_t* vdst = vpack.data() + (g * padded + key0) * dim;  // per key pair [dim][2]
       for (int64_t kk = 0; kk < 16 && key0 + kk < keys; ++kk) {
         const uint16_t* src = vb + (key0 + kk) * v.stride(0) + g * v.stride(1);
         uint16_t* dst = vdst + (kk / 2) * dim * 2 + kk % 2;
@@ -202,8 +208,8 @@ at::Tensor causal_attention_bf16(const at::Tensor& q, const at::Tensor& k, const
       std::fill(total.begin(), total.end(), 0.0f);
       const int64_t needed = (prefix + r1 - 1) / kKeys + 1;
       for (int64_t b = 0; b < needed; ++b) {
-        const uint16_t* kp = kpack.data() + (g * padded + b * kKeys) * dim;
-        const uint16_t* vp = vpack.data() + (g * padded + b * kKeys) * dim;
+        const uint16_t* kp = kpack.get() + (g * padded + b * kKeys) * dim;
+        const uint16_t* vp = vpack.get() + (g * padded + b * kKeys) * dim;
         for (int64_t i = 0; i < count; i += kVectors) {
           const int64_t m = std::min<int64_t>(kVectors, count - i);
           kMicros[m](qs.data() + i, kp, vp, dim, s.data() + i * kKeys, p.data() + i * kKeys, corr.data() + i,

@@ -39,7 +39,8 @@ class TritonAttention:
     ) -> torch.Tensor:
         """q: [T, heads, dim]; k, v: [T, kv_heads, dim] for the T new tokens. Returns [T, heads, dim]."""
         pool = ctx.pool
-        q, k, v = q.to(pool.k[layer].dtype), k.to(pool.k[layer].dtype), v.to(pool.k[layer].dtype)
+        dtype = pool.k[layer].dtype  # the kernels attend in the pool's dtype
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         pool.write(layer, ctx.out_slots, k, v)
         meta = self._step_meta(ctx, q)
         if isinstance(meta, DecodeMeta):
