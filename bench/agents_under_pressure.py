@@ -4,7 +4,10 @@ that holds about a third of their combined working sets, served by one in-proces
 Every agent shares a system prompt, has a task of its own, and runs `--steps` calls; after each call
 its tool runs (a real sleep, drawn once per run so every system sees the same latencies) and the next
 call's prompt is the previous prompt + the call's output + the tool's observation. The agent ends its
-trace when its last call returns. Systems (same workload, same model, one run):
+trace when its last call returns. By default every agent starts at once; with `--concurrency C`, C
+agents run at a time and each agent that ends hands its place to the next (a closed loop of C
+users), and the pool is sized on the working sets of C agents. Systems (same workload, same model,
+one run):
 
   retention+program  trace pins + the program-level policy (least attained service, then program age;
                      program admission runs only as many agents as the pool holds the working sets
@@ -67,11 +70,11 @@ class Workload:
     tool_seconds: list[list[float]]  # [agent][step]
     output_tokens: int
 
-    @property
-    def working_set(self) -> int:
-        """Tokens of every agent's final path (system prompt counted once)."""
+    def working_set(self, agents: int) -> int:
+        """Tokens of the final paths of `agents` agents of the mean size (the system prompt counted
+        once); for all of them, exactly their combined final paths."""
         per_agent = [len(t) + sum(len(o) + self.output_tokens for o in obs) for t, obs in zip(self.tasks, self.observations)]
-        return len(self.system) + sum(per_agent)
+        return len(self.system) + round(agents * sum(per_agent) / len(per_agent))
 
 
 def make_workload(agents: int, steps: int, seed: int, vocab: int, system_len: int, task_len: int,
@@ -180,10 +183,11 @@ class Agent:
 
 
 def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
-               max_running: int = EngineConfig.max_running_requests) -> dict:
+               max_running: int = EngineConfig.max_running_requests, concurrency: int | None = None) -> dict:
     """Drive every agent to its end on one engine; returns the figures of the run. `model` is a loaded
     SmolLM2 (real time) or None (a SimulatedModel in simulated time); `max_running` is every system's
-    max_running_requests."""
+    max_running_requests; `concurrency` agents run at a time (default: all), each that ends starting
+    the next."""
     cfg = {"max_running_requests": max_running, **SYSTEMS[name]}
     if name == "ttl-pins":
         cfg["trace_ttl_s"] = ttl_s
@@ -205,7 +209,8 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
     due: list[tuple[float, int]] = []  # (when, agent index): agents whose tool finishes then
     by_rid: dict[str, Agent] = {}
     t0 = clock.now()
-    for agent in agents:
+    concurrency = concurrency or len(agents)
+    for agent in agents[:concurrency]:
         agent.start = t0
         heapq.heappush(due, (t0, agent.index))
     done = 0
@@ -233,6 +238,10 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
                 agent.end = finished_at
                 engine.end_trace(f"agent-{agent.index}")
                 done += 1
+                if agent.index + concurrency < len(agents):
+                    successor = agents[agent.index + concurrency]
+                    successor.start = finished_at
+                    heapq.heappush(due, (finished_at, successor.index))
             else:
                 heapq.heappush(due, (finished_at + workload.tool_seconds[agent.index][agent.step], agent.index))
             agent.step += 1
@@ -258,6 +267,7 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
         "hit_rate": stats.hit_rate,
         "evicted_tokens": stats.evicted_tokens,
         "retractions": stats.retractions,
+        "calls_run_ahead": stats.calls_run_ahead,
         "busy_s": busy,
         "idle_share": 1 - busy / makespan,
         "pins_released": dict(engine.kv.retention.released) if engine.kv.retention else {},
@@ -269,6 +279,7 @@ def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, help="agents running at a time (default: all at once)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--system-len", type=int, default=96)
@@ -295,19 +306,22 @@ def main() -> None:
                              args.task_len, tuple(args.obs_len), args.output_tokens, tuple(args.tool_seconds))
     longest = max(len(workload.system) + len(t) + sum(len(o) + args.output_tokens for o in obs)
                   for t, obs in zip(workload.tasks, workload.observations))
-    pool = max(int(workload.working_set * args.pool_share), longest + args.output_tokens)  # one agent always fits
-    print(f"{args.agents} agents x {args.steps} steps; combined working set {workload.working_set} tokens; "
-          f"pool {pool} tokens ({args.pool_share:.2f}); tools {args.tool_seconds[0]}-{args.tool_seconds[1]} s",
-          file=sys.stderr)
+    concurrency = min(args.concurrency or args.agents, args.agents)
+    working_set = workload.working_set(concurrency)
+    pool = max(int(working_set * args.pool_share), longest + args.output_tokens)  # one agent always fits
+    print(f"{args.agents} agents x {args.steps} steps, {concurrency} at a time; combined working set of "
+          f"{concurrency} agents {working_set} tokens; pool {pool} tokens ({args.pool_share:.2f}); "
+          f"tools {args.tool_seconds[0]}-{args.tool_seconds[1]} s", file=sys.stderr)
     runs = []
     for name in args.systems:
-        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running) | {"seed": args.seed})
+        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running, concurrency)
+                    | {"seed": args.seed, "concurrency": concurrency})
         print(f"  {name}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     if not args.skip_no_pressure:
-        big = 2 * workload.working_set
+        big = 2 * workload.working_set(args.agents)
         for name in ("retention+program", "lru"):
-            runs.append(run_system(model, name, workload, big, args.ttl, args.max_running)
-                        | {"system": f"{name} (no pressure)", "seed": args.seed})
+            runs.append(run_system(model, name, workload, big, args.ttl, args.max_running, concurrency)
+                        | {"system": f"{name} (no pressure)", "seed": args.seed, "concurrency": concurrency})
             print(f"  {runs[-1]['system']}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     report(runs)
     if args.out:
@@ -316,7 +330,7 @@ def main() -> None:
 
 def report(runs: list[dict]) -> None:
     cols = ("system", "pool", "recomputed_prompt_tokens", "computed_prompt_tokens", "hit_rate", "agents_per_s",
-            "mean_completion_s", "p90_completion_s", "evicted_tokens", "retractions", "idle_share")
+            "mean_completion_s", "p90_completion_s", "evicted_tokens", "retractions", "calls_run_ahead", "idle_share")
     print(" | ".join(cols) + " | pins released (pressure / idle / budget / ttl)")
     for r in runs:
         released = r["pins_released"]

@@ -274,6 +274,7 @@ class Engine:
         finished = self.scheduler.finish_step(batch, out.tokens, out.logprobs, out.top_logprobs)
         self.stats.record_pass(batch.mode is ForwardMode.EXTEND, batch.computed_tokens, len(out.tokens), now - start)
         self.stats.evicted_tokens, self.stats.retractions = self.kv.evicted_tokens, self.scheduler.retractions
+        self.stats.calls_run_ahead = self.scheduler.calls_run_ahead
         return [self._result(r) for r in failed + finished]
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BatchInput]:

@@ -13,7 +13,8 @@
   new ones (as Autellix). With trace retention, this order also decides whose pins admission may
   release (see trace_retention.py), and program admission (`may_start_program`) starts a new program
   only while fewer run than the KV pool holds the working sets of, so that the programs running keep
-  their paths instead of all thrashing the pool together.
+  their paths instead of all thrashing the pool together. A program held back may still run its
+  first call ahead (`may_run_ahead`), on room no pin holds, so that its first tool runs meanwhile.
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ def may_start_program(req: Request, traces: TraceTable, capacity: int, stale_s: 
     if req.trace_id is None or traces.is_started(req.trace_id):
         return True
     return traces.started_programs(stale_s) < program_limit(traces, capacity)
+
+
+def may_run_ahead(req: Request, traces: TraceTable) -> bool:
+    """Whether a call that program admission holds back may run ahead of it: only its trace's first
+    call. It runs without starting the program (not counted by `may_start_program`, its path not
+    pinned) and only on room that no pin holds (the scheduler's part), so it takes nothing from the
+    programs running; its agent's first tool then runs while the program waits, instead of at the
+    end of the run, and the program's second call waits for admission as the first would have."""
+    return req.trace_id is not None and traces.none_admitted(req.trace_id)
 
 
 def _program_key(req: Request, traces: TraceTable, matched: int) -> tuple[int, tuple[float, int], int]:

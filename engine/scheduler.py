@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .decoding import Decoding
 from .kv_manager import KVManager
 from .model.context import ForwardMode
-from .policy import may_start_program, order_waiting, ranked_at_or_above
+from .policy import may_run_ahead, may_start_program, order_waiting, ranked_at_or_above
 from .request import FinishReason, Request, ReqStatus, describe
 from .trace_retention import ANY_PIN, PinGrant
 
@@ -78,6 +78,7 @@ class Scheduler:
         self.chunked: Request | None = None
         self.finishing: list[Request] = []
         self.retractions = 0
+        self.calls_run_ahead = 0
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
@@ -146,7 +147,8 @@ class Scheduler:
             if len(self.running) + len(reqs) >= self.cfg.max_running_requests or self.kv.rows.available == 0:
                 break
             idle = not self.running and not reqs
-            if not idle and not self._may_start(req):
+            ahead = not idle and not self._may_start(req)
+            if ahead and not may_run_ahead(req, self.traces):
                 continue  # a new program waits for room; calls of running programs go on
             self.kv.match_and_lock(req)
             if self._sibling_computes_prefix(req, reqs):
@@ -157,9 +159,11 @@ class Scheduler:
             reserve = min(req.remaining_output, self.cfg.reserve_clip)
             if idle:
                 reserve = 0  # alone, it may run on what is left: retraction covers its growth
-            grant = self._pin_grant(req, idle)
+            grant = self._pin_grant(req, idle, ahead)
             if self.kv.available(grant=grant) - reserved < todo + reserve:
                 self.kv.abandon(req)
+                if ahead:
+                    continue  # a call running ahead never ends the round for the calls after it
                 break
             reserved += reserve
             if self.finishing and self.kv.available(include_pins=False) < n:
@@ -169,7 +173,8 @@ class Scheduler:
             if req.cached_tokens is None:
                 req.cached_tokens = req.prefix_len
             if self.traces is not None:
-                self.traces.on_admit(req)
+                self.traces.on_admit(req, ahead)
+            self.calls_run_ahead += ahead
             self.kv.admitted(req)
             self.kv.extend_slots(req, n, grant)
             reqs.append(req)
@@ -189,12 +194,15 @@ class Scheduler:
             return True
         return may_start_program(req, self.traces, retention.capacity, self.cfg.trace_ttl_s)
 
-    def _pin_grant(self, req: Request, idle: bool) -> PinGrant:
+    def _pin_grant(self, req: Request, idle: bool, ahead: bool) -> PinGrant:
         """The trace pins admitting `req` may release: under the program policy not those of traces
-        ranked at or above it, unless the engine would otherwise sit `idle`; under the others, any."""
+        ranked at or above it, unless the engine would otherwise sit `idle`, and none for a call
+        running `ahead` of program admission; under the others, any."""
         retention = self.kv.retention
         if self.cfg.policy != "program" or retention is None or not retention.pins:
             return ANY_PIN
+        if ahead:
+            return PinGrant(frozenset(retention.pins))
         return PinGrant(ranked_at_or_above(req, retention.pins, self.traces), idle)
 
     def _sibling_computes_prefix(self, req: Request, batch: list[Request]) -> bool:

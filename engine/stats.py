@@ -34,6 +34,7 @@ class EngineStats:
     generated_tokens: int = 0
     evicted_tokens: int = 0
     retractions: int = 0
+    calls_run_ahead: int = 0  # first calls of programs held back by program admission that ran ahead of it
     extend_passes: int = 0
     decode_passes: int = 0
     busy_seconds: float = 0.0

@@ -110,10 +110,11 @@ class TraceRetention:
 
     def on_release(self, req: Request, node: TreeNode, length: int) -> None:
         """A request just handed its KV to the tree, ending at `node` (`length` tokens): pin that path
-        if the request finished a call of an open trace that has no other call queued or running."""
+        if the request finished a call of an open trace that has no other call queued or running and
+        whose program has started (a first call that ran ahead of program admission is not pinned)."""
         if req.trace_id is None or req.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
             return
-        if self.traces.is_idle(req.trace_id):
+        if self.traces.is_idle(req.trace_id) and self.traces.is_started(req.trace_id):
             self.keep(req.trace_id, node, length)
 
     def on_admit(self, req: Request) -> None:

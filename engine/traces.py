@@ -34,6 +34,7 @@ class TraceState:
     in_flight: int = 0
     attained: int = 0  # tokens computed for this trace (prompt tokens computed + tokens generated)
     admitted: bool = False  # a call of it was admitted: the program has started running
+    ran_ahead: bool = False  # its first call ran ahead of program admission (policy.may_run_ahead)
     path_tokens: int = 0  # tokens of its newest call's path (prompt on admission, prompt + output after)
     shared_tokens: int = 0  # its first admitted call's cached prefix: what it shares with earlier programs
     last_finish: float | None = None
@@ -75,14 +76,17 @@ class TraceTable:
             self.record(req.trace_id).tool_seconds += gap
         state.in_flight += 1
 
-    def on_admit(self, req: Request) -> None:
+    def on_admit(self, req: Request, ahead: bool = False) -> None:
         """A call was admitted with `req.prefix_len` tokens cached: count what its trace recomputes,
-        the tokens it had already computed in its previous call but finds no longer cached."""
+        the tokens it had already computed in its previous call but finds no longer cached. `ahead`:
+        the trace's first call runs ahead of program admission, so its program has not started."""
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
         if state is None:
             return
         if not state.admitted:
-            state.admitted, state.shared_tokens = True, req.prefix_len
+            if not state.ran_ahead:
+                state.shared_tokens = req.prefix_len
+            state.admitted, state.ran_ahead = not ahead, state.ran_ahead or ahead
         state.path_tokens = max(state.path_tokens, req.fill_len)
         if req.retractions:
             return
@@ -111,7 +115,7 @@ class TraceTable:
         state = self.open.pop(trace_id, None)
         if state is None:
             return False
-        if state.admitted:
+        if state.admitted or state.ran_ahead:
             self._add_working_set(state.path_tokens - state.shared_tokens, state.shared_tokens)
         record = self.record(trace_id)
         record.ended = True
@@ -142,6 +146,11 @@ class TraceTable:
         """True when the trace is open and one of its calls has been admitted."""
         state = self.open.get(trace_id)
         return state is not None and state.admitted
+
+    def none_admitted(self, trace_id: str) -> bool:
+        """True when the trace is open and none of its calls has been admitted yet."""
+        state = self.open.get(trace_id)
+        return state is not None and not state.admitted and not state.ran_ahead
 
     def started_programs(self, stale_s: float) -> int:
         """Open traces with a call admitted that are running: a call queued or running, or one that

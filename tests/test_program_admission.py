@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fake_model import run_checked
+from radixlm.engine import policy
 from radixlm.engine.policy import program_limit
 from radixlm.engine.request import Request, ReqStatus
 from radixlm.engine.stats import TraceStats
@@ -37,24 +38,71 @@ def engine_at_its_program_limit(clock: list[float]):
     return engine, paths
 
 
-def test_a_new_program_waits_while_the_pool_holds_as_many_programs_as_fit_and_starts_when_one_ends():
+def run_ahead(engine, prompt: list[int], trace_id: str) -> list[int]:
+    """Run a held-back program's first call, which runs ahead of program admission while an untraced
+    call keeps the engine busy; returns the call's path."""
+    ahead = engine.stats.calls_run_ahead
+    engine.add_request(tokens(10, 4), BUSY)
+    engine.step()
+    first = engine.add_request(prompt, PARAMS, trace_id=trace_id)
+    out = run_checked(engine)[first.rid].output_ids
+    assert engine.stats.calls_run_ahead == ahead + 1
+    return prompt + out
+
+
+def test_a_held_back_programs_first_call_runs_ahead_and_its_next_call_waits_until_a_program_ends():
     engine, paths = engine_at_its_program_limit([0.0])
     busy = engine.add_request(tokens(10, 4), BUSY)
     engine.step()
-    new = engine.add_request(tokens(30, 5), PARAMS, trace_id="c")
+    first = engine.add_request(tokens(30, 5), PARAMS, trace_id="c")
+    engine.step()
+    assert first.status is not ReqStatus.WAITING  # ran ahead of program admission
+    while first.status is not ReqStatus.FINISHED:
+        engine.step()
+        engine.check_integrity()
+    engine.step()  # its ghost pass hands its KV to the tree
+    assert engine.stats.calls_run_ahead == 1
+    assert engine.traces.started_programs(30.0) == 2  # its program has not started ...
+    assert "c" not in engine.kv.retention.pins  # ... so its path is not pinned
+    second = engine.add_request(first.prompt_ids + first.output_ids + [7], PARAMS, trace_id="c")
     resumed = engine.add_request(paths["a"] + [7], PARAMS, trace_id="a")
     for _ in range(5):
         engine.step()
         engine.check_integrity()
-        assert new.status is ReqStatus.WAITING  # though the pool has room for its prompt
+        assert second.status is ReqStatus.WAITING  # though the pool has room for its prompt
     assert resumed.status is not ReqStatus.WAITING  # a started program's call goes on
     while resumed.status is not ReqStatus.FINISHED:
         engine.step()
     engine.end_trace("b")
     engine.step()
-    assert new.status is not ReqStatus.WAITING and busy.status is ReqStatus.DECODING
+    assert second.status is not ReqStatus.WAITING and busy.status is ReqStatus.DECODING
+    assert engine.stats.calls_run_ahead == 1  # only a trace's first call runs ahead
     results = run_checked(engine)
-    assert results[new.rid].output_ids == engine.model.reference(new.prompt_ids, PARAMS.max_new_tokens)
+    for req in (first, second):
+        out = results[second.rid].output_ids if req is second else first.output_ids
+        assert out == engine.model.reference(req.prompt_ids, PARAMS.max_new_tokens)
+
+
+def test_a_call_running_ahead_takes_no_pin(monkeypatch):
+    """The pool's free and evictable slots are short of a new program's first call; only the running
+    programs' pins would make room, and the program order puts the new program above them (a service
+    level of 16 tokens: they have attained more), so a started program's call could take them. The
+    call waits instead of running ahead, and the calls after it in the queue are still admitted."""
+    monkeypatch.setattr(policy, "SERVICE_QUANTUM", 16)
+    engine, paths = engine_at_its_program_limit([0.0])
+    busy = engine.add_request(tokens(10, 4), BUSY)
+    engine.step()
+    room = engine.kv.pool.allocator.available + engine.kv.cache.evictable_size
+    big = engine.add_request(tokens(room + 5, 6), PARAMS, trace_id="c")
+    plain = engine.add_request(tokens(5, 7), PARAMS)
+    engine.step()
+    engine.check_integrity()
+    assert big.status is ReqStatus.WAITING and plain.status is not ReqStatus.WAITING
+    assert set(engine.kv.retention.pins) == {"a", "b"} and engine.stats.calls_run_ahead == 0
+    assert busy.status is ReqStatus.DECODING
+    engine.end_trace("a")
+    engine.end_trace("b")
+    run_checked(engine)
 
 
 def test_a_new_program_starts_beyond_the_limit_when_the_engine_would_otherwise_idle():
@@ -69,9 +117,10 @@ def test_a_new_program_starts_beyond_the_limit_when_the_engine_would_otherwise_i
 def test_programs_away_longer_than_the_ttl_do_not_count_against_the_limit():
     clock = [0.0]
     engine, _ = engine_at_its_program_limit(clock)
+    path = run_ahead(engine, tokens(30, 5), "c")
     engine.add_request(tokens(10, 4), BUSY)
     engine.step()
-    new = engine.add_request(tokens(30, 5), PARAMS, trace_id="c")
+    new = engine.add_request(path + [7], PARAMS, trace_id="c")
     engine.step()
     assert new.status is ReqStatus.WAITING
     clock[0] += 31.0  # "a" and "b" never came back nor ended their traces
