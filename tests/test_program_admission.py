@@ -1,6 +1,6 @@
 """Program admission under the program policy (run only as many programs as the KV pool holds the
-working sets of), the residual-life estimate of a tool's remaining time, and the policy-dependent pin
-budget, on the fake model."""
+working sets of; a held-back program's first call runs ahead on room no pin holds), the residual-life
+estimate of a tool's remaining time, and the policy-dependent pin budget, on the fake model."""
 
 from __future__ import annotations
 
@@ -78,9 +78,8 @@ def test_a_held_back_programs_first_call_runs_ahead_and_its_next_call_waits_unti
     assert second.status is not ReqStatus.WAITING and busy.status is ReqStatus.DECODING
     assert engine.stats.calls_run_ahead == 1  # only a trace's first call runs ahead
     results = run_checked(engine)
-    for req in (first, second):
-        out = results[second.rid].output_ids if req is second else first.output_ids
-        assert out == engine.model.reference(req.prompt_ids, PARAMS.max_new_tokens)
+    assert first.output_ids == engine.model.reference(first.prompt_ids, PARAMS.max_new_tokens)
+    assert results[second.rid].output_ids == engine.model.reference(second.prompt_ids, PARAMS.max_new_tokens)
 
 
 def test_a_call_running_ahead_takes_no_pin(monkeypatch):
