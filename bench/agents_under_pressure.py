@@ -21,12 +21,13 @@ then `retention+program` and `lru` again on a pool that holds everything (no mem
 
 `--simulate` runs the same engine (scheduler, radix cache, pins, policy: all real) on a simulated
 model in simulated time: each forward pass advances a virtual clock by a cost model of the real run's
-engine (SmolLM2 with `q4` decode, 2 threads on a 2-core AMD EPYC: `SimulatedModel`, calibrated to
-bench/results/2026-12-01-agents-under-pressure-q4.json), and tools advance it too, so the figures do
-not depend on the machine's load. It is a supplement to the real-model run, not a replacement.
+engine (SmolLM2 with `q4` decode, 2 threads; `--cost-model amd-epyc` (the default) or `intel-xeon`,
+each measured on that CPU: `CostModel`), and tools advance it too, so the figures do not depend on
+the machine's load. It is a supplement to the real-model run, not a replacement.
 
     python -m radixlm.bench.agents_under_pressure --agents 32
     python -m radixlm.bench.agents_under_pressure --agents 32 --simulate
+    python -m radixlm.bench.agents_under_pressure --agents 32 --simulate --cost-model intel-xeon
     python -m radixlm.bench.agents_under_pressure --agents 32 --dtype auto --quantization q4
 """
 
@@ -122,43 +123,66 @@ class SimulatedConfig:
     max_position_embeddings: int = 8192
 
 
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds a forward pass of SmolLM2-135M (`auto` + `q4`, 2 threads) takes on one CPU:
+
+    - decode of up to `q4_max_rows` rows (q4 weights through the native decoder layers):
+      `q4_min_s + (rows - 1) * q4_row_s`;
+    - decode of more rows (dense bf16 weights): `dense_pass_s + rows * dense_row_s`;
+    - extend (prefill, bf16): `extend_pass_s + tokens * prefill_token_s`;
+    - plus `pair_s` per (computed token x context position) attention pair."""
+
+    cpu: str
+    q4_min_s: float
+    q4_row_s: float
+    dense_pass_s: float
+    dense_row_s: float
+    extend_pass_s: float
+    prefill_token_s: float
+    pair_s: float
+    q4_max_rows: int = NATIVE_LAYERS_BATCH
+
+
+# 2-core AMD EPYC (AVX-512 BF16, no AMX), calibrated to bench/results/2026-12-01-agents-under-pressure-q4.json:
+# 209 tok/s at batch 1 (4.8 ms a step); measured 526 / 546 / 583 tok/s at 8 / 16 / 32 rows (15.2 / 29.3 /
+# 55 ms a step); `dense_pass_s` is about a bf16 batch-1 decode step (22 tok/s: 45 ms) and also the fixed
+# cost of an extend; `dense_row_s` was fitted so that the no-pressure run of the engine whose q4 decode
+# stopped at 8 rows (7992 computed prompt tokens, 2048 generated, decode mostly in passes of 9-32 rows)
+# took that run's 22.4 busy seconds; prefill ~950 tok/s. Run on the engine of that real run (commit
+# bdc6ea3), it gave busy seconds of 28.6 / 32.1 / 32.8 / 32.7 / 36.5 for retention+program / retention /
+# lru / ttl-pins / fcfs against the real 29.9 / 41.1 / 37.3 / 29.1 / 33.5 (the real figures carry
+# batch-composition noise), and the same recompute ratio, lru / retention+program, of 1.83x.
+AMD_EPYC = CostModel("amd-epyc", q4_min_s=0.0048, q4_row_s=0.00155, dense_pass_s=0.034, dense_row_s=0.0046,
+                     extend_pass_s=0.034, prefill_token_s=1 / 950, pair_s=1 / 4e6)
+# 2-core Intel Xeon (AVX-512 BF16 and AMX), measured on 2026-12-01: decode steps of 3.2 / 13.7 / 27.8 /
+# 42.3 / 57.1 ms at 1 / 8 / 16 / 24 / 32 rows, dense 102 / 118 ms at 48 / 64 rows; extends fitted to the
+# per-pass counters of bench/results/2026-12-01-agents-under-pressure-q4-intel.json (retention+program:
+# 82 passes, 10,287 tokens, 11.0 s; lru: 53 passes, 19,476 tokens, 12.4 s), attention included.
+INTEL_XEON = CostModel("intel-xeon", q4_min_s=0.0032, q4_row_s=0.00173, dense_pass_s=0.054, dense_row_s=0.001,
+                       extend_pass_s=0.0825, prefill_token_s=0.000412, pair_s=0.0)
+COST_MODELS = {c.cpu: c for c in (AMD_EPYC, INTEL_XEON)}
+
+
 class SimulatedModel:
     """The model interface without the model: the next token is a fixed function of the last token and
-    its position, and each pass costs simulated seconds by a cost model of the real run's engine,
-    SmolLM2-135M with `q4` decode on a 2-core AMD EPYC (2 threads), calibrated to its measured rates:
+    its position, and each pass costs simulated seconds by a `CostModel` of the real run's engine."""
 
-    - decode of up to `Q4_MAX_ROWS` rows (q4 weights through the native decoder layers, one pass over
-      the weights per 8 rows): `Q4_MIN_S + (rows - 1) * Q4_ROW_S`: 209 tok/s at batch 1 (4.8 ms a
-      step); measured 526 / 546 / 583 tok/s at 8 / 16 / 32 rows (15.2 / 29.3 / 55 ms a step);
-    - decode of more rows (dense bf16 weights): `DENSE_PASS_S + rows * DENSE_ROW_S`. `DENSE_PASS_S`
-      is about a bf16 batch-1 decode step (22 tok/s: 45 ms); `DENSE_ROW_S` was fitted so that the
-      no-pressure run of the engine whose q4 decode stopped at 8 rows (7992 computed prompt tokens,
-      2048 generated, decode mostly in passes of 9-32 rows) took that run's 22.4 busy seconds;
-    - extend (prefill, bf16): `DENSE_PASS_S + tokens * PREFILL_TOKEN_S` (~950 tok/s);
-    - plus `PAIR_S` per (computed token x context position) attention pair.
-
-    Run on the engine of that real run (commit bdc6ea3, q4 decode up to 8 rows), it gave busy seconds
-    of 28.6 / 32.1 / 32.8 / 32.7 / 36.5 for retention+program / retention / lru / ttl-pins / fcfs
-    against the real 29.9 / 41.1 / 37.3 / 29.1 / 33.5 (the real figures carry batch-composition
-    noise), and the same recompute ratio, lru / retention+program, of 1.83x."""
-
-    Q4_MAX_ROWS, Q4_MIN_S, Q4_ROW_S = NATIVE_LAYERS_BATCH, 0.0048, 0.00155
-    DENSE_PASS_S, DENSE_ROW_S, PREFILL_TOKEN_S = 0.034, 0.0046, 1 / 950
-    PAIR_S = 1 / 4e6
-
-    def __init__(self, clock: VirtualClock) -> None:
+    def __init__(self, clock: VirtualClock, costs: CostModel = AMD_EPYC) -> None:
         self.cfg, self.dtype, self.device, self.clock = SimulatedConfig(), torch.float32, torch.device("cpu"), clock
+        self.costs = costs
         self.busy_s = 0.0  # simulated seconds spent in passes
 
     def pass_seconds(self, mode: ForwardMode, tokens: int, pairs: float) -> float:
         """Simulated cost of one forward pass computing `tokens` positions over `pairs` attention pairs."""
+        c = self.costs
         if mode is ForwardMode.EXTEND:
-            compute = self.DENSE_PASS_S + tokens * self.PREFILL_TOKEN_S
-        elif tokens <= self.Q4_MAX_ROWS:
-            compute = self.Q4_MIN_S + (tokens - 1) * self.Q4_ROW_S
+            compute = c.extend_pass_s + tokens * c.prefill_token_s
+        elif tokens <= c.q4_max_rows:
+            compute = c.q4_min_s + (tokens - 1) * c.q4_row_s
         else:
-            compute = self.DENSE_PASS_S + tokens * self.DENSE_ROW_S
-        return compute + self.PAIR_S * pairs
+            compute = c.dense_pass_s + tokens * c.dense_row_s
+        return compute + c.pair_s * pairs
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         ctx = current_context()
@@ -183,17 +207,18 @@ class Agent:
 
 
 def run_system(model, name: str, workload: Workload, pool: int, ttl_s: float,
-               max_running: int = EngineConfig.max_running_requests, concurrency: int | None = None) -> dict:
+               max_running: int = EngineConfig.max_running_requests, concurrency: int | None = None,
+               costs: CostModel = AMD_EPYC) -> dict:
     """Drive every agent to its end on one engine; returns the figures of the run. `model` is a loaded
-    SmolLM2 (real time) or None (a SimulatedModel in simulated time); `max_running` is every system's
-    max_running_requests; `concurrency` agents run at a time (default: all), each that ends starting
-    the next."""
+    SmolLM2 (real time) or None (a SimulatedModel of `costs` in simulated time); `max_running` is every
+    system's max_running_requests; `concurrency` agents run at a time (default: all), each that ends
+    starting the next."""
     cfg = {"max_running_requests": max_running, **SYSTEMS[name]}
     if name == "ttl-pins":
         cfg["trace_ttl_s"] = ttl_s
     if model is None:
         clock = VirtualClock()
-        simulated = SimulatedModel(clock)
+        simulated = SimulatedModel(clock, costs)
         engine = Engine(simulated, EngineConfig(kv_cache_tokens=pool, **cfg))
         engine.traces.clock = clock.now
         if engine.kv.retention is not None:
@@ -299,6 +324,8 @@ def main() -> None:
     ap.add_argument("--skip-no-pressure", action="store_true", help="skip the two runs on a pool that holds everything")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--simulate", action="store_true", help="simulated model and time (see the module docstring)")
+    ap.add_argument("--cost-model", default=AMD_EPYC.cpu, choices=list(COST_MODELS),
+                    help="the CPU whose measured pass costs the simulation charges")
     ap.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="the real model's dtype option")
     ap.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="the real model's decode weights")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -311,6 +338,8 @@ def main() -> None:
     longest = max(len(workload.system) + len(t) + sum(len(o) + args.output_tokens for o in obs)
                   for t, obs in zip(workload.tasks, workload.observations))
     concurrency = min(args.concurrency or args.agents, args.agents)
+    costs = COST_MODELS[args.cost_model]
+    cost_model = costs.cpu if args.simulate else None
     working_set = workload.working_set(concurrency)
     pool = max(int(working_set * args.pool_share), longest + args.output_tokens)  # one agent always fits
     print(f"{args.agents} agents x {args.steps} steps, {concurrency} at a time; combined working set of "
@@ -318,14 +347,15 @@ def main() -> None:
           f"tools {args.tool_seconds[0]}-{args.tool_seconds[1]} s", file=sys.stderr)
     runs = []
     for name in args.systems:
-        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running, concurrency)
-                    | {"seed": args.seed, "concurrency": concurrency})
+        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running, concurrency, costs)
+                    | {"seed": args.seed, "concurrency": concurrency, "cost_model": cost_model})
         print(f"  {name}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     if not args.skip_no_pressure:
         big = 2 * workload.working_set(args.agents)
         for name in ("retention+program", "lru"):
-            runs.append(run_system(model, name, workload, big, args.ttl, args.max_running, concurrency)
-                        | {"system": f"{name} (no pressure)", "seed": args.seed, "concurrency": concurrency})
+            runs.append(run_system(model, name, workload, big, args.ttl, args.max_running, concurrency, costs)
+                        | {"system": f"{name} (no pressure)", "seed": args.seed, "concurrency": concurrency,
+                           "cost_model": cost_model})
             print(f"  {runs[-1]['system']}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     report(runs)
     if args.out:

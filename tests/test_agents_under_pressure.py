@@ -5,7 +5,7 @@ number of agents, each agent that ends starts the next."""
 
 from __future__ import annotations
 
-from radixlm.bench.agents_under_pressure import make_workload, run_system
+from radixlm.bench.agents_under_pressure import AMD_EPYC, INTEL_XEON, make_workload, run_system
 
 
 def test_simulated_agents_under_pressure_on_a_small_workload():
@@ -34,3 +34,15 @@ def test_with_a_concurrency_each_agent_that_ends_starts_the_next():
     assert closed["makespan_s"] >= 3 * 2 * 0.2
     assert closed["makespan_s"] > at_once["makespan_s"]
     assert max(closed["completion_by_agent_s"]) < closed["makespan_s"] / 2  # each timed from its own start
+
+
+def test_the_cost_model_changes_the_timing_and_never_an_output():
+    workload = make_workload(agents=8, steps=2, seed=3, vocab=49152, system_len=32, task_len=16,
+                             obs_len=(8, 24), output_tokens=6, tool_s=(0.2, 1.0))
+    pool = workload.working_set(8) // 3
+    amd, intel = (run_system(None, "retention+program", workload, pool, ttl_s=3.0, costs=c) for c in (AMD_EPYC, INTEL_XEON))
+    assert amd["outputs"] == intel["outputs"]
+    assert amd["busy_s"] != intel["busy_s"]
+    # every pass is charged: at least each pass's fixed cost
+    for run, costs in ((amd, AMD_EPYC), (intel, INTEL_XEON)):
+        assert run["busy_s"] >= run["extend_passes"] * costs.extend_pass_s + run["decode_passes"] * costs.q4_min_s
