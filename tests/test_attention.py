@@ -158,3 +158,23 @@ def test_bf16_long_extend_over_float32_pool_attends_in_the_kernel():
     assert torch.equal(pool.k[0][slots[40:]], k_new.float())
     k, v = pool.k[0][slots].bfloat16(), pool.v[0][slots].bfloat16()
     assert torch.equal(out, kernel(q, k, v, 40, 0.125))
+
+
+def test_bf16_long_extend_over_float32_pool_attends_in_bf16_sdpa_without_the_kernel(monkeypatch):
+    """Where the native kernel is not built (CPUs with AMX, or none at all), the same extend attends in
+    SDPA's bf16 kernel over the pool's K/V rounded to bf16, not in float32."""
+    from radixlm.engine.attention import torch_backend
+
+    monkeypatch.setattr(torch_backend, "_native_causal_bf16", lambda q: False)
+    torch.manual_seed(4)
+    pool = KVPool(256, num_layers=1, kv_heads=3, head_dim=64)
+    pool.k[0].normal_()
+    pool.v[0].normal_()
+    slots = torch.arange(10, 150)
+    ctx = ForwardContext.for_extend(pool, [slots], [40], torch.tensor([99]))
+    q = torch.randn(100, 9, 64).bfloat16()
+    k_new, v_new = torch.randn(100, 3, 64).bfloat16(), torch.randn(100, 3, 64).bfloat16()
+    out = TorchAttention()(0, q, k_new, v_new, ctx)
+    assert out.dtype == torch.bfloat16
+    k, v = pool.k[0][slots].bfloat16(), pool.v[0][slots].bfloat16()
+    assert torch.equal(out, _causal_sdpa(q, k, v, 40, torch.bfloat16))
