@@ -142,11 +142,10 @@ def test_native_causal_bf16_equals_sdpa(n, prefix, heads, kv_heads, dim):
     assert (ours.float() - ref).abs().max() <= 1.5 * (sdpa_bf16.float() - ref).abs().max() + 1e-3
 
 
-def test_bf16_long_extend_over_float32_pool_attends_in_the_kernel():
-    """A bf16 extend of 100 new tokens over 40 cached ones in a float32 pool: the backend writes the
-    new K/V in float32 and attends in the native kernel over the pool's K/V rounded to bf16."""
-    kernel = _causal_bf16_kernel()
-    torch.manual_seed(3)
+def _bf16_long_extend_over_float32_pool(seed: int):
+    """A bf16 extend of 100 new tokens over 40 cached ones in a float32 pool, through the backend:
+    returns q, the output, and the pool's K/V of the sequence (after the write) rounded to bf16."""
+    torch.manual_seed(seed)
     pool = KVPool(256, num_layers=1, kv_heads=3, head_dim=64)
     pool.k[0].normal_()
     pool.v[0].normal_()
@@ -155,8 +154,14 @@ def test_bf16_long_extend_over_float32_pool_attends_in_the_kernel():
     q = torch.randn(100, 9, 64).bfloat16()
     k_new, v_new = torch.randn(100, 3, 64).bfloat16(), torch.randn(100, 3, 64).bfloat16()
     out = TorchAttention()(0, q, k_new, v_new, ctx)
-    assert torch.equal(pool.k[0][slots[40:]], k_new.float())
-    k, v = pool.k[0][slots].bfloat16(), pool.v[0][slots].bfloat16()
+    assert torch.equal(pool.k[0][slots[40:]], k_new.float())  # the new K/V are written in float32
+    return q, out, pool.k[0][slots].bfloat16(), pool.v[0][slots].bfloat16()
+
+
+def test_bf16_long_extend_over_float32_pool_attends_in_the_kernel():
+    """Where the native kernel is built, the backend attends in it over the pool's K/V rounded to bf16."""
+    kernel = _causal_bf16_kernel()
+    q, out, k, v = _bf16_long_extend_over_float32_pool(3)
     assert torch.equal(out, kernel(q, k, v, 40, 0.125))
 
 
@@ -166,15 +171,6 @@ def test_bf16_long_extend_over_float32_pool_attends_in_bf16_sdpa_without_the_ker
     from radixlm.engine.attention import torch_backend
 
     monkeypatch.setattr(torch_backend, "_native_causal_bf16", lambda q: False)
-    torch.manual_seed(4)
-    pool = KVPool(256, num_layers=1, kv_heads=3, head_dim=64)
-    pool.k[0].normal_()
-    pool.v[0].normal_()
-    slots = torch.arange(10, 150)
-    ctx = ForwardContext.for_extend(pool, [slots], [40], torch.tensor([99]))
-    q = torch.randn(100, 9, 64).bfloat16()
-    k_new, v_new = torch.randn(100, 3, 64).bfloat16(), torch.randn(100, 3, 64).bfloat16()
-    out = TorchAttention()(0, q, k_new, v_new, ctx)
+    q, out, k, v = _bf16_long_extend_over_float32_pool(4)
     assert out.dtype == torch.bfloat16
-    k, v = pool.k[0][slots].bfloat16(), pool.v[0][slots].bfloat16()
     assert torch.equal(out, _causal_sdpa(q, k, v, 40, torch.bfloat16))
