@@ -71,11 +71,16 @@ class Workload:
     tool_seconds: list[list[float]]  # [agent][step]
     output_tokens: int
 
+    @property
+    def own_tokens(self) -> list[int]:
+        """Each agent's final path less the system prompt: its task, outputs and observations."""
+        return [len(t) + sum(len(o) + self.output_tokens for o in obs) for t, obs in zip(self.tasks, self.observations)]
+
     def working_set(self, agents: int) -> int:
         """Tokens of the final paths of `agents` agents of the mean size (the system prompt counted
         once); for all of them, exactly their combined final paths."""
-        per_agent = [len(t) + sum(len(o) + self.output_tokens for o in obs) for t, obs in zip(self.tasks, self.observations)]
-        return len(self.system) + round(agents * sum(per_agent) / len(per_agent))
+        own = self.own_tokens
+        return len(self.system) + round(agents * sum(own) / len(own))
 
 
 def make_workload(agents: int, steps: int, seed: int, vocab: int, system_len: int, task_len: int,
@@ -335,27 +340,24 @@ def main() -> None:
     vocab = SimulatedConfig.vocab_size if model is None else model.model.cfg.vocab_size
     workload = make_workload(args.agents, args.steps, args.seed, vocab, args.system_len,
                              args.task_len, tuple(args.obs_len), args.output_tokens, tuple(args.tool_seconds))
-    longest = max(len(workload.system) + len(t) + sum(len(o) + args.output_tokens for o in obs)
-                  for t, obs in zip(workload.tasks, workload.observations))
+    longest = len(workload.system) + max(workload.own_tokens)
     concurrency = min(args.concurrency or args.agents, args.agents)
     costs = COST_MODELS[args.cost_model]
-    cost_model = costs.cpu if args.simulate else None
     working_set = workload.working_set(concurrency)
     pool = max(int(working_set * args.pool_share), longest + args.output_tokens)  # one agent always fits
     print(f"{args.agents} agents x {args.steps} steps, {concurrency} at a time; combined working set of "
           f"{concurrency} agents {working_set} tokens; pool {pool} tokens ({args.pool_share:.2f}); "
           f"tools {args.tool_seconds[0]}-{args.tool_seconds[1]} s", file=sys.stderr)
+    tags = {"seed": args.seed, "concurrency": concurrency, "cost_model": costs.cpu if args.simulate else None}
     runs = []
     for name in args.systems:
-        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running, concurrency, costs)
-                    | {"seed": args.seed, "concurrency": concurrency, "cost_model": cost_model})
+        runs.append(run_system(model, name, workload, pool, args.ttl, args.max_running, concurrency, costs) | tags)
         print(f"  {name}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     if not args.skip_no_pressure:
         big = 2 * workload.working_set(args.agents)
         for name in ("retention+program", "lru"):
             runs.append(run_system(model, name, workload, big, args.ttl, args.max_running, concurrency, costs)
-                        | {"system": f"{name} (no pressure)", "seed": args.seed, "concurrency": concurrency,
-                           "cost_model": cost_model})
+                        | tags | {"system": f"{name} (no pressure)"})
             print(f"  {runs[-1]['system']}: {runs[-1]['makespan_s']:.1f} s", file=sys.stderr)
     report(runs)
     if args.out:

@@ -83,10 +83,12 @@ class TraceTable:
         state = self.open.get(req.trace_id) if req.trace_id is not None else None
         if state is None:
             return
-        if not state.admitted:
-            if not state.ran_ahead:
-                state.shared_tokens = req.prefix_len
-            state.admitted, state.ran_ahead = not ahead, state.ran_ahead or ahead
+        if self.none_admitted(req.trace_id):  # its first call: what it found cached, it shares
+            state.shared_tokens = req.prefix_len
+        if ahead:
+            state.ran_ahead = True
+        else:
+            state.admitted = True
         state.path_tokens = max(state.path_tokens, req.fill_len)
         if req.retractions:
             return

@@ -9,23 +9,26 @@ import sys
 
 import pytest
 
-from fake_model import run_checked
+from fake_model import FakeConfig, FakeModel, run_checked
+from fault_injection import PoisonedModel, culprit_for_prefill
 from radixlm.engine import policy
 from radixlm.engine.policy import program_limit
-from radixlm.engine.request import Request, ReqStatus
+from radixlm.engine.request import FinishReason, Request, ReqStatus
 from radixlm.engine.stats import TraceStats
 from radixlm.engine.trace_retention import DEFAULT_PINNED_SHARE, pinned_share
 from radixlm.engine.traces import TraceTable
 from radixlm.protocol import SamplingParams
+from test_faults import assert_nothing_held
 from test_trace_retention import PARAMS, call, make_engine, tokens
 
 BUSY = SamplingParams(max_new_tokens=40, ignore_eos=True)
 
 
-def engine_at_its_program_limit(clock: list[float]):
+def engine_at_its_program_limit(clock: list[float], model=None):
     """A program-policy engine on a 300-token pool that has seen one program end (its working set:
-    108 tokens, so 2 programs fit) and has two programs started, both now in a tool."""
-    engine = make_engine(kv_cache_tokens=300, policy="program", trace_ttl_s=30.0)
+    108 tokens, so 2 programs fit) and has two programs started, both now in a tool. `model`: the
+    fake model (default) or one wrapping it."""
+    engine = make_engine(model, kv_cache_tokens=300, policy="program", trace_ttl_s=30.0)
     engine.traces.clock = engine.kv.retention.clock = lambda: clock[0]
     call(engine, tokens(100, 1), "done")
     engine.end_trace("done")
@@ -111,6 +114,34 @@ def test_a_new_program_starts_beyond_the_limit_when_the_engine_would_otherwise_i
     assert new.status is ReqStatus.DECODING
     results = run_checked(engine)
     assert results[new.rid].output_ids == engine.model.reference(new.prompt_ids, PARAMS.max_new_tokens)
+
+
+def test_faults_in_calls_running_ahead_end_them_alone_and_leave_nothing_held():
+    """Three held-back programs run their first calls ahead: one fails in its prefill pass (a poisoned
+    token, in a pass it shares), one is aborted, and the third's trace ends while it runs. Each ends
+    alone, the running programs' pins stay, every other output is the model's, and nothing is held."""
+    model = FakeModel(FakeConfig(vocab_size=128))
+    prompts = {"d": tokens(30, 8), "e": tokens(30, 9)}
+    others = [tokens(100, 1), tokens(30, 2), tokens(30, 3), tokens(10, 4), *prompts.values()]
+    culprit, poison = culprit_for_prefill(model, others, BUSY.max_new_tokens)
+    engine, _ = engine_at_its_program_limit([0.0], PoisonedModel(model, poison))
+    busy = engine.add_request(tokens(10, 4), BUSY)
+    engine.step()
+    bad = engine.add_request(culprit, PARAMS, trace_id="c")
+    aborted, ended = (engine.add_request(p, PARAMS, trace_id=t) for t, p in prompts.items())
+    results = {r.rid: r for r in engine.step()}  # the culprit fails in this pass, alone
+    engine.check_integrity()
+    assert engine.stats.calls_run_ahead == 3
+    engine.abort(aborted.rid)
+    engine.end_trace("e")
+    results |= run_checked(engine)
+    assert results[bad.rid].finish_reason is FinishReason.ERROR and "PoisonError" in results[bad.rid].error
+    assert results[ended.rid].output_ids == model.reference(ended.prompt_ids, PARAMS.max_new_tokens)
+    assert results[busy.rid].output_ids == model.reference(busy.prompt_ids, BUSY.max_new_tokens)
+    assert set(engine.kv.retention.pins) == {"a", "b"}  # no call running ahead took a pin or left one
+    for trace_id in ("a", "b", "c", "d"):
+        engine.end_trace(trace_id)
+    assert_nothing_held(engine)
 
 
 def test_programs_away_longer_than_the_ttl_do_not_count_against_the_limit():

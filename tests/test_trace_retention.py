@@ -25,8 +25,9 @@ EOS = 0
 PARAMS = SamplingParams(max_new_tokens=8, ignore_eos=True)
 
 
-def make_engine(**cfg) -> Engine:
-    return Engine(FakeModel(), EngineConfig(**cfg), eos_token_ids=[EOS])
+def make_engine(model=None, **cfg) -> Engine:
+    """An engine on `model` (default: the fake model) with `cfg`."""
+    return Engine(model or FakeModel(), EngineConfig(**cfg), eos_token_ids=[EOS])
 
 
 def call(engine: Engine, prompt: list[int], trace_id: str | None = None, params: SamplingParams = PARAMS):
